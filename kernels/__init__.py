@@ -1,0 +1,1 @@
+"""Triton kernels for PHOTON (installed as `photon_kernels`). Filled in by the kernels work."""
