@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging
@@ -55,6 +56,25 @@ class PhotonRMSNorm(nn.Module):
         variance = hidden_states.pow(2).mean(-1, keepdim=True)
         hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
         return self.weight * hidden_states.to(input_dtype)
+
+
+class PhotonRotaryEmbedding(nn.Module):
+    """RoPE over integer positions: unit indices in the encoders, window slots in the decoders."""
+
+    def __init__(self, config: PhotonConfig):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.base = config.rope_theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self) -> torch.Tensor:
+        return 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer positions of any shape [...] -> cos, sin: [..., hd]."""
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -196,7 +216,9 @@ class PhotonPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, PhotonModel):
             # Learned start latents: small non-zero values (an all-zero start destabilises the RMSNorms).
-            nn.init.normal_(module.start_latents, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.start_latents, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, PhotonRotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq())
 
 
 @dataclass
@@ -266,9 +288,7 @@ class PhotonModel(PhotonPreTrainedModel):
             torch.zeros(config.num_levels if self.self_decoding else 1, config.hidden_size)
         )
         self.embed_dec = nn.Embedding(config.vocab_size, config.hidden_size)
-        head_dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.rotary_emb = PhotonRotaryEmbedding(config)
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -279,14 +299,8 @@ class PhotonModel(PhotonPreTrainedModel):
         self.embed_dec = value
 
     # ------------------------------------------------------------------------------------------- small helpers
-    def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Integer positions of any shape [...] -> cos, sin of shape [..., hd]."""
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
-
     def _window_rope(self, length: int, device, dtype):
-        cos, sin = self.rope(torch.arange(length, device=device), dtype)
+        cos, sin = self.rotary_emb(torch.arange(length, device=device), dtype)
         return cos[None, None], sin[None, None]  # [1, 1, S, hd]
 
     def _start(self, level: int) -> torch.Tensor:
@@ -686,7 +700,7 @@ class PhotonModel(PhotonPreTrainedModel):
         ring = cache.is_ring(level)
         capacity = keys_all.shape[3]
         if isinstance(position, int):
-            cos, sin = self.rope(torch.arange(position, position + 1, device=units.device), units.dtype)
+            cos, sin = self.rotary_emb(torch.arange(position, position + 1, device=units.device), units.dtype)
             cos, sin = cos[None, None], sin[None, None]
             slot = position % capacity if ring else position
             if ring:
@@ -695,7 +709,7 @@ class PhotonModel(PhotonPreTrainedModel):
                 span = slice(0 if window is None else max(0, position - window + 1), position + 1)
             mask = None
         else:
-            cos, sin = self.rope(position, units.dtype)
+            cos, sin = self.rotary_emb(position, units.dtype)
             cos, sin = cos[:, None, None], sin[:, None, None]
             slot = position % capacity if ring else position
             span = slice(0, capacity if ring else newest)
@@ -755,11 +769,11 @@ class PhotonModel(PhotonPreTrainedModel):
         slot = lvl.converter_width + rows.phase
         keys_all, values_all = cache.dec_keys[level], cache.dec_values[level]
         if isinstance(slot, int):
-            cos, sin = self.rope(torch.arange(slot, slot + 1, device=x.device), x.dtype)
+            cos, sin = self.rotary_emb(torch.arange(slot, slot + 1, device=x.device), x.dtype)
             cos, sin = cos[None, None], sin[None, None]
             span, mask = slice(0, slot + 1), None
         else:
-            cos, sin = self.rope(slot, x.dtype)
+            cos, sin = self.rotary_emb(slot, x.dtype)
             cos, sin = cos[:, None, None], sin[:, None, None]
             window = lvl.converter_width + lvl.chunk_size - 1
             span = slice(0, window)

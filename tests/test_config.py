@@ -1,0 +1,108 @@
+"""PhotonConfig: fields, validation, registration, presets and the analytic cache size."""
+
+import pytest
+import torch
+from helpers import tiny_config
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+import photon_hf
+from photon_hf import PhotonConfig, PhotonForCausalLM, PhotonModel, kv_cache_bytes, llama_kv_cache_bytes
+
+
+def test_per_level_fields_broadcast():
+    config = tiny_config(chunk_sizes=[2, 3, 2], converter_width=[1, 2, 3], num_encoder_layers=2)
+    assert config.num_levels == 3
+    assert config.converter_width == [1, 2, 3]
+    assert config.num_encoder_layers == [2, 2, 2]
+    assert config.tokens_per_unit == [2, 6, 12]
+    assert config.encoder_embed_size == 16  # hidden 32 / C_1 2
+
+
+def test_auto_classes_are_registered(tmp_path):
+    config = tiny_config()
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, PhotonConfig)
+    assert loaded.to_diff_dict() | {"_name_or_path": ""} == config.to_diff_dict() | {"_name_or_path": ""}
+    assert isinstance(AutoModel.from_config(config), PhotonModel)
+    assert isinstance(AutoModelForCausalLM.from_config(config), PhotonForCausalLM)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("chunk_sizes", [], "chunk_sizes"),
+        ("chunk_sizes", [4, 0], "chunk_sizes"),
+        ("chunk_sizes", [4, -2], "chunk_sizes"),
+        ("chunk_sizes", 4, "chunk_sizes"),
+        ("hidden_size", 30, "num_attention_heads"),
+        ("num_key_value_heads", 3, "num_key_value_heads"),
+        ("decoder_input", "teacher", "decoder_input"),
+        ("encoder_windows", [2], "encoder_windows"),
+        ("encoder_windows", [0, None], "encoder_windows"),
+        ("encoder_windows", [2.5, None], "encoder_windows"),
+        ("converter_width", [2, 2, 2], "converter_width"),
+        ("converter_width", 0, "converter_width"),
+        ("num_encoder_layers", [1], "num_encoder_layers"),
+        ("num_decoder_layers", 0, "num_decoder_layers"),
+        ("vocab_size", 0, "vocab_size"),
+        ("recursive_loss_weight", -0.1, "recursive_loss_weight"),
+        ("kernel_backend", "cuda", "kernel_backend"),
+    ],
+)
+def test_invalid_config_names_the_field(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**{field: value})
+
+
+def test_recursive_loss_needs_a_bottleneck():
+    with pytest.raises(ValueError, match="recursive_loss_weight"):
+        tiny_config(chunk_sizes=[4], recursive_loss_weight=0.3)
+    tiny_config(chunk_sizes=[4, 4], recursive_loss_weight=0.3)
+
+
+def test_odd_head_dim_is_rejected_for_rope():
+    with pytest.raises(ValueError, match="even"):
+        tiny_config(hidden_size=36, num_attention_heads=4, num_key_value_heads=4)
+
+
+def test_600m_preset_parameter_count():
+    """The paper's table counts 646,399,104; we add one learned 1664-wide start latent."""
+    config = photon_hf.photon_preset("photon-600m")
+    with torch.device("meta"):
+        model = PhotonForCausalLM(config)
+    assert sum(p.numel() for p in model.parameters()) == 646_399_104 + 1664
+    assert PhotonConfig().to_dict() == config.to_dict()  # the defaults are the 600M shape
+    with pytest.raises(ValueError, match="preset"):
+        photon_hf.photon_preset("photon-7b")
+
+
+def test_paper_vanilla_baseline_parameter_count():
+    """The same-shape Llama of BENCH.md (610,915,968 parameters), for the memory comparison."""
+    config = photon_hf.photon_preset("photon-600m")
+    llama = LlamaConfig(vocab_size=32000, hidden_size=1664, intermediate_size=4096, num_hidden_layers=16,
+                        num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(llama)
+    assert sum(p.numel() for p in model.parameters()) == 610_915_968
+    assert sum(config.num_encoder_layers) + sum(config.num_decoder_layers) == llama.num_hidden_layers
+
+
+def test_600m_cache_is_10x_smaller_than_llama_at_2176_tokens():
+    config = photon_hf.photon_preset("photon-600m")
+    photon = kv_cache_bytes(config, 2176)
+    llama = llama_kv_cache_bytes(config, 2176)
+    # Llama: 2176 tokens x 16 layers x K,V x 1664 x bf16
+    assert llama == 2176 * 16 * 2 * 1664 * 2
+    assert llama / photon >= 10
+
+
+def test_windowed_intermediate_encoder_bounds_the_cache():
+    config = tiny_config(chunk_sizes=[4, 4], encoder_windows=[8, None])
+    full = tiny_config(chunk_sizes=[4, 4])
+    # Only the top stream grows: 1/16 of the token rate, against 1/4 + 1/16 for full encoders.
+    grow = kv_cache_bytes(config, 4096) - kv_cache_bytes(config, 2048)
+    grow_full = kv_cache_bytes(full, 4096) - kv_cache_bytes(full, 2048)
+    per_entry = 2 * config.num_key_value_heads * config.head_dim * 2
+    assert grow == 2048 // 16 * per_entry
+    assert grow_full == (2048 // 4 + 2048 // 16) * per_entry

@@ -1,0 +1,228 @@
+"""The PHOTON forward pass: HF logits convention, causality, padding, losses, checkpointing, save/load, errors."""
+
+import pytest
+import torch
+from helpers import VOCAB, cache_of, random_ids, tiny_config, tiny_model
+from transformers import AutoModelForCausalLM
+
+from photon_hf import PhotonCache, PhotonForCausalLM
+
+CHUNKINGS = [
+    dict(chunk_sizes=[4, 4]),
+    dict(chunk_sizes=[2, 2, 2]),
+    dict(chunk_sizes=[8]),
+    dict(chunk_sizes=[4, 4], decoder_input="self"),
+    dict(chunk_sizes=[2, 3, 2], converter_width=[1, 2, 3], decoder_input="self"),
+    dict(chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None]),
+    dict(chunk_sizes=[4, 2], encoder_embed_size=12),  # C_1 * E != D: level 0 gets a projection
+]
+
+
+def _ids(config):
+    return f"{config['chunk_sizes']}-{config.get('decoder_input', 'encoder')}-{config.get('encoder_windows')}"
+
+
+@pytest.mark.parametrize("overrides", CHUNKINGS, ids=_ids)
+def test_causality(overrides):
+    """Changing token j never changes logits[:, :j] (and does change later ones)."""
+    model = tiny_model(**overrides)
+    ids = random_ids(2, 37)
+    base = model(ids, use_cache=False).logits
+    for j in (0, 5, 15, 16, 36):
+        changed = ids.clone()
+        changed[:, j] = (changed[:, j] % (VOCAB - 1)) + 1
+        logits = model(changed, use_cache=False).logits
+        assert torch.equal(logits[:, :j], base[:, :j]), f"token {j} leaked into earlier logits"
+        assert not torch.allclose(logits[:, j:], base[:, j:]), f"token {j} has no effect at all"
+
+
+@pytest.mark.parametrize("overrides", CHUNKINGS, ids=_ids)
+def test_any_length_matches_the_aligned_forward(overrides):
+    """Logits of a prefix equal the same positions of a longer sequence (internal right-padding is exact)."""
+    model = tiny_model(**overrides)
+    ids = random_ids(2, 48)
+    full = model(ids, use_cache=False).logits
+    for length in (1, 3, 16, 17, 31):
+        assert torch.allclose(model(ids[:, :length], use_cache=False).logits, full[:, :length], atol=1e-5)
+
+
+@pytest.mark.parametrize("overrides", CHUNKINGS, ids=_ids)
+def test_token_by_token_cache_equals_full_forward(overrides):
+    model = tiny_model(**overrides)
+    ids = random_ids(3, 45)
+    full = model(ids, use_cache=False).logits
+    for prompt in (1, 5, 16, 23):
+        cache = PhotonCache(model.config)
+        out = model(ids[:, :prompt], cache=cache, use_cache=True)
+        assert torch.allclose(out.logits, full[:, :prompt], atol=1e-5)
+        for t in range(prompt, ids.shape[1]):
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
+            assert torch.allclose(out.logits[:, 0], full[:, t], atol=1e-4), (prompt, t)
+        assert cache.get_seq_length() == ids.shape[1]
+
+
+def _left_pad(rows: list[torch.Tensor]):
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("overrides", CHUNKINGS[:4], ids=_ids)
+def test_left_padded_batch_equals_rows_run_alone(overrides):
+    """Each row keeps its own chunk grid, starting at its first real token."""
+    model = tiny_model(**overrides)
+    source = random_ids(4, 40)
+    rows = [source[0, :40], source[1, :33], source[2, :21], source[3, :24]]  # pads 0, 7, 19, 16
+    ids, mask = _left_pad(rows)
+    batched = model(ids, attention_mask=mask, use_cache=False).logits
+    for i, row in enumerate(rows):
+        alone = model(row[None], use_cache=False).logits[0]
+        assert torch.allclose(batched[i, ids.shape[1] - len(row) :], alone, atol=1e-5)
+    # The same through the cache: prefill on a padded prompt, then one column at a time.
+    cache = PhotonCache(model.config)
+    prompt = 22
+    out = model(ids[:, :prompt], attention_mask=mask[:, :prompt], cache=cache, use_cache=True)
+    steps = [out.logits[:, -1]]
+    for t in range(prompt, ids.shape[1]):
+        steps.append(model(ids[:, t : t + 1], cache=cache, use_cache=True).logits[:, 0])
+    assert torch.allclose(torch.stack(steps, 1), batched[:, prompt - 1 :], atol=1e-4)
+
+
+def test_labels_loss_follows_the_hf_convention():
+    model = tiny_model()
+    ids = random_ids(2, 29)
+    out = model(ids, labels=ids)
+    logits = model(ids, use_cache=False).logits
+    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, expected, atol=1e-6)
+    assert cache_of(out) is None  # computing a loss does not build a cache
+
+
+def test_loss_honours_num_items_in_batch():
+    model = tiny_model()
+    ids = random_ids(2, 20)
+    labels = ids.clone()
+    labels[0, :7] = -100
+    out = model(ids, labels=labels, num_items_in_batch=torch.tensor(100))
+    logits = model(ids, use_cache=False).logits
+    summed = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    assert torch.allclose(out.loss, summed / 100, atol=1e-6)
+
+
+def test_recursive_loss():
+    model = tiny_model(recursive_loss_weight=0.5)
+    ids = random_ids(2, 40)
+    out = model(ids, labels=ids)
+    plain = tiny_model(recursive_loss_weight=0.0)
+    plain.load_state_dict(model.state_dict())
+    token_loss = plain(ids, labels=ids).loss
+    assert out.recursive_loss is not None and 0 < out.recursive_loss < 2
+    assert torch.allclose(out.loss, token_loss + 0.5 * out.recursive_loss, atol=1e-6)
+    model.zero_grad()
+    out.recursive_loss.backward()
+    assert model.model.levels[1].decoder.layers[0].mlp.up_proj.weight.grad.abs().sum() > 0
+    assert model.model.levels[0].decoder.layers[0].mlp.up_proj.weight.grad is None  # the token decoder is not in it
+    # Summed over units, weighted by the P tokens a unit covers and divided by the label-token count (by default
+    # 2 x 39 here), so num_items_in_batch rescales it exactly like the cross-entropy.
+    half = model(ids, labels=ids, num_items_in_batch=torch.tensor(4 * (ids.shape[1] - 1))).recursive_loss
+    assert torch.allclose(half, out.recursive_loss / 2, atol=1e-6)
+    streams = model.model(ids, use_cache=False)
+    pred, target = streams.decoder_predictions[1][:, :10], streams.encoder_streams[0][:, :10]
+    mean_distance = (1 - torch.nn.functional.cosine_similarity(pred, target, dim=-1)).mean()
+    assert torch.allclose(out.recursive_loss, mean_distance * 40 / 39, atol=1e-5)  # 10 full units of 4 tokens
+
+
+def test_every_parameter_gets_a_gradient_and_checkpointing_matches():
+    model = tiny_model(chunk_sizes=[2, 2, 2], recursive_loss_weight=0.1).train()
+    ids = random_ids(2, 31)
+    model(ids, labels=ids).loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
+    model.zero_grad()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model(ids, labels=ids).loss.backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, grads[name], atol=1e-6), name
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_model(chunk_sizes=[2, 2, 2], decoder_input="self")
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, PhotonForCausalLM)
+    ids = random_ids(2, 19)
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert torch.equal(model.model.start_latents, loaded.model.start_latents)
+
+
+def test_start_latents_are_initialised_small_and_nonzero():
+    model = tiny_model(chunk_sizes=[2, 2, 2], decoder_input="self")
+    latents = model.model.start_latents
+    assert latents.shape == (3, 32)  # one per shifted level in "self" mode
+    assert latents.abs().min() > 0 and latents.std() < 0.1
+    assert tiny_model().model.start_latents.shape == (1, 32)  # only the top stream is shifted by default
+
+
+def test_tied_head_option():
+    model = tiny_model(tie_word_embeddings=True)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_dec.weight.data_ptr()
+    assert tiny_model().lm_head.weight.data_ptr() != tiny_model().model.embed_dec.weight.data_ptr()
+
+
+class TestBadInput:
+    model = tiny_model()
+
+    def test_out_of_vocabulary_ids(self):
+        with pytest.raises(ValueError, match="vocab_size"):
+            self.model(torch.tensor([[1, 2, VOCAB]]))
+        with pytest.raises(ValueError, match="vocab_size"):
+            self.model(torch.tensor([[1, -3, 2]]))
+
+    def test_empty_input(self):
+        with pytest.raises(ValueError, match="empty"):
+            self.model(torch.zeros(1, 0, dtype=torch.long))
+        with pytest.raises(ValueError, match="empty"):
+            self.model(torch.zeros(0, 5, dtype=torch.long))
+
+    def test_mismatched_attention_mask(self):
+        with pytest.raises(ValueError, match="attention_mask"):
+            self.model(random_ids(2, 9), attention_mask=torch.ones(2, 8, dtype=torch.long))
+
+    def test_mask_with_holes(self):
+        mask = torch.ones(1, 9, dtype=torch.long)
+        mask[0, 4] = 0
+        with pytest.raises(ValueError, match="holes"):
+            self.model(random_ids(1, 9), attention_mask=mask)
+
+    def test_row_without_tokens(self):
+        mask = torch.ones(2, 9, dtype=torch.long)
+        mask[1] = 0
+        with pytest.raises(ValueError, match="no real token"):
+            self.model(random_ids(2, 9), attention_mask=mask)
+
+    def test_right_padding_with_a_cache(self):
+        mask = torch.ones(1, 9, dtype=torch.long)
+        mask[0, -2:] = 0
+        self.model(random_ids(1, 9), attention_mask=mask, use_cache=False)  # harmless without a cache
+        with pytest.raises(ValueError, match="left"):
+            self.model(random_ids(1, 9), attention_mask=mask, use_cache=True)
+
+    def test_inputs_embeds_is_refused(self):
+        with pytest.raises(ValueError, match="inputs_embeds"):
+            self.model(inputs_embeds=torch.zeros(1, 4, 32))
+
+    def test_foreign_cache(self):
+        from transformers import DynamicCache
+
+        with pytest.raises(TypeError, match="PhotonCache"):
+            self.model(random_ids(1, 4), cache=DynamicCache(), use_cache=True)
+
+    def test_wrong_rank(self):
+        with pytest.raises(ValueError, match="shape"):
+            self.model(torch.tensor([1, 2, 3]))
