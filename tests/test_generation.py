@@ -262,3 +262,22 @@ class TestCacheApi:
         model, ids, cache = self._prefilled()
         with pytest.raises(ValueError, match="vocab_size"):
             model(torch.full((3, 1), VOCAB), cache=cache)
+
+
+def test_prefill_in_row_groups_is_exact(monkeypatch):
+    """A large batch is prefilled a few rows at a time; the result must not depend on the grouping."""
+    model = tiny_model()
+    ids = random_ids(5, 30)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    mask[3, :9] = 0
+    whole = model.generate(ids, attention_mask=mask, max_new_tokens=20, output_logits=True,
+                           return_dict_in_generate=True)
+    monkeypatch.setattr(model.model, "prefill_group_tokens", 2 * 32)  # 2 rows of 32 aligned tokens per group
+    grouped = model.generate(ids, attention_mask=mask, max_new_tokens=20, output_logits=True,
+                             return_dict_in_generate=True)
+    assert torch.equal(grouped.sequences, whole.sequences)
+    assert torch.allclose(torch.stack(grouped.logits), torch.stack(whole.logits), atol=1e-5)
+    cache = PhotonCache(model.config)
+    logits = model(ids, attention_mask=mask, cache=cache, use_cache=True).logits
+    assert torch.allclose(logits, model(ids, attention_mask=mask, use_cache=False).logits, atol=1e-5)

@@ -275,6 +275,8 @@ class PhotonModel(PhotonPreTrainedModel):
     holds the state that predicts token t + 1.
     """
 
+    prefill_group_tokens = 1 << 16  # a cache prefill encodes rows in groups of about this many (padded) tokens
+
     def __init__(self, config: PhotonConfig):
         super().__init__(config)
         self.num_levels = config.num_levels
@@ -536,37 +538,47 @@ class PhotonModel(PhotonPreTrainedModel):
 
     # ------------------------------------------------------------------------------------ cache: prefill/rebuild
     def _prefill(self, cache: PhotonCache, input_ids, attention_mask, logits_to_keep) -> torch.Tensor:
+        """Fill an empty cache from a prompt. Rows are processed in groups of about `prefill_group_tokens` tokens,
+        so the prefill's activations stay bounded and do not grow with the batch."""
         length = input_ids.shape[1]
         pads = self._row_pads(attention_mask, input_ids, for_cache=True)
         tokens, pad_t = self._aligned(input_ids, pads)
-        capture: list = []
-        streams = self.encode(tokens, capture)
-        cache.allocate(pads, input_ids.device, streams[0].dtype)
+        cache.allocate(pads, input_ids.device, self.embed_enc.weight.dtype)
         cache.seen = length
         counts = cache.real_tokens()
-        for i, kv in enumerate(capture):
-            units = [c // self.tokens_per_unit[i] for c in counts]
-            self._store_encoder(cache, i, kv, units)
+        for i, per_unit in enumerate(self.tokens_per_unit):
+            cache.ensure_capacity(i, max(counts) // per_unit)
         if cache.recording:
             cache.history_tokens = input_ids.clone()
-            cache.history_streams = [s[:, : max(counts) // p] for s, p in zip(streams, self.tokens_per_unit)]
-        last = self._rebuild(cache, streams, tokens, counts)
+        group_rows = max(1, self.prefill_group_tokens // tokens.shape[1])
+        outputs, history = [], []
+        for start in range(0, tokens.shape[0], group_rows):
+            group = slice(start, start + group_rows)
+            capture: list = []
+            streams = self.encode(tokens[group], capture)
+            for i, kv in enumerate(capture):
+                self._store_encoder(cache, i, kv, [c // self.tokens_per_unit[i] for c in counts[group]], group)
+            if cache.recording:
+                history.append([s[:, : max(counts) // p] for s, p in zip(streams, self.tokens_per_unit)])
+            last = self._rebuild(cache, streams, tokens[group], counts[group], group)
+            if isinstance(logits_to_keep, int) and logits_to_keep == 1:
+                outputs.append(last[:, None])
+            else:
+                hidden, _ = self.decode(streams, tokens[group])
+                outputs.append(self._to_columns(hidden, pad_t[group], length, logits_to_keep))
+        if cache.recording:
+            cache.history_streams = [torch.cat(level, dim=0) for level in zip(*history)]
         cache.prepare_plans()
-        if isinstance(logits_to_keep, int) and logits_to_keep == 1:
-            return last[:, None]
-        hidden, _ = self.decode(streams, tokens)
-        return self._to_columns(hidden, pad_t, length, logits_to_keep)
+        return torch.cat(outputs, dim=0)
 
-    def _store_encoder(self, cache: PhotonCache, level: int, kv: list, units: list[int]):
-        """Copy a level's prefill keys/values ([B, Hkv, M, hd] per layer) into the cache."""
+    def _store_encoder(self, cache: PhotonCache, level: int, kv: list, units: list[int], group: slice):
+        """Copy a level's prefill keys/values ([G, Hkv, M, hd] per layer) into the cache rows `group`."""
         keys, values = cache.enc_keys[level], cache.enc_values[level]
         if not cache.is_ring(level):
-            cache.ensure_capacity(level, max(units))
-            keys, values = cache.enc_keys[level], cache.enc_values[level]
             n = min(keys.shape[3], kv[0][0].shape[2])
             for layer, (k, v) in enumerate(kv):
-                keys[layer, :, :, :n] = k[:, :, :n]
-                values[layer, :, :, :n] = v[:, :, :n]
+                keys[layer, group, :, :n] = k[:, :, :n]
+                values[layer, group, :, :n] = v[:, :, :n]
             return
         # Ring of W slots: slot s holds the latest unit p < units with p = s (mod W).
         window = cache.config.window(level)
@@ -576,14 +588,22 @@ class PhotonModel(PhotonPreTrainedModel):
         latest = count - 1 - ((count - 1 - slots) % window)
         index = latest.clamp(min=0)[:, None, :, None].expand(-1, keys.shape[2], -1, keys.shape[4])
         for layer, (k, v) in enumerate(kv):
-            keys[layer] = k.gather(2, index.clamp(max=k.shape[2] - 1))
-            values[layer] = v.gather(2, index.clamp(max=v.shape[2] - 1))
+            keys[layer, group] = k.gather(2, index.clamp(max=k.shape[2] - 1))
+            values[layer, group] = v.gather(2, index.clamp(max=v.shape[2] - 1))
 
-    def _rebuild(self, cache: PhotonCache, streams: list[torch.Tensor], tokens: torch.Tensor, counts: list[int]):
-        """Rebuild every level's unfinished-unit state (pending sub-units, local decoder KV, "self" predictions)
-        top-down from the encoder streams, and return the token state that predicts each row's next token: [B, D].
+    def _rebuild(
+        self,
+        cache: PhotonCache,
+        streams: list[torch.Tensor],
+        tokens: torch.Tensor,
+        counts: list[int],
+        group: slice = slice(None),
+    ) -> torch.Tensor:
+        """Rebuild the unfinished-unit state (pending sub-units, local decoder KV, "self" predictions) of the cache
+        rows `group`, top-down from their encoder streams, and return the token state that predicts each row's
+        next token: [G, D].
 
-        streams[i]: [B, >= units, D] aligned encoder states; tokens: [B, >= count] aligned token ids.
+        streams[i]: [G, >= units, D] aligned encoder states; tokens: [G, >= count] aligned token ids.
         """
         device = tokens.device
         count = torch.tensor(counts, device=device)
@@ -609,7 +629,7 @@ class PhotonModel(PhotonPreTrainedModel):
                 inputs = self.embed_dec(pending)
             else:
                 pending = inputs = _gather_units(streams[i - 1], subunits)
-            cache.pending[i].copy_(pending)
+            cache.pending[i][group] = pending
             if i > 0 and self.self_decoding:
                 pred = predictions[i]  # [B, >= M_{i-1}, D] predictions of the level below
                 slots = unit[:, None] * chunk - 1 + torch.arange(chunk + 1, device=device)[None, :]
@@ -617,7 +637,7 @@ class PhotonModel(PhotonPreTrainedModel):
                 start = self._start(i - 1).to(pred.dtype)
                 first = torch.where((slots[:, :1, None] < 0), start.expand(batch, 1, -1), window_pred[:, :1])
                 window_pred = torch.cat([first, window_pred[:, 1:]], dim=1)
-                cache.predictions[i].copy_(window_pred)
+                cache.predictions[i][group] = window_pred
                 cond = window_pred[rows, done]
                 continue
             window = torch.cat([lvl.prefix(cond), inputs[:, : chunk - 1]], dim=1)
@@ -625,8 +645,8 @@ class PhotonModel(PhotonPreTrainedModel):
             keys, values = cache.dec_keys[i], cache.dec_values[i]
 
             def attend(q, k, v, layer_idx, keys=keys, values=values):
-                keys[layer_idx].copy_(k)
-                values[layer_idx].copy_(v)
+                keys[layer_idx, group] = k
+                values[layer_idx, group] = v
                 return causal_attention(q, k, v)
 
             out = lvl.decoder(window, cos, sin, attend)
