@@ -145,7 +145,7 @@ def test_every_parameter_gets_a_gradient_and_checkpointing_matches():
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
     model.zero_grad()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.gradient_checkpointing_enable()  # 5.24 calls it activation_checkpointing_enable; 5.17 knows only this
     model(ids, labels=ids).loss.backward()
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, grads[name], atol=1e-6), name
@@ -226,3 +226,17 @@ class TestBadInput:
     def test_wrong_rank(self):
         with pytest.raises(ValueError, match="shape"):
             self.model(torch.tensor([1, 2, 3]))
+
+
+def test_resize_token_embeddings_resizes_both_tables():
+    model = tiny_model()
+    ids = random_ids(1, 12)
+    before = model(ids).logits
+    model.resize_token_embeddings(VOCAB + 5)
+    assert model.config.vocab_size == VOCAB + 5
+    assert model.model.embed_enc.weight.shape[0] == VOCAB + 5
+    assert model.model.embed_dec.weight.shape[0] == VOCAB + 5
+    assert model.lm_head.weight.shape[0] == VOCAB + 5
+    assert torch.allclose(model(ids).logits[..., :VOCAB], before, atol=1e-6)  # old tokens are untouched
+    new_token = torch.tensor([[VOCAB + 4, 3, VOCAB + 1]])
+    assert model(new_token).logits.shape == (1, 3, VOCAB + 5)

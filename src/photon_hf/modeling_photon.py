@@ -877,6 +877,16 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.lm_head
 
+    def _resize_token_embeddings(self, new_num_tokens, pad_to_multiple_of=None, mean_resizing=True):
+        """transformers resizes the decoder's embedding (the input embedding) and the head; PHOTON's encoder has
+        its own token embedding of width E, resized here the same way."""
+        resized = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        old = self.model.embed_enc
+        new = self._get_resized_embeddings(old, resized.weight.shape[0], None, mean_resizing)
+        new.requires_grad_(old.weight.requires_grad)
+        self.model.embed_enc = new
+        return resized
+
     def set_output_embeddings(self, new_embeddings):
         self.lm_head = new_embeddings
 
