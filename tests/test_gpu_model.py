@@ -1,0 +1,64 @@
+"""Model checks that need a CUDA GPU (`pytest -m gpu`): exactness on the device and no host sync per step."""
+
+import pytest
+import torch
+from helpers import random_ids, tiny_config
+
+from photon_hf import PhotonCache, PhotonForCausalLM
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def _model(dtype, **overrides):
+    torch.manual_seed(0)
+    config = tiny_config(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2,
+                         kernel_backend="torch", **overrides)
+    return PhotonForCausalLM(config).to("cuda", dtype).eval()
+
+
+@pytest.mark.parametrize("overrides", [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None])])
+def test_generation_equals_full_forward_on_gpu(overrides):
+    model = _model(torch.float32, **overrides)
+    ids = random_ids(3, 11).cuda()
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=40, min_new_tokens=40, output_logits=True,
+                         return_dict_in_generate=True)
+    full_mask = torch.cat([mask, torch.ones(3, 40, dtype=mask.dtype, device="cuda")], 1)
+    full = model(out.sequences, attention_mask=full_mask, use_cache=False).logits[:, 10:-1]
+    assert torch.allclose(torch.stack(out.logits, 1), full.float(), atol=1e-3)
+
+
+def test_bf16_generation_tracks_the_full_forward():
+    model = _model(torch.bfloat16)
+    ids = random_ids(4, 16).cuda()
+    out = model.generate(ids, max_new_tokens=32, min_new_tokens=32, output_logits=True, return_dict_in_generate=True)
+    full = model(out.sequences, use_cache=False).logits[:, 15:-1].float()
+    step = torch.stack(out.logits, 1)
+    assert (step - full).abs().max() < 0.1 * full.abs().max()
+    assert (step.argmax(-1) == full.argmax(-1)).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (0, 3, 7, 16)], ids=["aligned", "ragged"])
+def test_decode_steps_never_synchronize(pads):
+    """A decode step must not wait for the GPU: which rows step which level comes from CPU-side counts."""
+    model = _model(torch.bfloat16)
+    ids = random_ids(4, 24).cuda()
+    mask = torch.ones_like(ids)
+    for row, pad in enumerate(pads):
+        mask[row, :pad] = 0
+    cache = PhotonCache(model.config)
+    with torch.no_grad():
+        model(ids, attention_mask=mask, cache=cache, use_cache=True, logits_to_keep=1)
+        token = ids[:, -1:]
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(2 * model.config.tokens_per_unit[-1] + 3):  # every level steps, several times
+                logits = model(token, cache=cache, use_cache=True).logits
+                token = logits[:, -1:].argmax(-1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
