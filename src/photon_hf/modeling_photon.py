@@ -51,11 +51,8 @@ class PhotonRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        input_dtype = hidden_states.dtype
-        hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).mean(-1, keepdim=True)
-        hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype)
+        # One fused op (statistics in float32 for half inputs): a third of a decode step's kernels are norms.
+        return F.rms_norm(hidden_states, self.weight.shape, self.weight.to(hidden_states.dtype), self.variance_epsilon)
 
 
 class PhotonRotaryEmbedding(nn.Module):
@@ -66,6 +63,7 @@ class PhotonRotaryEmbedding(nn.Module):
         self.head_dim = config.head_dim
         self.base = config.rope_theta
         self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+        self._tables: dict = {}  # (length, device, dtype) -> cos, sin of positions 0..length-1 (decoder windows)
 
     def compute_inv_freq(self) -> torch.Tensor:
         return 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
@@ -75,6 +73,14 @@ class PhotonRotaryEmbedding(nn.Module):
         freqs = positions.to(torch.float32)[..., None] * self.inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def table(self, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of positions 0..length-1 ([length, hd]), computed once per device and dtype."""
+        key = (length, torch.device(device), dtype)
+        if key not in self._tables:
+            with torch.inference_mode(False), torch.no_grad():  # usable later by autograd, whatever mode made it
+                self._tables[key] = self(torch.arange(length, device=device), dtype)
+        return self._tables[key]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -302,7 +308,7 @@ class PhotonModel(PhotonPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------- small helpers
     def _window_rope(self, length: int, device, dtype):
-        cos, sin = self.rotary_emb(torch.arange(length, device=device), dtype)
+        cos, sin = self.rotary_emb.table(length, device, dtype)
         return cos[None, None], sin[None, None]  # [1, 1, S, hd]
 
     def _start(self, level: int) -> torch.Tensor:
@@ -319,7 +325,8 @@ class PhotonModel(PhotonPreTrainedModel):
         streams = []
         for i, level in enumerate(self.levels):
             units = level.chunk(x.unflatten(1, (-1, self.chunk_sizes[i])))
-            cos, sin = self._window_rope(units.shape[1], units.device, units.dtype)
+            cos, sin = self.rotary_emb(torch.arange(units.shape[1], device=units.device), units.dtype)
+            cos, sin = cos[None, None], sin[None, None]
             window = self.config.window(i)
             kv = []
 
@@ -788,14 +795,13 @@ class PhotonModel(PhotonPreTrainedModel):
         lvl = self.levels[level]
         slot = lvl.converter_width + rows.phase
         keys_all, values_all = cache.dec_keys[level], cache.dec_values[level]
+        window = lvl.converter_width + lvl.chunk_size - 1
+        cos_table, sin_table = self.rotary_emb.table(window, x.device, x.dtype)
         if isinstance(slot, int):
-            cos, sin = self.rotary_emb(torch.arange(slot, slot + 1, device=x.device), x.dtype)
-            cos, sin = cos[None, None], sin[None, None]
+            cos, sin = cos_table[slot][None, None, None], sin_table[slot][None, None, None]
             span, mask = slice(0, slot + 1), None
         else:
-            cos, sin = self.rotary_emb(slot, x.dtype)
-            cos, sin = cos[:, None, None], sin[:, None, None]
-            window = lvl.converter_width + lvl.chunk_size - 1
+            cos, sin = cos_table[slot][:, None, None], sin_table[slot][:, None, None]
             span = slice(0, window)
             mask = (torch.arange(window, device=x.device)[None, :] <= slot[:, None])[:, None, None, :]
 
