@@ -142,10 +142,10 @@ PRESETS: dict[str, dict] = {
     # The paper's 600M shapes in about four minutes of one H100/H200: DE 128/512 and PF 2048/128 on fixed ladders
     # (each model stops at its first OOM or when its share of the budget is spent), the profile, a small sweep.
     "gpu-short": dict(
-        shape="paper-600m", budget_s=200.0, regimes=["DE-short=128/512:32,256,1024,4096", "PF=2048/128:16,64,512,2048"],
+        shape="paper-600m", budget_s=220.0, regimes=["DE-short=128/512:32,256,1024,4096", "PF=2048/128:16,64,512,2048"],
         search_start=16, max_batch=16384, repeats=1, sweep_contexts=[1024, 4096, 16384, 32768], sweep_batch=16,
         sweep_gen=32, profile_batch=256, profile_steps=16, sections=["regimes", "profile", "sweep"],
-        weights={"DE-short": 4.0, "PF": 2.0, "profile": 1.0, "sweep": 3.0},
+        weights={"DE-short": 5.0, "PF": 2.0, "profile": 1.0, "sweep": 3.0},
     ),
     # The full protocol (paper regimes, batch search, 3 repeats, long sweep): about half an hour.
     "gpu-full": dict(
@@ -701,7 +701,7 @@ class Bench:
                 peak_gib=full.peak_bytes / GIB if full.peak_bytes is not None else None,
                 cache_gib_measured=full.cache_bytes / batch / GIB if full.cache_bytes is not None else None,
                 analytic_kv_gib=self.analytic_kv_gib(name, context + gen), per_sample_gib=None, per_sample_source=None,
-                per_sample_batches=None, tpm=None, roofline_step_ms=roof,
+                per_sample_batches=None, tpm=None, decode_tpm=None, roofline_step_ms=roof,
                 step_over_roofline=decode_ms / roof if roof else None,
             )
         )  # fmt: skip
@@ -733,7 +733,9 @@ class Bench:
                 per_sample, source, batches = self.per_sample_memory(rows)
                 for row in rows:
                     row.update(per_sample_gib=per_sample, per_sample_source=source, per_sample_batches=batches,
-                               tpm=row["tok_per_s"] / 1e3 / per_sample if per_sample else None)  # fmt: skip
+                               tpm=row["tok_per_s"] / 1e3 / per_sample if per_sample else None,
+                               decode_tpm=row["decode_tok_per_s"] / 1e3 / per_sample
+                               if per_sample and row["decode_tok_per_s"] else None)  # fmt: skip
             if not active:
                 break
 
@@ -815,8 +817,10 @@ class Bench:
         if self.cuda:
             # Kernel (and memcpy) rows carry the device time; should a profiler build list none, fall back to the
             # device time attributed to the launching ops and to the count of launch calls.
-            gpu_busy = sum(v[2] for v in device_rows) / 1e3 or sum(v[2] for v in cpu_rows.values()) / 1e3
+            gpu_busy = sum(v[2] for v in device_rows) / 1e3 or sum(v[2] for v in cpu_rows.values()) / 1e3 or None
             kernels = sum(v[0] for v in device_rows) or sum(v[0] for k, v in cpu_rows.items() if "LaunchKernel" in k)
+            if gpu_busy is None:  # no device activity recorded (CUPTI unavailable): say so rather than report 0
+                self.meta["errors"].append(f"profile {name}: the profiler recorded no GPU activity")
         wall_step = (plain_all.seconds - plain_one) / steps * 1e3
 
         def top(index):
@@ -925,10 +929,12 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
     sweep = [r for r in records if r["record_type"] == "sweep"]
     if sweep:
         out += [
-            "Context sweep (prefill included in K tok/s and TPM; latency = decode ms per generated token):",
+            "Context sweep (ms/token = decode latency per generated token; K tok/s and TPM include the prefill, "
+            "TPM decode does not):",
             "",
-            "| context | model | b=1 ms/token | batch | ms/token | K tok/s | GiB/sample | KV GiB analytic | KV GiB measured | TPM |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| context | model | b=1 ms/token | batch | ms/token | K tok/s | GiB/sample | KV GiB analytic | KV GiB measured "
+            "| TPM | TPM decode |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for context in sorted({r["prompt_len"] for r in sweep}):
             for name in MODELS:
@@ -941,7 +947,8 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
                     f"| {context} | {LABELS[name]} | {_fmt(one['decode_ms_per_token'], '.3g')} | {big['batch_size']} | "
                     f"{_fmt(big['decode_ms_per_token'], '.3g')} | {_fmt(big['tok_per_s'] / 1e3, '.3g')} | "
                     f"{_fmt(big['per_sample_gib'], '.4g')} | {_fmt(big['analytic_kv_gib'], '.4g')} | "
-                    f"{_fmt(big['cache_gib_measured'], '.4g')} | {_fmt(big['tpm'], '.4g')} |"
+                    f"{_fmt(big['cache_gib_measured'], '.4g')} | {_fmt(big['tpm'], '.4g')} | "
+                    f"{_fmt(big.get('decode_tpm'), '.4g')} |"
                 )
         out.append("")
     profiles = [r for r in records if r["record_type"] == "profile"]
@@ -1018,6 +1025,7 @@ def make_plots(results: dict, stem: str) -> list[str]:
                 subtitle += f"\nTPM P/L {ratio['tpm_ratio']:.0f}x, throughput {ratio['tok_per_s_ratio']:.1f}x"
             ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="K tokens/s (prefill included)", title=subtitle)
             _log_ticks(ax.xaxis, sorted({r["batch_size"] for r in gen + attempts if r["regime"] == regime}))
+            _plain_labels(ax.yaxis)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend()
         fig.suptitle(f"Throughput vs batch · {title}", fontsize=10)
@@ -1037,24 +1045,30 @@ def make_plots(results: dict, stem: str) -> list[str]:
             measured = [(c, r["per_sample_gib"]) for c, r in zip(contexts, big) if r["per_sample_gib"]]
             if measured:
                 axes[0].plot(*zip(*measured), "o-", color=colors[name], label=f"{LABELS[name]} measured (slope)")
-            axes[0].plot(contexts, [r["analytic_kv_gib"] for r in big], "--", color=colors[name],
+            axes[0].plot(contexts, [r["analytic_kv_gib"] for r in big], "x--", color=colors[name],
                          label=f"{LABELS[name]} analytic KV")  # fmt: skip
-            tpm = [(c, r["tpm"]) for c, r in zip(contexts, big) if r["tpm"]]
+            tpm = [(c, r["tpm"], r["batch_size"]) for c, r in zip(contexts, big) if r["tpm"]]
             if tpm:
-                axes[1].plot(*zip(*tpm), "o-", color=colors[name], label=LABELS[name])
-                for (c, value), r in zip(tpm, [r for r in big if r["tpm"]]):
-                    axes[1].annotate(f"b={r['batch_size']}", (c, value), fontsize=7, color=colors[name])
+                axes[1].plot([t[0] for t in tpm], [t[1] for t in tpm], "o-", color=colors[name],
+                             label=f"{LABELS[name]} (prefill included)")  # fmt: skip
+                for c, value, batch in tpm:
+                    axes[1].annotate(f"b={batch}", (c, value), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                                     color=colors[name])  # fmt: skip
+            decode = [(c, r["decode_tpm"]) for c, r in zip(contexts, big) if r.get("decode_tpm")]
+            if decode:
+                axes[1].plot(*zip(*decode), "s:", color=colors[name], label=f"{LABELS[name]} (decode only)")
             latency = [(c, r["decode_ms_per_token"]) for c, r in zip(contexts, one) if r is not None]
             if latency:
                 axes[2].plot(*zip(*latency), "o-", color=colors[name], label=LABELS[name])
         axes[0].set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="GiB per sample",
                     title="Memory per sample vs context")  # fmt: skip
         axes[1].set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="TPM (K tok/s per GiB)",
-                    title=f"TPM vs context (large batch, {sweep[0]['gen_len']} generated)")  # fmt: skip
+                    title=f"TPM vs context (sweep batch, {sweep[0]['gen_len']} generated)")  # fmt: skip
         axes[2].set(xscale="log", xlabel="prompt tokens", ylabel="ms per generated token",
                     title="Decode latency at batch 1")  # fmt: skip
         for ax in axes:
             _log_ticks(ax.xaxis, sorted({r["prompt_len"] for r in sweep}))
+            _plain_labels(ax.yaxis)
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(f"Context sweep · {title}", fontsize=10)
@@ -1073,6 +1087,15 @@ def _log_ticks(axis, values: list[int]):
     axis.set_major_locator(matplotlib.ticker.FixedLocator(values))
     axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if v < 1e4 else f"{v / 1024:g}K"))
     axis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def _plain_labels(axis):
+    """Ticks at 1, 2, 5 x 10^k labelled as plain numbers (0.5, 2, 300) on a log axis."""
+    import matplotlib.ticker
+
+    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
 def write_json(path: Path, results: dict):
