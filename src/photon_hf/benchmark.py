@@ -322,8 +322,11 @@ def search_batches(probe, start: int, cap: int, tolerance: float = 1 / 16) -> li
 
 
 def _fmt(value, spec: str = ".3g", none: str = "–") -> str:
+    """Format a figure for the tables; spec "n" gives 4 significant digits without exponents (12,345 or 0.0123)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return none
+    if spec == "n":
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
     return format(value, spec)
 
 
@@ -894,7 +897,7 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
                 out.append(
                     f"| {regime} {r['prompt_len']}/{r['gen_len']} | {LABELS[r['model']]} | {r['batch_size']} | "
                     f"{_fmt(r['tok_per_s'] / 1e3, '.3g')} | {_fmt(r.get('decode_step_ms'), '.3g')} | "
-                    f"{_fmt(r['per_sample_gib'], '.4g')} | {_fmt(r['analytic_kv_gib'], '.4g')} | {_fmt(r['tpm'], '.4g')} | "
+                    f"{_fmt(r['per_sample_gib'], '.4g')} | {_fmt(r['analytic_kv_gib'], '.4g')} | {_fmt(r['tpm'], 'n')} | "
                     f"{_fmt(r.get('step_over_roofline'), '.1f')} |"
                 )
             ratio = next((x for x in records if x["record_type"] == "ratio" and x["regime"] == regime
@@ -904,7 +907,7 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
                     f"| {regime} | **ratio P/L** | {ratio['photon_batch']}/{ratio['llama_batch']} | "
                     f"**{_fmt(ratio['tok_per_s_ratio'], '.3g')}x** | {_fmt(ratio['decode_step_ms_ratio'], '.3g')}x | "
                     f"{_fmt(ratio['per_sample_gib_ratio'], '.3g')}x | {_fmt(ratio['analytic_kv_gib_ratio'], '.3g')}x | "
-                    f"**{_fmt(ratio['tpm_ratio'], '.4g')}x** | |"
+                    f"**{_fmt(ratio['tpm_ratio'], 'n')}x** | |"
                 )
         out += ["", "Throughput by batch (K tok/s; OOM / budget where a model stopped):", "",
                 "| regime | batch | PHOTON | Llama | P/L |", "|---|---:|---:|---:|---:|"]  # fmt: skip
@@ -947,8 +950,8 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
                     f"| {context} | {LABELS[name]} | {_fmt(one['decode_ms_per_token'], '.3g')} | {big['batch_size']} | "
                     f"{_fmt(big['decode_ms_per_token'], '.3g')} | {_fmt(big['tok_per_s'] / 1e3, '.3g')} | "
                     f"{_fmt(big['per_sample_gib'], '.4g')} | {_fmt(big['analytic_kv_gib'], '.4g')} | "
-                    f"{_fmt(big['cache_gib_measured'], '.4g')} | {_fmt(big['tpm'], '.4g')} | "
-                    f"{_fmt(big.get('decode_tpm'), '.4g')} |"
+                    f"{_fmt(big['cache_gib_measured'], '.4g')} | {_fmt(big['tpm'], 'n')} | "
+                    f"{_fmt(big.get('decode_tpm'), 'n')} |"
                 )
         out.append("")
     profiles = [r for r in records if r["record_type"] == "profile"]
@@ -971,6 +974,13 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
                 + (f"{top_gpu['op']} {top_gpu['self_gpu_us'] / 1e3:.2f} ms | " if top_gpu else "– | ")
                 + (f"{top_cpu['op']} {top_cpu['self_cpu_us'] / 1e3:.2f} ms |" if top_cpu else "– |")
             )
+        out.append("")
+        for r in profiles:  # the next few ops, per step: where a shortfall comes from
+            for kind, key, unit in (("GPU", "self_gpu_us", "top_gpu_ops"), ("CPU", "self_cpu_us", "top_cpu_ops")):
+                ops = ", ".join(f"{op['op'].replace('aten::', '')} {op[key] / 1e3:.2f} ms ({op['calls']:.0f}x)"
+                                for op in r[unit][:5])  # fmt: skip
+                if ops:
+                    out.append(f"- {LABELS[r['model']]} top {kind} per step: {ops}")
         out.append("")
     ceilings = meta.get("ceilings")
     if ceilings:
@@ -1064,7 +1074,7 @@ def make_plots(results: dict, stem: str) -> list[str]:
                     title="Memory per sample vs context")  # fmt: skip
         axes[1].set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="TPM (K tok/s per GiB)",
                     title=f"TPM vs context (sweep batch, {sweep[0]['gen_len']} generated)")  # fmt: skip
-        axes[2].set(xscale="log", xlabel="prompt tokens", ylabel="ms per generated token",
+        axes[2].set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="ms per generated token",
                     title="Decode latency at batch 1")  # fmt: skip
         for ax in axes:
             _log_ticks(ax.xaxis, sorted({r["prompt_len"] for r in sweep}))
@@ -1094,7 +1104,7 @@ def _plain_labels(axis):
     import matplotlib.ticker
 
     axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 10 else f"{v:g}"))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
