@@ -823,6 +823,7 @@ class Bench:
             gpu_busy = sum(v[2] for v in device_rows) / 1e3 or sum(v[2] for v in cpu_rows.values()) / 1e3 or None
             kernels = sum(v[0] for v in device_rows) or sum(v[0] for k, v in cpu_rows.items() if "LaunchKernel" in k)
             if gpu_busy is None:  # no device activity recorded (CUPTI unavailable): say so rather than report 0
+                kernels = None
                 self.meta["errors"].append(f"profile {name}: the profiler recorded no GPU activity")
         wall_step = (plain_all.seconds - plain_one) / steps * 1e3
 
@@ -969,7 +970,7 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
             out.append(
                 f"| {LABELS[r['model']]} | {r['batch_size']} | {r['wall_step_ms']:.2f} | "
                 f"{_fmt(r['gpu_busy_step_ms'], '.2f')} | {_fmt(r['gpu_idle_step_ms'], '.2f')} | "
-                f"{_fmt(r['roofline_step_ms'], '.3f')} | {_fmt(r['kernels_per_step'], '.0f')} | "
+                f"{_fmt(r['roofline_step_ms'], '.3g')} | {_fmt(r['kernels_per_step'], '.0f')} | "
                 f"{r['op_calls_per_step']:.0f} | "
                 + (f"{top_gpu['op']} {top_gpu['self_gpu_us'] / 1e3:.2f} ms | " if top_gpu else "– | ")
                 + (f"{top_cpu['op']} {top_cpu['self_cpu_us'] / 1e3:.2f} ms |" if top_cpu else "– |")
