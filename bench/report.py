@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Print the markdown tables of a benchmark results JSON (and, with --plots, redraw its PNG plots).
 
-    python bench/report.py bench/results/gen_YYYYmmdd-HHMMSS_DEVICE.json [--plots]
+python bench/report.py bench/results/gen_YYYYmmdd-HHMMSS_DEVICE.json [--plots]
 """
 
 import sys

@@ -30,12 +30,36 @@ def run_output(tmp_path_factory):
     torch.set_num_threads(1)
     benchmark.Bench.generate = generate
     try:
-        code = benchmark.main([
-            "--preset", "cpu-smoke", "--out-dir", str(out), "--budget-s", "900",
-            "--regime", "PF=32/4:1,2,4", "--regime", "DE=4/16", "--search-start", "1", "--max-batch", "8",
-            "--repeats", "2", "--sweep-contexts", "32,64", "--sweep-batch", "2", "--sweep-gen", "4",
-            "--profile-batch", "2", "--profile-steps", "4",
-        ])  # fmt: skip
+        code = benchmark.main(
+            [
+                "--preset",
+                "cpu-smoke",
+                "--out-dir",
+                str(out),
+                "--budget-s",
+                "900",
+                "--regime",
+                "PF=32/4:1,2,4",
+                "--regime",
+                "DE=4/16",
+                "--search-start",
+                "1",
+                "--max-batch",
+                "8",
+                "--repeats",
+                "2",
+                "--sweep-contexts",
+                "32,64",
+                "--sweep-batch",
+                "2",
+                "--sweep-gen",
+                "4",
+                "--profile-batch",
+                "2",
+                "--profile-steps",
+                "4",
+            ]
+        )
     finally:
         benchmark.Bench.generate = original
         torch.set_num_threads(threads)
@@ -71,8 +95,11 @@ def test_json_fields_and_types(run_output):
 def test_both_models_in_every_regime_and_oom_handling(run_output):
     _, results = run_output
     gen = _records(results, "generation")
-    batches = {(reg, m): sorted(r["batch_size"] for r in gen if (r["regime"], r["model"]) == (reg, m))
-               for reg in ("PF", "DE") for m in MODELS}  # fmt: skip
+    batches = {
+        (reg, m): sorted(r["batch_size"] for r in gen if (r["regime"], r["model"]) == (reg, m))
+        for reg in ("PF", "DE")
+        for m in MODELS
+    }
     assert batches[("PF", "photon")] == [1, 2, 4]
     assert batches[("PF", "llama")] == [1, 2]  # the ladder stops at the first failure
     assert batches[("DE", "photon")] == [1, 2, 4, 8]  # doubling up to the cap
@@ -99,8 +126,12 @@ def test_figures_follow_from_the_records(run_output):
         assert r["tok_per_s"] == pytest.approx(r["batch_size"] * r["gen_len"] / r["wall_s"], rel=1e-12)
         assert r["tpm"] == pytest.approx(r["tok_per_s"] / 1e3 / r["per_sample_gib"], rel=1e-12)
         # Per-sample memory on the CPU: slope of the cache bytes between the two batch sizes it names.
-        same = [x for x in rows if (x["record_type"], x["regime"], x["model"], x["prompt_len"]) ==
-                (r["record_type"], r["regime"], r["model"], r["prompt_len"])]  # fmt: skip
+        same = [
+            x
+            for x in rows
+            if (x["record_type"], x["regime"], x["model"], x["prompt_len"])
+            == (r["record_type"], r["regime"], r["model"], r["prompt_len"])
+        ]
         a, b = (next(x for x in same if x["batch_size"] == n) for n in r["per_sample_batches"])
         assert b["batch_size"] == max(x["batch_size"] for x in same) and a["batch_size"] < b["batch_size"]
         slope = (b["cache_gib_measured"] * b["batch_size"] - a["cache_gib_measured"] * a["batch_size"]) / (
@@ -115,8 +146,11 @@ def test_ratios_come_from_the_same_run(run_output):
     _, results = run_output
     by_id = {r["id"]: r for r in results["records"]}
     ratios = _records(results, "ratio")
-    assert {(r["regime"], r["basis"]) for r in ratios} >= {("PF", "max_batch"), ("DE", "max_batch"),
-                                                            ("PF", "same_batch")}  # fmt: skip
+    assert {(r["regime"], r["basis"]) for r in ratios} >= {
+        ("PF", "max_batch"),
+        ("DE", "max_batch"),
+        ("PF", "same_batch"),
+    }
     for ratio in ratios:
         photon, llama = by_id[ratio["photon_record"]], by_id[ratio["llama_record"]]
         assert (photon["model"], llama["model"]) == ("photon", "llama")
@@ -149,7 +183,9 @@ def test_sweep_profile_plots_and_report(run_output, capsys):
     except ImportError:
         assert results["meta"].get("plots") == []
     else:
-        assert sorted(results["meta"]["plots"]) == [str(path.with_suffix("")) + s for s in ("_batch.png", "_context.png")]
+        assert sorted(results["meta"]["plots"]) == [
+            str(path.with_suffix("")) + s for s in ("_batch.png", "_context.png")
+        ]
     assert benchmark.report_main([str(path)]) == 0
     text = capsys.readouterr().out
     assert "**ratio P/L**" in text and "PHOTON" in text and "Llama" in text and "Context sweep" in text

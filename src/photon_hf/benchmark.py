@@ -52,9 +52,17 @@ GIB = 2**30
 MODELS = ("photon", "llama")
 LABELS = {"photon": "PHOTON", "llama": "Llama"}
 REQUIRED_FIELDS = (
-    "device", "model", "regime", "prompt_len", "gen_len", "batch_size", "tok_per_s", "per_sample_gib",
-    "analytic_kv_gib", "tpm",
-)  # fmt: skip
+    "device",
+    "model",
+    "regime",
+    "prompt_len",
+    "gen_len",
+    "batch_size",
+    "tok_per_s",
+    "per_sample_gib",
+    "analytic_kv_gib",
+    "tpm",
+)
 PROFILE_PROMPT_LEN = 128  # prompt of the profiled generations: short, so that decode steps dominate
 WARMUP_TOKENS = 8  # decode steps of the short generations that warm up and estimate a measurement
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -63,7 +71,8 @@ OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryErro
 def is_oom(exc: BaseException) -> bool:
     """Out of device memory, including the forms that are not `OutOfMemoryError` (cuBLAS workspace allocation)."""
     return isinstance(exc, OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "can't allocate memory"))
+        isinstance(exc, RuntimeError)
+        and any(s in str(exc) for s in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "can't allocate memory"))
     )
 
 
@@ -71,9 +80,15 @@ def is_oom(exc: BaseException) -> bool:
 def tiny_config() -> PhotonConfig:
     """A PHOTON small enough for CPU smoke runs (same hierarchy as the paper's: L=2, C=[4,4], R=2)."""
     return PhotonConfig(
-        vocab_size=512, hidden_size=64, intermediate_size=128, num_attention_heads=4, chunk_sizes=[4, 4],
-        converter_width=2, num_encoder_layers=1, num_decoder_layers=1,
-    )  # fmt: skip
+        vocab_size=512,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        chunk_sizes=[4, 4],
+        converter_width=2,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+    )
 
 
 SHAPES = {"paper-600m": lambda: photon_preset("photon-600m"), "tiny": tiny_config}
@@ -120,7 +135,9 @@ def parse_regime(spec: str) -> Regime:
     """`NAME=PROMPT/GEN` (batch search) or `NAME=PROMPT/GEN:B1,B2,...` (fixed ladder), e.g. `PF=2048/128`."""
     match = re.fullmatch(r"([A-Za-z][\w-]*)=(\d+)/(\d+)(?::(\d+(?:,\d+)*))?", spec.strip())
     if match is None:
-        raise ValueError(f"Bad regime {spec!r}: expected NAME=PROMPT/GEN or NAME=PROMPT/GEN:B1,B2,... (e.g. PF=2048/128).")
+        raise ValueError(
+            f"Bad regime {spec!r}: expected NAME=PROMPT/GEN or NAME=PROMPT/GEN:B1,B2,... (e.g. PF=2048/128)."
+        )
     name, prompt, gen, ladder = match.groups()
     if int(prompt) < 1 or int(gen) < 2:
         raise ValueError(f"Bad regime {spec!r}: the prompt needs >= 1 token and the generation >= 2 tokens.")
@@ -134,24 +151,51 @@ def parse_regime(spec: str) -> Regime:
 PRESETS: dict[str, dict] = {
     # Tiny models on the CPU: checks the harness end to end (CI), figures mean nothing for a GPU.
     "cpu-smoke": dict(
-        shape="tiny", budget_s=300.0, regimes=["PF=2048/128", "DE-short=128/512"], search_start=1, max_batch=8,
-        repeats=2, sweep_contexts=[1024, 4096, 16384], sweep_batch=4, sweep_gen=16, profile_batch=8,
-        profile_steps=16, sections=["regimes", "profile", "sweep"],
+        shape="tiny",
+        budget_s=300.0,
+        regimes=["PF=2048/128", "DE-short=128/512"],
+        search_start=1,
+        max_batch=8,
+        repeats=2,
+        sweep_contexts=[1024, 4096, 16384],
+        sweep_batch=4,
+        sweep_gen=16,
+        profile_batch=8,
+        profile_steps=16,
+        sections=["regimes", "profile", "sweep"],
         weights={"PF": 1.0, "DE-short": 1.0, "profile": 0.5, "sweep": 1.0},
     ),
     # The paper's 600M shapes in about four minutes of one H100/H200: DE 128/512 and PF 2048/128 on fixed ladders
     # (each model stops at its first OOM or when its share of the budget is spent), the profile, a small sweep.
     "gpu-short": dict(
-        shape="paper-600m", budget_s=220.0, regimes=["DE-short=128/512:32,256,1024,4096", "PF=2048/128:16,64,512,2048"],
-        search_start=16, max_batch=16384, repeats=1, sweep_contexts=[1024, 4096, 16384, 32768], sweep_batch=16,
-        sweep_gen=32, profile_batch=256, profile_steps=16, sections=["regimes", "profile", "sweep"],
+        shape="paper-600m",
+        budget_s=220.0,
+        regimes=["DE-short=128/512:32,256,1024,4096", "PF=2048/128:16,64,512,2048"],
+        search_start=16,
+        max_batch=16384,
+        repeats=1,
+        sweep_contexts=[1024, 4096, 16384, 32768],
+        sweep_batch=16,
+        sweep_gen=32,
+        profile_batch=256,
+        profile_steps=16,
+        sections=["regimes", "profile", "sweep"],
         weights={"DE-short": 5.0, "PF": 2.0, "profile": 1.0, "sweep": 3.0},
     ),
     # The full protocol (paper regimes, batch search, 3 repeats, long sweep): about half an hour.
     "gpu-full": dict(
-        shape="paper-600m", budget_s=1800.0, regimes=["PF=2048/128", "DE=128/2048", "DE-short=128/512"],
-        search_start=16, max_batch=16384, repeats=3, sweep_contexts=[1024, 2048, 4096, 8192, 16384, 32768, 65536],
-        sweep_batch=64, sweep_gen=64, profile_batch=256, profile_steps=16, sections=["regimes", "profile", "sweep"],
+        shape="paper-600m",
+        budget_s=1800.0,
+        regimes=["PF=2048/128", "DE=128/2048", "DE-short=128/512"],
+        search_start=16,
+        max_batch=16384,
+        repeats=3,
+        sweep_contexts=[1024, 2048, 4096, 8192, 16384, 32768, 65536],
+        sweep_batch=64,
+        sweep_gen=64,
+        profile_batch=256,
+        profile_steps=16,
+        sections=["regimes", "profile", "sweep"],
         weights={"PF": 4.0, "DE": 8.0, "DE-short": 3.0, "profile": 1.0, "sweep": 4.0},
     ),
 }
@@ -183,12 +227,16 @@ def decode_step_cost(config: PhotonConfig, model: str, context: float, dtype_byt
         weights += layers * layer_params + d
         flops += 2.0 * layers * layer_params + 4.0 * layers * d * context
         sample += layers * entry * (context + 1)
-        return dict(weight_bytes=weights * dtype_bytes, sample_bytes=sample, sample_flops=flops,
-                    cache_copy_bytes=2.0 * layers * entry * context)  # fmt: skip
+        return dict(
+            weight_bytes=weights * dtype_bytes,
+            sample_bytes=sample,
+            sample_flops=flops,
+            cache_copy_bytes=2.0 * layers * entry * context,
+        )
     if model != "photon":
         raise ValueError(f"Unknown model {model!r}; expected one of {MODELS}.")
     per_unit = config.tokens_per_unit
-    for level, (chunk, width) in enumerate(zip(config.chunk_sizes, config.converter_width)):
+    for level, (chunk, width) in enumerate(zip(config.chunk_sizes, config.converter_width, strict=True)):
         rate = 1.0 / per_unit[level]  # level units completed per token
         enc, dec = config.num_encoder_layers[level], config.num_decoder_layers[level]
         # Context encoder: one step per unit, attending over every unit so far (or its window).
@@ -216,7 +264,9 @@ def decode_step_cost(config: PhotonConfig, model: str, context: float, dtype_byt
 
 def roofline_step_ms(cost: dict[str, float], batch: int, bandwidth: float, flop_rate: float) -> float:
     """The floor of one decode step at `batch` (minimal bytes over bandwidth, or FLOPs over the matmul rate)."""
-    seconds = max((cost["weight_bytes"] + batch * cost["sample_bytes"]) / bandwidth, batch * cost["sample_flops"] / flop_rate)
+    seconds = max(
+        (cost["weight_bytes"] + batch * cost["sample_bytes"]) / bandwidth, batch * cost["sample_flops"] / flop_rate
+    )
     return seconds * 1e3
 
 
@@ -338,8 +388,13 @@ def device_description(device: torch.device) -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -361,7 +416,7 @@ class Bench:
             [r.prompt_len + r.gen_len for r in args.regimes]
             + [c + args.sweep_gen for c in args.sweep_contexts]
             + [PROFILE_PROMPT_LEN + args.profile_steps + 1]
-        )  # fmt: skip
+        )
         self.config.max_position_embeddings = max(self.config.max_position_embeddings, longest)
         self.llama_config = llama_config_for(self.config)
         self.models: dict[str, torch.nn.Module] = {}
@@ -377,9 +432,13 @@ class Bench:
             device_type=device.type,
             dtype=str(dtype).replace("torch.", ""),
             shape=args.shape,
-            versions=dict(python=platform.python_version(), torch=torch.__version__,
-                          transformers=transformers.__version__, photon_hf=_package_version(),
-                          cuda=torch.version.cuda),  # fmt: skip
+            versions=dict(
+                python=platform.python_version(),
+                torch=torch.__version__,
+                transformers=transformers.__version__,
+                photon_hf=_package_version(),
+                cuda=torch.version.cuda,
+            ),
             git_commit=_git_commit(),
             protocol=dict(
                 decoding="greedy, EOS disabled (min_new_tokens = max_new_tokens, eos = pad = vocab_size - 1)",
@@ -455,40 +514,40 @@ class Bench:
             llama_attn_implementation=self.models["llama"].config._attn_implementation,
             photon_kernels=getattr(modeling, "photon_kernels", None) is not None,
         )
-        self.log(f"models built: PHOTON {params['photon'] / 1e6:.1f}M, Llama {params['llama'] / 1e6:.1f}M parameters, "
-                 f"{self.meta['dtype']} on {self.device_name}")  # fmt: skip
+        self.log(
+            f"models built: PHOTON {params['photon'] / 1e6:.1f}M, Llama {params['llama'] / 1e6:.1f}M parameters, "
+            f"{self.meta['dtype']} on {self.device_name}"
+        )
         if self.cuda:
             try:
                 self.ceilings = self.measure_ceilings()
                 self.meta["ceilings"] = self.ceilings
-                self.log(f"ceilings: copy {self.ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, matmul "
-                         f"{self.ceilings['matmul_flop_per_s'] / 1e12:.0f} TFLOP/s ({self.meta['dtype']})")  # fmt: skip
+                self.log(
+                    f"ceilings: copy {self.ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, matmul "
+                    f"{self.ceilings['matmul_flop_per_s'] / 1e12:.0f} TFLOP/s ({self.meta['dtype']})"
+                )
             except Exception as exc:  # the rooflines are a bonus: never lose the run to them
                 self.error("ceilings", exc)
 
     def measure_ceilings(self) -> dict[str, float]:
         """Device-to-device copy bandwidth (bytes read + written) and the matmul rate, measured on random data."""
 
-        def timed(fn, repeats=10):
+        def timed(fn, *operands, repeats=10):
             for _ in range(2):
-                fn()
+                fn(*operands)
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             for _ in range(repeats):
-                fn()
+                fn(*operands)
             stop.record()
             torch.cuda.synchronize(self.device)
             return start.elapsed_time(stop) / 1e3 / repeats
 
-        src = torch.randn(GIB // 4, device=self.device)  # 1 GiB of float32
-        dst = torch.empty_like(src)
-        copy_s = timed(lambda: dst.copy_(src))
-        del src, dst
+        source = torch.randn(GIB // 4, device=self.device)  # 1 GiB of float32
+        copy_s = timed(torch.Tensor.copy_, torch.empty_like(source), source)
+        del source
         n = 8192
-        a = torch.randn(n, n, device=self.device, dtype=self.dtype)
-        b = torch.randn(n, n, device=self.device, dtype=self.dtype)
-        mm_s = timed(lambda: a @ b)
-        del a, b
+        mm_s = timed(torch.matmul, *(torch.randn(n, n, device=self.device, dtype=self.dtype) for _ in range(2)))
         self.free()
         return dict(copy_bytes_per_s=2 * GIB / copy_s, matmul_flop_per_s=2 * n**3 / mm_s)
 
@@ -500,9 +559,15 @@ class Bench:
 
     def generation_config(self, new_tokens: int) -> GenerationConfig:
         return GenerationConfig(
-            max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=1,
-            eos_token_id=self.eos, pad_token_id=self.eos, use_cache=True, return_dict_in_generate=True,
-        )  # fmt: skip
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=self.eos,
+            pad_token_id=self.eos,
+            use_cache=True,
+            return_dict_in_generate=True,
+        )
 
     def generate(self, name: str, ids: torch.Tensor, new_tokens: int, deadline: float) -> GenRun:
         """One stock `generate` call, timed with the device synchronised, with its peak memory and cache size."""
@@ -534,8 +599,15 @@ class Bench:
         return roofline_step_ms(cost, batch, self.ceilings["copy_bytes_per_s"], self.ceilings["matmul_flop_per_s"])
 
     def _base_record(self, record_type: str, name: str, regime: str, prompt_len: int, gen_len: int, batch: int):
-        return dict(record_type=record_type, device=self.device_name, model=name, regime=regime, prompt_len=prompt_len,
-                    gen_len=gen_len, batch_size=batch)  # fmt: skip
+        return dict(
+            record_type=record_type,
+            device=self.device_name,
+            model=name,
+            regime=regime,
+            prompt_len=prompt_len,
+            gen_len=gen_len,
+            batch_size=batch,
+        )
 
     def _attempt(self, base: dict, status: str, message: str = "", **extra) -> dict:
         return self.add(dict(base, record_type="attempt", status=status, message=message, **extra))
@@ -556,8 +628,12 @@ class Bench:
             step_s = max(short.seconds - prefill.seconds, 0.0) / steps
             estimate = prefill.seconds + step_s * (regime.gen_len - 1)
             if time.monotonic() + estimate > deadline:
-                return self._attempt(base, "skipped_budget", f"estimated {estimate:.1f} s, budget left "
-                                     f"{max(0.0, deadline - time.monotonic()):.1f} s", estimate_s=estimate)  # fmt: skip
+                return self._attempt(
+                    base,
+                    "skipped_budget",
+                    f"estimated {estimate:.1f} s, budget left {max(0.0, deadline - time.monotonic()):.1f} s",
+                    estimate_s=estimate,
+                )
             runs: list[GenRun] = []
             while len(runs) < self.args.repeats:
                 run = self.generate(name, ids, regime.gen_len, deadline)
@@ -580,15 +656,27 @@ class Bench:
         peaks = [r.peak_bytes for r in runs if r.peak_bytes is not None]
         return self.add(
             dict(
-                base, status="ok", wall_s=wall, wall_s_runs=[r.seconds for r in runs], repeats=len(runs),
-                tok_per_s=batch * regime.gen_len / wall, prefill_s=prefill.seconds, decode_step_ms=decode_ms,
-                estimate_s=estimate, peak_gib=max(peaks) / GIB if peaks else None,
+                base,
+                status="ok",
+                wall_s=wall,
+                wall_s_runs=[r.seconds for r in runs],
+                repeats=len(runs),
+                tok_per_s=batch * regime.gen_len / wall,
+                prefill_s=prefill.seconds,
+                decode_step_ms=decode_ms,
+                estimate_s=estimate,
+                peak_gib=max(peaks) / GIB if peaks else None,
                 cache_gib_measured=runs[0].cache_bytes / batch / GIB if runs[0].cache_bytes is not None else None,
                 analytic_kv_gib=self.analytic_kv_gib(name, regime.prompt_len + regime.gen_len),
-                per_sample_gib=None, per_sample_source=None, per_sample_batches=None, tpm=None, is_max_batch=False,
-                roofline_step_ms=roof, step_over_roofline=decode_ms / roof if roof else None,
+                per_sample_gib=None,
+                per_sample_source=None,
+                per_sample_batches=None,
+                tpm=None,
+                is_max_batch=False,
+                roofline_step_ms=roof,
+                step_over_roofline=decode_ms / roof if roof else None,
             )
-        )  # fmt: skip
+        )
 
     # ----------------------------------------------------------------------------------------------- regimes
     def run_regime(self, regime: Regime, deadline: float):
@@ -599,8 +687,11 @@ class Bench:
 
             def probe(batch, name=name, model_deadline=model_deadline):
                 record = self.measure(name, regime, batch, model_deadline)
-                shown = (f"{record['tok_per_s'] / 1e3:.2f} K tok/s, {record['decode_step_ms']:.1f} ms/step"
-                         if record["status"] == "ok" else record["message"])  # fmt: skip
+                shown = (
+                    f"{record['tok_per_s'] / 1e3:.2f} K tok/s, {record['decode_step_ms']:.1f} ms/step"
+                    if record["status"] == "ok"
+                    else record["message"]
+                )
                 self.log(f"  {LABELS[name]} {regime.name} batch {batch}: {record['status']} ({shown})")
                 return record["status"]
 
@@ -617,12 +708,20 @@ class Bench:
         """Per-sample memory, TPM, the largest batch of each model, and the PHOTON / Llama ratio records."""
         best = {}
         for name in MODELS:
-            rows = [r for r in self.records if r["record_type"] == "generation" and r["regime"] == regime
-                    and r["model"] == name]  # fmt: skip
+            rows = [
+                r
+                for r in self.records
+                if r["record_type"] == "generation" and r["regime"] == regime and r["model"] == name
+            ]
             per_sample, source, batches = self.per_sample_memory(rows)
             for row in rows:
-                row.update(per_sample_gib=per_sample, per_sample_source=source, per_sample_batches=batches,
-                           tpm=row["tok_per_s"] / 1e3 / per_sample if per_sample else None, is_max_batch=False)  # fmt: skip
+                row.update(
+                    per_sample_gib=per_sample,
+                    per_sample_source=source,
+                    per_sample_batches=batches,
+                    tpm=row["tok_per_s"] / 1e3 / per_sample if per_sample else None,
+                    is_max_batch=False,
+                )
             if rows:
                 best[name] = max(rows, key=lambda r: r["batch_size"])
                 best[name]["is_max_batch"] = True
@@ -630,8 +729,11 @@ class Bench:
         if len(best) < len(MODELS):
             return
         self.add(self.ratio_record(regime, "max_batch", best["photon"], best["llama"]))
-        llama_rows = {r["batch_size"]: r for r in self.records if r["record_type"] == "generation"
-                      and r["regime"] == regime and r["model"] == "llama"}  # fmt: skip
+        llama_rows = {
+            r["batch_size"]: r
+            for r in self.records
+            if r["record_type"] == "generation" and r["regime"] == regime and r["model"] == "llama"
+        }
         for row in self.records:
             if row["record_type"] == "generation" and row["regime"] == regime and row["model"] == "photon":
                 if row["batch_size"] in llama_rows:
@@ -639,7 +741,9 @@ class Bench:
 
     def per_sample_memory(self, rows: list[dict]) -> tuple[float | None, str | None, list[int] | None]:
         """Slope of the peak allocated memory (CUDA) or of the cache bytes (CPU) between the two largest batches."""
-        key, source = ("peak_gib", "cuda_peak_allocated_slope") if self.cuda else ("cache_gib_measured", "cache_bytes_slope")
+        key, source = (
+            ("peak_gib", "cuda_peak_allocated_slope") if self.cuda else ("cache_gib_measured", "cache_bytes_slope")
+        )
         usable = sorted((r for r in rows if r.get(key) is not None), key=lambda r: r["batch_size"])
         if len(usable) < 2:
             return None, None, None
@@ -656,12 +760,22 @@ class Bench:
             return p / q if p is not None and q else None
 
         return dict(
-            record_type="ratio", device=self.device_name, regime=regime, basis=basis, prompt_len=photon["prompt_len"],
-            gen_len=photon["gen_len"], photon_batch=photon["batch_size"], llama_batch=llama["batch_size"],
-            photon_record=photon["id"], llama_record=llama["id"], tok_per_s_ratio=ratio("tok_per_s"),
-            per_sample_gib_ratio=ratio("per_sample_gib"), analytic_kv_gib_ratio=ratio("analytic_kv_gib"),
-            tpm_ratio=ratio("tpm"), decode_step_ms_ratio=ratio("decode_step_ms"),
-        )  # fmt: skip
+            record_type="ratio",
+            device=self.device_name,
+            regime=regime,
+            basis=basis,
+            prompt_len=photon["prompt_len"],
+            gen_len=photon["gen_len"],
+            photon_batch=photon["batch_size"],
+            llama_batch=llama["batch_size"],
+            photon_record=photon["id"],
+            llama_record=llama["id"],
+            tok_per_s_ratio=ratio("tok_per_s"),
+            per_sample_gib_ratio=ratio("per_sample_gib"),
+            analytic_kv_gib_ratio=ratio("analytic_kv_gib"),
+            tpm_ratio=ratio("tpm"),
+            decode_step_ms_ratio=ratio("decode_step_ms"),
+        )
 
     # ------------------------------------------------------------------------------------------------- sweep
     def fits(self, name: str, tokens: int, batch: int) -> bool:
@@ -699,15 +813,25 @@ class Bench:
         roof = self.roofline(name, context + gen / 2, batch)
         return self.add(
             dict(
-                base, status="ok", wall_s=full.seconds, tok_per_s=batch * gen / full.seconds, prefill_s=prefill,
-                decode_ms_per_token=decode_ms, decode_tok_per_s=batch / decode_ms * 1e3 if decode_ms > 0 else None,
+                base,
+                status="ok",
+                wall_s=full.seconds,
+                tok_per_s=batch * gen / full.seconds,
+                prefill_s=prefill,
+                decode_ms_per_token=decode_ms,
+                decode_tok_per_s=batch / decode_ms * 1e3 if decode_ms > 0 else None,
                 peak_gib=full.peak_bytes / GIB if full.peak_bytes is not None else None,
                 cache_gib_measured=full.cache_bytes / batch / GIB if full.cache_bytes is not None else None,
-                analytic_kv_gib=self.analytic_kv_gib(name, context + gen), per_sample_gib=None, per_sample_source=None,
-                per_sample_batches=None, tpm=None, decode_tpm=None, roofline_step_ms=roof,
+                analytic_kv_gib=self.analytic_kv_gib(name, context + gen),
+                per_sample_gib=None,
+                per_sample_source=None,
+                per_sample_batches=None,
+                tpm=None,
+                decode_tpm=None,
+                roofline_step_ms=roof,
                 step_over_roofline=decode_ms / roof if roof else None,
             )
-        )  # fmt: skip
+        )
 
     def run_sweep(self, deadline: float):
         """Context lengths in increasing order; per model batch 1, then the large batch (halved while it fails to
@@ -717,8 +841,10 @@ class Bench:
             for name in list(active):
                 rows = []
                 record = self.sweep_point(name, context, 1, deadline)
-                self.log(f"  sweep {LABELS[name]} context {context} batch 1: {record['status']}"
-                         + (f" ({record['decode_ms_per_token']:.2f} ms/token)" if record["status"] == "ok" else ""))  # fmt: skip
+                self.log(
+                    f"  sweep {LABELS[name]} context {context} batch 1: {record['status']}"
+                    + (f" ({record['decode_ms_per_token']:.2f} ms/token)" if record["status"] == "ok" else "")
+                )
                 if record["status"] != "ok":
                     active.remove(name)
                     continue
@@ -735,10 +861,15 @@ class Bench:
                     batch //= 2
                 per_sample, source, batches = self.per_sample_memory(rows)
                 for row in rows:
-                    row.update(per_sample_gib=per_sample, per_sample_source=source, per_sample_batches=batches,
-                               tpm=row["tok_per_s"] / 1e3 / per_sample if per_sample else None,
-                               decode_tpm=row["decode_tok_per_s"] / 1e3 / per_sample
-                               if per_sample and row["decode_tok_per_s"] else None)  # fmt: skip
+                    row.update(
+                        per_sample_gib=per_sample,
+                        per_sample_source=source,
+                        per_sample_batches=batches,
+                        tpm=row["tok_per_s"] / 1e3 / per_sample if per_sample else None,
+                        decode_tpm=row["decode_tok_per_s"] / 1e3 / per_sample
+                        if per_sample and row["decode_tok_per_s"]
+                        else None,
+                    )
             if not active:
                 break
 
@@ -764,9 +895,11 @@ class Bench:
                 continue
             self.add(record)
             lines.append(text)
-            self.log(f"  profile {LABELS[name]} batch {batch}: {record['wall_step_ms']:.2f} ms/step, GPU kernels "
-                     f"{_fmt(record['gpu_busy_step_ms'], '.2f')} ms, {_fmt(record['kernels_per_step'], '.0f')} kernels, "
-                     f"{record['op_calls_per_step']:.0f} op calls per step")  # fmt: skip
+            self.log(
+                f"  profile {LABELS[name]} batch {batch}: {record['wall_step_ms']:.2f} ms/step, GPU kernels "
+                f"{_fmt(record['gpu_busy_step_ms'], '.2f')} ms, {_fmt(record['kernels_per_step'], '.0f')} kernels, "
+                f"{record['op_calls_per_step']:.0f} op calls per step"
+            )
         if lines and self.args.out_stem is not None:
             path = Path(f"{self.args.out_stem}_profile.txt")
             path.write_text("\n\n".join(lines) + "\n")
@@ -810,7 +943,7 @@ class Bench:
         def per_step(key):  # (calls, self CPU us, self device us) of one decode step
             one = tables[0].get(key, (0, 0.0, 0.0))
             many = tables[1].get(key, (0, 0.0, 0.0))
-            return tuple((m - o) / steps for m, o in zip(many, one))
+            return tuple((m - o) / steps for m, o in zip(many, one, strict=True))
 
         keys = set(tables[0]) | set(tables[1])
         rows = {key: per_step(key) for key in keys}
@@ -829,21 +962,30 @@ class Bench:
 
         def top(index):
             ranked = sorted(cpu_rows.items(), key=lambda kv: kv[1][index], reverse=True)[:8]
-            return [dict(op=k, calls=v[0], self_cpu_us=v[1], self_gpu_us=v[2] if self.cuda else None)
-                    for k, v in ranked if v[index] > 0]  # fmt: skip
+            return [
+                dict(op=k, calls=v[0], self_cpu_us=v[1], self_gpu_us=v[2] if self.cuda else None)
+                for k, v in ranked
+                if v[index] > 0
+            ]
 
         record = dict(
             self._base_record("profile", name, "profile", PROFILE_PROMPT_LEN, steps, batch),
-            status="ok", wall_step_ms=wall_step, profiled_step_ms=(walls[1] - walls[0]) / steps * 1e3,
-            gpu_busy_step_ms=gpu_busy, gpu_idle_step_ms=wall_step - gpu_busy if gpu_busy is not None else None,
+            status="ok",
+            wall_step_ms=wall_step,
+            profiled_step_ms=(walls[1] - walls[0]) / steps * 1e3,
+            gpu_busy_step_ms=gpu_busy,
+            gpu_idle_step_ms=wall_step - gpu_busy if gpu_busy is not None else None,
             kernels_per_step=kernels,
             op_calls_per_step=sum(v[0] for k, v in cpu_rows.items() if k.startswith("aten::")),
             torch_cpu_step_ms=sum(v[1] for v in cpu_rows.values()) / 1e3,
             roofline_step_ms=self.roofline(name, PROFILE_PROMPT_LEN + steps / 2, batch),
-            top_gpu_ops=top(2) if self.cuda else [], top_cpu_ops=top(1),
-        )  # fmt: skip
-        header = (f"== {LABELS[name]}: generate at batch {batch}, prompt {PROFILE_PROMPT_LEN}, {1 + steps} new tokens "
-                  f"(profiled; sorted by self {'device' if self.cuda else 'CPU'} time) ==")  # fmt: skip
+            top_gpu_ops=top(2) if self.cuda else [],
+            top_cpu_ops=top(1),
+        )
+        header = (
+            f"== {LABELS[name]}: generate at batch {batch}, prompt {PROFILE_PROMPT_LEN}, {1 + steps} new tokens "
+            f"(profiled; sorted by self {'device' if self.cuda else 'CPU'} time) =="
+        )
         return record, header + "\n" + full_table
 
     # ----------------------------------------------------------------------------------------------- driver
@@ -884,7 +1026,9 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
     ]
     gen = [r for r in records if r["record_type"] == "generation"]
     attempts = [r for r in records if r["record_type"] == "attempt"]
-    regimes = list(dict.fromkeys(r["regime"] for r in gen + [a for a in attempts if a["regime"] not in ("sweep", "profile")]))
+    regimes = list(
+        dict.fromkeys(r["regime"] for r in gen + [a for a in attempts if a["regime"] not in ("sweep", "profile")])
+    )
     if regimes:
         out += [
             "Largest batch that ran per model. TPM = K tok/s / GiB per sample; ratio = PHOTON / Llama (same run).",
@@ -898,11 +1042,17 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
                 out.append(
                     f"| {regime} {r['prompt_len']}/{r['gen_len']} | {LABELS[r['model']]} | {r['batch_size']} | "
                     f"{_fmt(r['tok_per_s'] / 1e3, '.3g')} | {_fmt(r.get('decode_step_ms'), '.3g')} | "
-                    f"{_fmt(r['per_sample_gib'], '.4g')} | {_fmt(r['analytic_kv_gib'], '.4g')} | {_fmt(r['tpm'], 'n')} | "
-                    f"{_fmt(r.get('step_over_roofline'), '.1f')} |"
+                    f"{_fmt(r['per_sample_gib'], '.4g')} | {_fmt(r['analytic_kv_gib'], '.4g')} | "
+                    f"{_fmt(r['tpm'], 'n')} | {_fmt(r.get('step_over_roofline'), '.1f')} |"
                 )
-            ratio = next((x for x in records if x["record_type"] == "ratio" and x["regime"] == regime
-                          and x["basis"] == "max_batch"), None)  # fmt: skip
+            ratio = next(
+                (
+                    x
+                    for x in records
+                    if x["record_type"] == "ratio" and x["regime"] == regime and x["basis"] == "max_batch"
+                ),
+                None,
+            )
             if ratio:
                 out.append(
                     f"| {regime} | **ratio P/L** | {ratio['photon_batch']}/{ratio['llama_batch']} | "
@@ -910,8 +1060,13 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
                     f"{_fmt(ratio['per_sample_gib_ratio'], '.3g')}x | {_fmt(ratio['analytic_kv_gib_ratio'], '.3g')}x | "
                     f"**{_fmt(ratio['tpm_ratio'], 'n')}x** | |"
                 )
-        out += ["", "Throughput by batch (K tok/s; OOM / budget where a model stopped):", "",
-                "| regime | batch | PHOTON | Llama | P/L |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+        out += [
+            "",
+            "Throughput by batch (K tok/s; OOM / budget where a model stopped):",
+            "",
+            "| regime | batch | PHOTON | Llama | P/L |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for regime in regimes:
             cells: dict[int, dict[str, str]] = {}
             values: dict[int, dict[str, float]] = {}
@@ -927,8 +1082,10 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
             for batch in sorted(cells):
                 v = values.get(batch, {})
                 ratio = v["photon"] / v["llama"] if "photon" in v and "llama" in v else None
-                out.append(f"| {regime} | {batch} | {cells[batch].get('photon', '')} | {cells[batch].get('llama', '')} | "
-                           f"{_fmt(ratio, '.3g', '')} |")  # fmt: skip
+                out.append(
+                    f"| {regime} | {batch} | {cells[batch].get('photon', '')} | {cells[batch].get('llama', '')} | "
+                    f"{_fmt(ratio, '.3g', '')} |"
+                )
         out.append("")
     sweep = [r for r in records if r["record_type"] == "sweep"]
     if sweep:
@@ -936,14 +1093,16 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
             "Context sweep (ms/token = decode latency per generated token; K tok/s and TPM include the prefill, "
             "TPM decode does not):",
             "",
-            "| context | model | b=1 ms/token | batch | ms/token | K tok/s | GiB/sample | KV GiB analytic | KV GiB measured "
-            "| TPM | TPM decode |",
+            "| context | model | b=1 ms/token | batch | ms/token | K tok/s | GiB/sample | KV GiB analytic "
+            "| KV GiB measured | TPM | TPM decode |",
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for context in sorted({r["prompt_len"] for r in sweep}):
             for name in MODELS:
-                rows = sorted((r for r in sweep if r["prompt_len"] == context and r["model"] == name),
-                              key=lambda r: r["batch_size"])  # fmt: skip
+                rows = sorted(
+                    (r for r in sweep if r["prompt_len"] == context and r["model"] == name),
+                    key=lambda r: r["batch_size"],
+                )
                 if not rows:
                     continue
                 one, big = rows[0], rows[-1]
@@ -961,7 +1120,8 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
             "Profile, per decode step (difference of generate with 1 + N and 1 new tokens; GPU = kernel time; "
             "idle = wall - GPU):",
             "",
-            "| model | batch | wall ms | GPU ms | idle ms | roofline ms | kernels | aten calls | top GPU op | top CPU op |",
+            "| model | batch | wall ms | GPU ms | idle ms | roofline ms | kernels | aten calls | top GPU op "
+            "| top CPU op |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
         ]
         for r in profiles:
@@ -978,18 +1138,25 @@ def render_markdown(results: dict, json_path: str | None = None) -> str:
         out.append("")
         for r in profiles:  # the next few ops, per step: where a shortfall comes from
             for kind, key, unit in (("GPU", "self_gpu_us", "top_gpu_ops"), ("CPU", "self_cpu_us", "top_cpu_ops")):
-                ops = ", ".join(f"{op['op'].replace('aten::', '')} {op[key] / 1e3:.2f} ms ({op['calls']:.0f}x)"
-                                for op in r[unit][:5])  # fmt: skip
+                ops = ", ".join(
+                    f"{op['op'].replace('aten::', '')} {op[key] / 1e3:.2f} ms ({op['calls']:.0f}x)"
+                    for op in r[unit][:5]
+                )
                 if ops:
                     out.append(f"- {LABELS[r['model']]} top {kind} per step: {ops}")
         out.append("")
     ceilings = meta.get("ceilings")
     if ceilings:
-        out.append(f"Ceilings measured in this run: copy {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, matmul "
-                   f"{ceilings['matmul_flop_per_s'] / 1e12:.0f} TFLOP/s.")  # fmt: skip
+        out.append(
+            f"Ceilings measured in this run: copy {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, matmul "
+            f"{ceilings['matmul_flop_per_s'] / 1e12:.0f} TFLOP/s."
+        )
     sections = ", ".join(f"{k} {v['status']} {v['seconds']:.0f}s" for k, v in meta.get("sections", {}).items())
-    out.append(f"Sections: {sections or 'none'}; wall {meta.get('wall_s', 0):.0f} s"
-               + ("; INTERRUPTED" if meta.get("interrupted") else "") + ".")  # fmt: skip
+    out.append(
+        f"Sections: {sections or 'none'}; wall {meta.get('wall_s', 0):.0f} s"
+        + ("; INTERRUPTED" if meta.get("interrupted") else "")
+        + "."
+    )
     for error in meta.get("errors", []):
         out.append(f"- error: {error}")
     if json_path:
@@ -1006,8 +1173,11 @@ def make_plots(results: dict, stem: str) -> list[str]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: no plots. Install it (pip install 'photon-hf[bench]') and redraw them "
-              "with: python bench/report.py RESULTS.json --plots", flush=True)  # fmt: skip
+        print(
+            "matplotlib is not installed: no plots. Install it (pip install 'photon-hf[bench]') and redraw them "
+            "with: python bench/report.py RESULTS.json --plots",
+            flush=True,
+        )
         return []
     records, meta = results["records"], results["meta"]
     colors = {"photon": "tab:blue", "llama": "tab:orange"}
@@ -1018,23 +1188,44 @@ def make_plots(results: dict, stem: str) -> list[str]:
     regimes = list(dict.fromkeys(r["regime"] for r in gen))
     if regimes:
         fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 4.2), squeeze=False)
-        for ax, regime in zip(axes[0], regimes):
+        for ax, regime in zip(axes[0], regimes, strict=True):
             for name in MODELS:
-                rows = sorted((r for r in gen if r["regime"] == regime and r["model"] == name), key=lambda r: r["batch_size"])
+                rows = sorted(
+                    (r for r in gen if r["regime"] == regime and r["model"] == name), key=lambda r: r["batch_size"]
+                )
                 if rows:
-                    ax.plot([r["batch_size"] for r in rows], [r["tok_per_s"] / 1e3 for r in rows], "o-",
-                            color=colors[name], label=LABELS[name])  # fmt: skip
+                    ax.plot(
+                        [r["batch_size"] for r in rows],
+                        [r["tok_per_s"] / 1e3 for r in rows],
+                        "o-",
+                        color=colors[name],
+                        label=LABELS[name],
+                    )
                 for fail in (r for r in attempts if r["regime"] == regime and r["model"] == name):
                     ax.axvline(fail["batch_size"], color=colors[name], ls=":", lw=1)
-                    ax.annotate(f"{LABELS[name]} {fail['status'].replace('skipped_', '')}", (fail["batch_size"], 0.02),
-                                xycoords=("data", "axes fraction"), rotation=90, fontsize=7, color=colors[name])  # fmt: skip
-            ratio = next((x for x in records if x["record_type"] == "ratio" and x["regime"] == regime
-                          and x["basis"] == "max_batch"), None)  # fmt: skip
+                    ax.annotate(
+                        f"{LABELS[name]} {fail['status'].replace('skipped_', '')}",
+                        (fail["batch_size"], 0.02),
+                        xycoords=("data", "axes fraction"),
+                        rotation=90,
+                        fontsize=7,
+                        color=colors[name],
+                    )
+            ratio = next(
+                (
+                    x
+                    for x in records
+                    if x["record_type"] == "ratio" and x["regime"] == regime and x["basis"] == "max_batch"
+                ),
+                None,
+            )
             sample = next(r for r in gen if r["regime"] == regime)
             subtitle = f"{regime} {sample['prompt_len']}/{sample['gen_len']}"
             if ratio and ratio.get("tpm_ratio"):
                 subtitle += f"\nTPM P/L {ratio['tpm_ratio']:.0f}x, throughput {ratio['tok_per_s_ratio']:.1f}x"
-            ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="K tokens/s (prefill included)", title=subtitle)
+            ax.set(
+                xscale="log", yscale="log", xlabel="batch size", ylabel="K tokens/s (prefill included)", title=subtitle
+            )
             _log_ticks(ax.xaxis, sorted({r["batch_size"] for r in gen + attempts if r["regime"] == regime}))
             _plain_labels(ax.yaxis)
             ax.grid(True, which="both", alpha=0.3)
@@ -1053,30 +1244,65 @@ def make_plots(results: dict, stem: str) -> list[str]:
             contexts = sorted({r["prompt_len"] for r in rows})
             big = [max((r for r in rows if r["prompt_len"] == c), key=lambda r: r["batch_size"]) for c in contexts]
             one = [next((r for r in rows if r["prompt_len"] == c and r["batch_size"] == 1), None) for c in contexts]
-            measured = [(c, r["per_sample_gib"]) for c, r in zip(contexts, big) if r["per_sample_gib"]]
+            measured = [(c, r["per_sample_gib"]) for c, r in zip(contexts, big, strict=True) if r["per_sample_gib"]]
             if measured:
-                axes[0].plot(*zip(*measured), "o-", color=colors[name], label=f"{LABELS[name]} measured (slope)")
-            axes[0].plot(contexts, [r["analytic_kv_gib"] for r in big], "x--", color=colors[name],
-                         label=f"{LABELS[name]} analytic KV")  # fmt: skip
-            tpm = [(c, r["tpm"], r["batch_size"]) for c, r in zip(contexts, big) if r["tpm"]]
+                axes[0].plot(
+                    *zip(*measured, strict=True), "o-", color=colors[name], label=f"{LABELS[name]} measured (slope)"
+                )
+            axes[0].plot(
+                contexts,
+                [r["analytic_kv_gib"] for r in big],
+                "x--",
+                color=colors[name],
+                label=f"{LABELS[name]} analytic KV",
+            )
+            tpm = [(c, r["tpm"], r["batch_size"]) for c, r in zip(contexts, big, strict=True) if r["tpm"]]
             if tpm:
-                axes[1].plot([t[0] for t in tpm], [t[1] for t in tpm], "o-", color=colors[name],
-                             label=f"{LABELS[name]} (prefill included)")  # fmt: skip
+                axes[1].plot(
+                    [t[0] for t in tpm],
+                    [t[1] for t in tpm],
+                    "o-",
+                    color=colors[name],
+                    label=f"{LABELS[name]} (prefill included)",
+                )
                 for c, value, batch in tpm:
-                    axes[1].annotate(f"b={batch}", (c, value), xytext=(4, 4), textcoords="offset points", fontsize=7,
-                                     color=colors[name])  # fmt: skip
-            decode = [(c, r["decode_tpm"]) for c, r in zip(contexts, big) if r.get("decode_tpm")]
+                    axes[1].annotate(
+                        f"b={batch}",
+                        (c, value),
+                        xytext=(4, 4),
+                        textcoords="offset points",
+                        fontsize=7,
+                        color=colors[name],
+                    )
+            decode = [(c, r["decode_tpm"]) for c, r in zip(contexts, big, strict=True) if r.get("decode_tpm")]
             if decode:
-                axes[1].plot(*zip(*decode), "s:", color=colors[name], label=f"{LABELS[name]} (decode only)")
-            latency = [(c, r["decode_ms_per_token"]) for c, r in zip(contexts, one) if r is not None]
+                axes[1].plot(
+                    *zip(*decode, strict=True), "s:", color=colors[name], label=f"{LABELS[name]} (decode only)"
+                )
+            latency = [(c, r["decode_ms_per_token"]) for c, r in zip(contexts, one, strict=True) if r is not None]
             if latency:
-                axes[2].plot(*zip(*latency), "o-", color=colors[name], label=LABELS[name])
-        axes[0].set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="GiB per sample",
-                    title="Memory per sample vs context")  # fmt: skip
-        axes[1].set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="TPM (K tok/s per GiB)",
-                    title=f"TPM vs context (sweep batch, {sweep[0]['gen_len']} generated)")  # fmt: skip
-        axes[2].set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="ms per generated token",
-                    title="Decode latency at batch 1")  # fmt: skip
+                axes[2].plot(*zip(*latency, strict=True), "o-", color=colors[name], label=LABELS[name])
+        axes[0].set(
+            xscale="log",
+            yscale="log",
+            xlabel="prompt tokens",
+            ylabel="GiB per sample",
+            title="Memory per sample vs context",
+        )
+        axes[1].set(
+            xscale="log",
+            yscale="log",
+            xlabel="prompt tokens",
+            ylabel="TPM (K tok/s per GiB)",
+            title=f"TPM vs context (sweep batch, {sweep[0]['gen_len']} generated)",
+        )
+        axes[2].set(
+            xscale="log",
+            yscale="log",
+            xlabel="prompt tokens",
+            ylabel="ms per generated token",
+            title="Decode latency at batch 1",
+        )
         for ax in axes:
             _log_ticks(ax.xaxis, sorted({r["prompt_len"] for r in sweep}))
             _plain_labels(ax.yaxis)
@@ -1128,19 +1354,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on the CPU")
     parser.add_argument("--budget-s", type=float, help="wall-clock budget of all sections (set-up not included)")
-    parser.add_argument("--regime", dest="regimes", action="append", type=parse_regime, metavar="NAME=P/G[:B,...]",
-                        help="a regime (repeatable): prompt/generated lengths, optionally a fixed batch ladder "
-                        "(else search the largest batch). Replaces the preset's regimes.")  # fmt: skip
+    parser.add_argument(
+        "--regime",
+        dest="regimes",
+        action="append",
+        type=parse_regime,
+        metavar="NAME=P/G[:B,...]",
+        help="a regime (repeatable): prompt/generated lengths, optionally a fixed batch ladder "
+        "(else search the largest batch). Replaces the preset's regimes.",
+    )
     parser.add_argument("--search-start", type=int, help="first batch size of the batch search")
     parser.add_argument("--max-batch", type=int, help="largest batch size the search tries")
     parser.add_argument("--repeats", type=int, help="timed generate calls per batch size (median)")
-    parser.add_argument("--sections", type=lambda s: [x for x in s.split(",") if x], metavar="LIST",
-                        help=f"comma list of {', '.join(SECTIONS)}")  # fmt: skip
+    parser.add_argument(
+        "--sections",
+        type=lambda s: [x for x in s.split(",") if x],
+        metavar="LIST",
+        help=f"comma list of {', '.join(SECTIONS)}",
+    )
     parser.add_argument("--profile", action="store_true", help="profiler mode: run only the profile section")
     parser.add_argument("--profile-batch", type=int, help="batch size of the profiled generations")
-    parser.add_argument("--profile-steps", type=int, help="decode steps profiled, N (a multiple of the meta-chunk, 16, covers every PHOTON step kind)")
-    parser.add_argument("--sweep-contexts", type=lambda s: [int(x) for x in s.split(",") if x], metavar="LIST",
-                        help="comma list of prompt lengths for the context sweep")  # fmt: skip
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        help="decode steps profiled, N (a multiple of the meta-chunk, 16, covers every PHOTON step kind)",
+    )
+    parser.add_argument(
+        "--sweep-contexts",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        metavar="LIST",
+        help="comma list of prompt lengths for the context sweep",
+    )
     parser.add_argument("--sweep-batch", type=int, help="the sweep's large batch (halved while it does not fit)")
     parser.add_argument("--sweep-gen", type=int, help="tokens generated at each sweep point (>= 2)")
     parser.add_argument("--out-dir", default="bench/results", help="where the JSON and plots go (default: %(default)s)")
@@ -1238,7 +1482,9 @@ def main(argv: list[str] | None = None) -> int:
 def report_main(argv: list[str] | None = None) -> int:
     """`python bench/report.py RESULTS.json [--plots]`: print the markdown tables of a results JSON (and redraw
     its plots)."""
-    parser = argparse.ArgumentParser(description="Render the markdown tables (and optionally the plots) of a results JSON.")
+    parser = argparse.ArgumentParser(
+        description="Render the markdown tables (and optionally the plots) of a results JSON."
+    )
     parser.add_argument("json", help="a results file written by the benchmark")
     parser.add_argument("--plots", action="store_true", help="(re)draw the PNG plots beside the JSON")
     args = parser.parse_args(argv)
