@@ -1,0 +1,235 @@
+"""The generation benchmark harness, end to end on tiny CPU models (structure and arithmetic, never speed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from photon_hf import benchmark, kv_cache_bytes, llama_kv_cache_bytes, photon_preset
+from photon_hf.benchmark import GIB, MODELS, REQUIRED_FIELDS, decode_step_cost, parse_regime, search_batches
+
+OOM_FROM = 3  # the simulated Llama runs out of memory from this batch size on
+
+
+@pytest.fixture(scope="module")
+def run_output(tmp_path_factory):
+    """One short CPU run: PF on a fixed ladder, DE by batch search, profile and sweep; Llama "runs out of memory"
+    (simulated) from batch 3, so the ladder stops and the search bisects."""
+    out = tmp_path_factory.mktemp("bench")
+    original = benchmark.Bench.generate
+
+    def generate(self, name, ids, new_tokens, deadline):
+        if name == "llama" and ids.shape[0] >= OOM_FROM:
+            raise torch.OutOfMemoryError("simulated out of memory")
+        return original(self, name, ids, new_tokens, deadline)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    benchmark.Bench.generate = generate
+    try:
+        code = benchmark.main(
+            [
+                "--preset",
+                "cpu-smoke",
+                "--out-dir",
+                str(out),
+                "--budget-s",
+                "900",
+                "--regime",
+                "PF=32/4:1,2,4",
+                "--regime",
+                "DE=4/16",
+                "--search-start",
+                "1",
+                "--max-batch",
+                "8",
+                "--repeats",
+                "2",
+                "--sweep-contexts",
+                "32,64",
+                "--sweep-batch",
+                "2",
+                "--sweep-gen",
+                "4",
+                "--profile-batch",
+                "2",
+                "--profile-steps",
+                "4",
+            ]
+        )
+    finally:
+        benchmark.Bench.generate = original
+        torch.set_num_threads(threads)
+    files = sorted(out.glob("*.json"))
+    assert code == 0 and len(files) == 1, (code, files)
+    return files[0], json.loads(files[0].read_text())
+
+
+def _records(results, record_type):
+    return [r for r in results["records"] if r["record_type"] == record_type]
+
+
+def test_json_fields_and_types(run_output):
+    _, results = run_output
+    meta = results["meta"]
+    assert meta["device"].startswith("CPU") and meta["dtype"] == "float32" and meta["shape"] == "tiny"
+    assert {"torch", "transformers", "photon_hf"} <= set(meta["versions"])
+    assert "--regime" in meta["command"] and meta["errors"] == []
+    assert set(meta["sections"]) == {"PF", "DE", "profile", "sweep"}
+    assert all(s["status"] == "ok" for s in meta["sections"].values())
+    measured = _records(results, "generation") + _records(results, "sweep")
+    assert measured
+    for r in measured:
+        missing = [f for f in REQUIRED_FIELDS if f not in r]
+        assert not missing, (missing, r)
+        assert r["device"] == meta["device"] and r["model"] in MODELS and r["status"] == "ok"
+        for field in ("prompt_len", "gen_len", "batch_size"):
+            assert isinstance(r[field], int) and r[field] >= 1
+        for field in ("tok_per_s", "per_sample_gib", "analytic_kv_gib", "tpm"):
+            assert isinstance(r[field], float) and r[field] > 0 and math.isfinite(r[field]), (field, r)
+
+
+def test_both_models_in_every_regime_and_oom_handling(run_output):
+    _, results = run_output
+    gen = _records(results, "generation")
+    batches = {
+        (reg, m): sorted(r["batch_size"] for r in gen if (r["regime"], r["model"]) == (reg, m))
+        for reg in ("PF", "DE")
+        for m in MODELS
+    }
+    assert batches[("PF", "photon")] == [1, 2, 4]
+    assert batches[("PF", "llama")] == [1, 2]  # the ladder stops at the first failure
+    assert batches[("DE", "photon")] == [1, 2, 4, 8]  # doubling up to the cap
+    assert batches[("DE", "llama")] == [1, 2]
+    ooms = sorted((r["regime"], r["batch_size"]) for r in _records(results, "attempt") if r["status"] == "oom")
+    assert ooms == [("DE", 3), ("DE", 4), ("PF", 4)]  # DE: 4 fails, bisection tries 3
+    for regime in ("PF", "DE"):
+        for model in MODELS:
+            best = [r for r in gen if r["regime"] == regime and r["model"] == model and r["is_max_batch"]]
+            assert len(best) == 1 and best[0]["batch_size"] == max(batches[(regime, model)])
+
+
+def test_figures_follow_from_the_records(run_output):
+    _, results = run_output
+    config = benchmark.tiny_config()
+    rows = _records(results, "generation") + _records(results, "sweep")
+    by_id = {r["id"]: r for r in results["records"]}
+    for r in rows:
+        tokens = r["prompt_len"] + r["gen_len"]
+        fn = kv_cache_bytes if r["model"] == "photon" else llama_kv_cache_bytes
+        assert r["analytic_kv_gib"] == pytest.approx(fn(config, tokens, 1, torch.float32) / GIB, rel=1e-12)
+        # The cache generate returned holds prompt + gen - 1 tokens: within a few percent of the analytic size.
+        assert r["cache_gib_measured"] == pytest.approx(r["analytic_kv_gib"], rel=0.1)
+        assert r["tok_per_s"] == pytest.approx(r["batch_size"] * r["gen_len"] / r["wall_s"], rel=1e-12)
+        assert r["tpm"] == pytest.approx(r["tok_per_s"] / 1e3 / r["per_sample_gib"], rel=1e-12)
+        # Per-sample memory on the CPU: slope of the cache bytes between the two batch sizes it names.
+        same = [
+            x
+            for x in rows
+            if (x["record_type"], x["regime"], x["model"], x["prompt_len"])
+            == (r["record_type"], r["regime"], r["model"], r["prompt_len"])
+        ]
+        a, b = (next(x for x in same if x["batch_size"] == n) for n in r["per_sample_batches"])
+        assert b["batch_size"] == max(x["batch_size"] for x in same) and a["batch_size"] < b["batch_size"]
+        slope = (b["cache_gib_measured"] * b["batch_size"] - a["cache_gib_measured"] * a["batch_size"]) / (
+            b["batch_size"] - a["batch_size"]
+        )
+        assert r["per_sample_gib"] == pytest.approx(slope, rel=1e-9)
+    assert by_id  # ids are unique
+    assert len(by_id) == len(results["records"])
+
+
+def test_ratios_come_from_the_same_run(run_output):
+    _, results = run_output
+    by_id = {r["id"]: r for r in results["records"]}
+    ratios = _records(results, "ratio")
+    assert {(r["regime"], r["basis"]) for r in ratios} >= {
+        ("PF", "max_batch"),
+        ("DE", "max_batch"),
+        ("PF", "same_batch"),
+    }
+    for ratio in ratios:
+        photon, llama = by_id[ratio["photon_record"]], by_id[ratio["llama_record"]]
+        assert (photon["model"], llama["model"]) == ("photon", "llama")
+        assert photon["regime"] == llama["regime"] == ratio["regime"]
+        assert (photon["batch_size"], llama["batch_size"]) == (ratio["photon_batch"], ratio["llama_batch"])
+        if ratio["basis"] == "max_batch":
+            assert photon["is_max_batch"] and llama["is_max_batch"]
+        else:
+            assert photon["batch_size"] == llama["batch_size"]
+        for field in ("tok_per_s", "per_sample_gib", "analytic_kv_gib", "tpm", "decode_step_ms"):
+            assert ratio[f"{field}_ratio"] == pytest.approx(photon[field] / llama[field], rel=1e-12), field
+    # The analytic cache of the tiny PHOTON is several times smaller than its same-size Llama's.
+    assert all(r["analytic_kv_gib_ratio"] < 0.5 for r in ratios)
+
+
+def test_sweep_profile_plots_and_report(run_output, capsys):
+    path, results = run_output
+    sweep = _records(results, "sweep")
+    assert sorted({(r["model"], r["prompt_len"], r["batch_size"]) for r in sweep}) == sorted(
+        (m, c, b) for m in MODELS for c in (32, 64) for b in (1, 2)
+    )
+    profiles = {r["model"]: r for r in _records(results, "profile")}
+    assert set(profiles) == set(MODELS)
+    for r in profiles.values():
+        assert r["gen_len"] == 4 and r["batch_size"] == 2 and r["op_calls_per_step"] > 0 and r["top_cpu_ops"]
+        assert r["gpu_busy_step_ms"] is None  # no GPU figures invented on the CPU
+    assert (path.parent / f"{path.stem}_profile.txt").exists()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert results["meta"].get("plots") == []
+    else:
+        assert sorted(results["meta"]["plots"]) == [
+            str(path.with_suffix("")) + s for s in ("_batch.png", "_context.png")
+        ]
+    assert benchmark.report_main([str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "**ratio P/L**" in text and "PHOTON" in text and "Llama" in text and "Context sweep" in text
+
+
+def test_search_finds_the_largest_batch():
+    limit = 37
+
+    def probe(batch):
+        return "ok" if batch <= limit else "oom"
+
+    tried = search_batches(probe, start=1, cap=1000, tolerance=0)
+    assert [b for b, _ in tried][:7] == [1, 2, 4, 8, 16, 32, 64]
+    assert max(b for b, s in tried if s == "ok") == limit
+    assert min(b for b, s in tried if s == "oom") == limit + 1
+    # The first probe failing: bisect down from it.
+    tried = search_batches(probe, start=100, cap=1000, tolerance=0)
+    assert max(b for b, s in tried if s == "ok") == limit
+    # A budget stop ends the search at once (no bisection on a time failure).
+    tried = search_batches(lambda b: "ok" if b < 8 else "skipped_budget", start=1, cap=1000)
+    assert tried == [(1, "ok"), (2, "ok"), (4, "ok"), (8, "skipped_budget")]
+    # The cap is probed and never exceeded.
+    assert search_batches(lambda b: "ok", start=3, cap=20)[-1] == (20, "ok")
+
+
+def test_parse_regime():
+    assert parse_regime("PF=2048/128") == benchmark.Regime("PF", 2048, 128, None)
+    assert parse_regime("DE-short=128/512:256,32") == benchmark.Regime("DE-short", 128, 512, (32, 256))
+    for bad in ("PF", "PF=2048", "PF=2048/1", "PF=2048/128:", "PF=0/128", "=1/2"):
+        with pytest.raises(ValueError, match="Bad regime"):
+            parse_regime(bad)
+
+
+def test_decode_step_cost_at_600m():
+    config = photon_preset("photon-600m")
+    context = 2048
+    llama = decode_step_cost(config, "llama", context)
+    photon = decode_step_cost(config, "photon", context)
+    # Llama: every weight but the input embedding, once per step (bf16).
+    assert llama["weight_bytes"] == pytest.approx((610_915_968 - 32000 * 1664) * 2, rel=1e-3)
+    # Llama's per-sample bytes are its whole KV cache (plus the new entry) and the logits path.
+    logits = 32000 * (2 * 2 + 16) + 1664 * 2
+    assert llama["sample_bytes"] - logits == llama_kv_cache_bytes(config, context + 1, 1, torch.bfloat16)
+    # PHOTON reads far fewer bytes per sample and step, and fewer weights per step.
+    assert photon["weight_bytes"] < 0.5 * llama["weight_bytes"]
+    assert (llama["sample_bytes"] - logits) / (photon["sample_bytes"] - logits) > 50  # about 60 at 2K
+    assert photon["sample_flops"] < 0.6 * llama["sample_flops"] and photon["cache_copy_bytes"] == 0
