@@ -16,7 +16,7 @@ RuntimeError. On CPU the kernels run in Triton's interpreter when TRITON_INTERPR
 
 from ._utils import HAS_TRITON, interpreting, poison_outputs, triton_unavailable_reason
 from .backend import AUTO_PREFERS_TORCH, KERNEL_BACKENDS, OPS, resolve_backend, use_triton
-from .chunk_compress import chunk_compress, chunk_compress_ref, rms_norm, rms_norm_ref
+from .chunk_compress import MAX_NORM_WIDTH, chunk_compress, chunk_compress_ref, rms_norm, rms_norm_ref
 from .chunk_local_attention import chunk_local_attention, chunk_local_attention_ref
 from .decode_attention import decode_attention, decode_attention_ref
 from .latent_attention import latent_attention, latent_attention_ref
@@ -25,6 +25,7 @@ __all__ = [
     "AUTO_PREFERS_TORCH",
     "HAS_TRITON",
     "KERNEL_BACKENDS",
+    "MAX_NORM_WIDTH",
     "OPS",
     "chunk_compress",
     "chunk_compress_ref",

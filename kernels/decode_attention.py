@@ -45,33 +45,36 @@ def decode_attention_ref(
 _CONFIGS = dict(
     hopper=[
         triton.Config({"BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 128}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_N": 128}, num_warps=8, num_stages=3),
     ],
     interpret=[triton.Config({"BLOCK_N": 16}, num_warps=1, num_stages=1)],
 )
 
 
-@triton.autotune(configs=configs(**_CONFIGS), key=["HEAD_DIM", "GROUP", "SPLITS"])
+@triton.autotune(configs=configs(**_CONFIGS), key=["HEAD_DIM", "GROUP", "SPLIT"])
 @triton.jit
 def _decode_fwd(
     Q, K, V, ROWS, START, END, O, PART_O, PART_LSE,
     sq_n, sq_h, sq_d,
     sk_b, sk_h, sk_s, sk_d,
     sv_b, sv_h, sv_s, sv_d,
-    H, qk_scale,
+    H, splits, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    HAS_ROWS: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_ROWS: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """Query i, key/value head kv_head, key range `split`. With one split the normalised output goes to O
-    [n, H, hd]; otherwise the unnormalised partial results go to PART_O [n, H, SPLITS, hd] (divided by their own
-    denominator) and PART_LSE [n, H, SPLITS] (log2 of it), for `_decode_combine`."""
+    """Query i, key/value head kv_head, key range `split` of `splits`. Without SPLIT (one range) the normalised
+    output goes to O [n, H, hd]; with SPLIT the partial results go to PART_O [n, H, splits, hd] (each normalised
+    by its own denominator) and PART_LSE [n, H, splits] (log2 of that denominator), for `_decode_combine`."""
     i = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    row = tl.load(ROWS + i).to(tl.int64) if HAS_ROWS else i
+    if HAS_ROWS:
+        row = tl.load(ROWS + i).to(tl.int64)
+    else:
+        row = i
     start = tl.load(START + i).to(tl.int32)
     end = tl.load(END + i).to(tl.int32)
-    per_split = tl.cdiv(tl.cdiv(end - start, SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(end - start, splits), BLOCK_N) * BLOCK_N
     lo = start + split * per_split
     hi = tl.minimum(lo + per_split, end)
 
@@ -100,28 +103,28 @@ def _decode_fwd(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # an empty split: its LSE is -inf and the combine ignores it
-    if SPLITS == 1:
+    if not SPLIT:
         tl.store(O + (i * H + head[:, None]) * HEAD_DIM + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
                  mask=qd_mask)
     else:
-        part = (i * H + head) * SPLITS + split
+        part = (i * H + head) * splits + split
         tl.store(PART_O + part[:, None] * HEAD_DIM + d[None, :], acc / l_safe[:, None], mask=qd_mask)
         tl.store(PART_LSE + part, m_i + tl.log2(l_safe), mask=g < GROUP)
 
 
 @triton.jit
 def _decode_combine(
-    PART_O, PART_LSE, O,
-    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    PART_O, PART_LSE, O, splits,
+    HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
-    """O[i, h] = the softmax-weighted mean of the SPLITS partial outputs of query i, head h."""
+    """O[i, h] = the softmax-weighted mean of the `splits` partial outputs of query i, head h."""
     ih = tl.program_id(0).to(tl.int64)
     s = tl.arange(0, SPLITS_PAD)
     d = tl.arange(0, HEAD_PAD)
-    lse = tl.load(PART_LSE + ih * SPLITS + s, mask=s < SPLITS, other=float("-inf"))
+    lse = tl.load(PART_LSE + ih * splits + s, mask=s < splits, other=float("-inf"))
     weight = tl.exp2(lse - tl.max(lse, 0))
-    part = tl.load(PART_O + (ih * SPLITS + s)[:, None] * HEAD_DIM + d[None, :],
-                   mask=(s[:, None] < SPLITS) & (d[None, :] < HEAD_DIM), other=0.0)
+    part = tl.load(PART_O + (ih * splits + s)[:, None] * HEAD_DIM + d[None, :],
+                   mask=(s[:, None] < splits) & (d[None, :] < HEAD_DIM), other=0.0)
     out = tl.sum(part * weight[:, None], 0) / tl.sum(weight, 0)
     tl.store(O + ih * HEAD_DIM + d, out.to(O.dtype.element_ty), mask=d < HEAD_DIM)
 
@@ -178,14 +181,13 @@ def decode_attention(
     head_pad = next_power_of_2(head_dim)
     _decode_fwd[(n, kv_heads, splits)](
         q, k_cache, v_cache, rows if rows is not None else start, start, end, o, part_o, part_lse,
-        *q.stride(), *k_cache.stride(), *v_cache.stride(), heads, scale * math.log2(math.e),
+        *q.stride(), *k_cache.stride(), *v_cache.stride(), heads, splits, scale * math.log2(math.e),
         HEAD_DIM=head_dim, HEAD_PAD=head_pad, GROUP=group, GROUP_PAD=next_power_of_2(group),
-        HAS_ROWS=rows is not None, SPLITS=splits, PRECISION=dot_precision(q.dtype),
+        HAS_ROWS=rows is not None, SPLIT=splits > 1, PRECISION=dot_precision(q.dtype),
     )
     if splits > 1:
         _decode_combine[(n * heads,)](
-            part_o, part_lse, o, HEAD_DIM=head_dim, HEAD_PAD=head_pad, SPLITS=splits,
-            SPLITS_PAD=next_power_of_2(splits, 1),
+            part_o, part_lse, o, splits, HEAD_DIM=head_dim, HEAD_PAD=head_pad, SPLITS_PAD=next_power_of_2(splits, 1),
         )
     return o
 

@@ -39,7 +39,6 @@ _FWD_CONFIGS = dict(
     hopper=[
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=2),
     ],
     interpret=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)],
 )
@@ -57,8 +56,7 @@ _DQ_CONFIGS = dict(
     ],
     interpret=[triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)],
 )
-# S_BUCKET (a power-of-two bucket of S) is only an autotuning key: tune per sequence-length bucket, not per length.
-_KEY = ["HEAD_DIM", "GROUP", "WINDOWED", "S_BUCKET"]
+_KEY = ["HEAD_DIM", "GROUP", "WINDOWED"]  # not S: one tuning serves every length (and generation's prefills)
 
 
 @triton.jit
@@ -80,7 +78,7 @@ def _latent_fwd(
     so_n, so_h, so_s, so_d,
     S, H, window, qk_scale,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr, WINDOWED: tl.constexpr,
-    S_BUCKET: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """O [N, H, S, hd] and LSE [N, H, S] (log2 of the softmax denominator, in units of qk_scale * score)."""
     pid_m = tl.program_id(0)
@@ -156,7 +154,7 @@ def _latent_bwd_dkdv(
     sdo_n, sdo_h, sdo_s, sdo_d,
     S, H, window, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr, WINDOWED: tl.constexpr,
-    S_BUCKET: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dk, dv of one key block of one key/value head, summed over the GROUP query heads that read it. DK and DV
     are contiguous [N, Hkv, S, hd]."""
@@ -212,7 +210,7 @@ def _latent_bwd_dq(
     sdo_n, sdo_h, sdo_s, sdo_d,
     S, H, window, qk_scale, sm_scale,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr, WINDOWED: tl.constexpr,
-    S_BUCKET: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dq of one query block of one head. DQ is contiguous [N, H, S, hd]."""
     pid_m = tl.program_id(0)
@@ -254,8 +252,7 @@ def _meta(q: torch.Tensor, k: torch.Tensor, window: int | None) -> dict:
     seq = q.shape[2]
     return dict(
         HEAD_DIM=q.shape[3], HEAD_PAD=next_power_of_2(q.shape[3]), GROUP=q.shape[1] // k.shape[1],
-        WINDOWED=window is not None and window < seq, S_BUCKET=next_power_of_2(seq, 64),
-        PRECISION=dot_precision(q.dtype),
+        WINDOWED=window is not None and window < seq, PRECISION=dot_precision(q.dtype),
     )
 
 
