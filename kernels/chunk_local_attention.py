@@ -53,12 +53,12 @@ _KEY = ["W", "HEAD_DIM", "GROUP"]
 
 
 @triton.jit
-def _tile_rows(pid, N, W: tl.constexpr, BLOCK: tl.constexpr):
-    """Rows of tile `pid`: window index, position in the window and validity, each [BLOCK]."""
+def _tile_rows(tile, N, W: tl.constexpr, BLOCK: tl.constexpr):
+    """Rows of tile `tile`: window index, position in the window, window slot in the tile and validity, [BLOCK]."""
     per_tile = BLOCK // W
     rows = tl.arange(0, BLOCK)
     local = rows // W
-    window = pid.to(tl.int64) * per_tile + local
+    window = tile.to(tl.int64) * per_tile + local
     return window, rows % W, local, (local < per_tile) & (window < N)
 
 
@@ -70,14 +70,15 @@ def _chunk_local_fwd(
     sk_n, sk_h, sk_s, sk_d,
     sv_n, sv_h, sv_s, sv_d,
     so_n, so_h, so_s, so_d,
-    N, qk_scale,
+    N, H, qk_scale,
     W: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    head = tl.program_id(1)
+    # Heads vary fastest along the grid, so the programs running together read the same rows of [N, W, H, hd].
+    tile = tl.program_id(0) // H
+    head = tl.program_id(0) % H
     kv_head = head // GROUP
-    window, pos, local, valid = _tile_rows(pid, N, W, BLOCK)
+    window, pos, local, valid = _tile_rows(tile, N, W, BLOCK)
     d = tl.arange(0, HEAD_PAD)
     io_mask = valid[:, None] & (d[None, :] < HEAD_DIM)
 
@@ -103,15 +104,16 @@ def _chunk_local_bwd(
     sk_n, sk_h, sk_s, sk_d,
     sv_n, sv_h, sv_s, sv_d,
     sdo_n, sdo_h, sdo_s, sdo_d,
-    N, qk_scale, sm_scale,
+    N, H, qk_scale, sm_scale,
     W: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """dq, dk, dv of one tile for one key/value head and the GROUP query heads that share it. The gradients are
     written contiguously: DQ [N, H, W, hd], DK and DV [N, Hkv, W, hd]."""
-    pid = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    window, pos, local, valid = _tile_rows(pid, N, W, BLOCK)
+    kv_heads = H // GROUP
+    tile = tl.program_id(0) // kv_heads
+    kv_head = tl.program_id(0) % kv_heads
+    window, pos, local, valid = _tile_rows(tile, N, W, BLOCK)
     d = tl.arange(0, HEAD_PAD)
     io_mask = valid[:, None] & (d[None, :] < HEAD_DIM)
     allowed = (local[:, None] == local[None, :]) & (pos[None, :] <= pos[:, None])
@@ -120,7 +122,6 @@ def _chunk_local_bwd(
     v = tl.load(V + window[:, None] * sv_n + kv_head * sv_h + pos[:, None] * sv_s + d[None, :] * sv_d, mask=io_mask, other=0.0)
     dk = tl.zeros([BLOCK, HEAD_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK, HEAD_PAD], dtype=tl.float32)
-    num_heads = tl.num_programs(1) * GROUP
     for g in range(GROUP):
         head = kv_head * GROUP + g
         q = tl.load(Q + window[:, None] * sq_n + head * sq_h + pos[:, None] * sq_s + d[None, :] * sq_d, mask=io_mask, other=0.0)
@@ -134,9 +135,9 @@ def _chunk_local_bwd(
         ds = p * (dp - tl.sum(p * dp, 1)[:, None])  # rows are complete: sum_j p * dp = rowsum(dO * O)
         dq = tl.dot(ds.to(k.dtype), k, input_precision=PRECISION) * sm_scale
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
-        row_q = (window * num_heads + head) * W + pos
+        row_q = (window * H + head) * W + pos
         tl.store(DQ + row_q[:, None] * HEAD_DIM + d[None, :], dq.to(DQ.dtype.element_ty), mask=io_mask)
-    row_kv = (window * tl.num_programs(1) + kv_head) * W + pos
+    row_kv = (window * kv_heads + kv_head) * W + pos
     tl.store(DK + row_kv[:, None] * HEAD_DIM + d[None, :], (dk * sm_scale).to(DK.dtype.element_ty), mask=io_mask)
     tl.store(DV + row_kv[:, None] * HEAD_DIM + d[None, :], dv.to(DV.dtype.element_ty), mask=io_mask)
 
@@ -147,7 +148,8 @@ def _largest_tile() -> int:
 
 
 def _grid(n: int, heads: int, window: int):
-    return lambda meta: (triton.cdiv(n, meta["BLOCK"] // window), heads)
+    """One program per (tile of whole windows, head), flattened: the first grid axis has no 65535 limit."""
+    return lambda meta: (triton.cdiv(n, meta["BLOCK"] // window) * heads,)
 
 
 class ChunkLocalAttention(torch.autograd.Function):
@@ -159,7 +161,7 @@ class ChunkLocalAttention(torch.autograd.Function):
         meta = dict(W=window, HEAD_DIM=head_dim, HEAD_PAD=next_power_of_2(head_dim), GROUP=heads // kv_heads,
                     PRECISION=dot_precision(q.dtype))
         _chunk_local_fwd[_grid(n, heads, window)](
-            q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(), n, scale * math.log2(math.e), **meta
+            q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(), n, heads, scale * math.log2(math.e), **meta
         )
         ctx.save_for_backward(q, k, v)
         ctx.scale, ctx.meta = scale, meta
@@ -175,7 +177,7 @@ class ChunkLocalAttention(torch.autograd.Function):
         dv = empty(n, kv_heads, window, head_dim, dtype=v.dtype, device=v.device)
         _chunk_local_bwd[_grid(n, kv_heads, window)](
             q, k, v, do, dq, dk, dv, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-            n, ctx.scale * math.log2(math.e), ctx.scale, **ctx.meta,
+            n, heads, ctx.scale * math.log2(math.e), ctx.scale, **ctx.meta,
         )
         return dq, dk, dv, None
 

@@ -81,8 +81,8 @@ def _latent_fwd(
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """O [N, H, S, hd] and LSE [N, H, S] (log2 of the softmax denominator, in units of qk_scale * score)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     n = (bh // H).to(tl.int64)
     head = bh % H
     kv_head = head // GROUP
@@ -131,8 +131,8 @@ def _latent_bwd_delta(
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """DELTA [N, H, S] = rowsum(dO * O), in float32."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     n = (bh // H).to(tl.int64)
     head = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -158,8 +158,8 @@ def _latent_bwd_dkdv(
 ):
     """dk, dv of one key block of one key/value head, summed over the GROUP query heads that read it. DK and DV
     are contiguous [N, Hkv, S, hd]."""
-    pid_n = tl.program_id(0)
-    bkv = tl.program_id(1)
+    bkv = tl.program_id(0)
+    pid_n = tl.program_id(1)
     kv_heads = H // GROUP
     n = (bkv // kv_heads).to(tl.int64)
     kv_head = bkv % kv_heads
@@ -213,8 +213,8 @@ def _latent_bwd_dq(
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """dq of one query block of one head. DQ is contiguous [N, H, S, hd]."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
     n = (bh // H).to(tl.int64)
     head = bh % H
     kv_head = head // GROUP
@@ -263,7 +263,7 @@ class LatentAttention(torch.autograd.Function):
         meta = _meta(q, k, window)
         o = empty(n, heads, seq, head_dim, dtype=q.dtype, device=q.device)
         lse = empty(n, heads, seq, dtype=torch.float32, device=q.device)
-        grid = lambda m: (triton.cdiv(seq, m["BLOCK_M"]), n * heads)
+        grid = lambda m: (n * heads, triton.cdiv(seq, m["BLOCK_M"]))  # heads fastest: they share rows of K, V
         _latent_fwd[grid](q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
                           seq, heads, window or seq, scale * math.log2(math.e), **meta)
         ctx.save_for_backward(q, k, v, o, lse)
@@ -277,7 +277,7 @@ class LatentAttention(torch.autograd.Function):
         kv_heads = k.shape[1]
         meta, window = ctx.meta, ctx.window or seq
         delta = empty(n, heads, seq, dtype=torch.float32, device=q.device)
-        _latent_bwd_delta[(triton.cdiv(seq, 64), n * heads)](
+        _latent_bwd_delta[(n * heads, triton.cdiv(seq, 64))](
             o, do, delta, *o.stride(), *do.stride(), seq, heads,
             HEAD_DIM=head_dim, HEAD_PAD=meta["HEAD_PAD"], BLOCK_M=64,
         )
@@ -286,10 +286,10 @@ class LatentAttention(torch.autograd.Function):
         dv = empty(n, kv_heads, seq, head_dim, dtype=v.dtype, device=v.device)
         strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
         scales = (seq, heads, window, ctx.scale * math.log2(math.e), ctx.scale)
-        _latent_bwd_dkdv[lambda m: (triton.cdiv(seq, m["BLOCK_N"]), n * kv_heads)](
+        _latent_bwd_dkdv[lambda m: (n * kv_heads, triton.cdiv(seq, m["BLOCK_N"]))](
             q, k, v, do, lse, delta, dk, dv, *strides, *scales, **meta
         )
-        _latent_bwd_dq[lambda m: (triton.cdiv(seq, m["BLOCK_M"]), n * heads)](
+        _latent_bwd_dq[lambda m: (n * heads, triton.cdiv(seq, m["BLOCK_M"]))](
             q, k, v, do, lse, delta, dq, *strides, *scales, **meta
         )
         return dq, dk, dv, None, None

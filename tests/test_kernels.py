@@ -132,8 +132,8 @@ def test_poisoning_catches_unwritten_outputs(monkeypatch):
     output check must fail."""
     module = importlib.import_module("photon_kernels.chunk_local_attention")
     full_grid = module._grid
-    monkeypatch.setattr(module, "_grid", lambda n, heads, window: lambda meta: (full_grid(n, heads, window)(meta)[0] // 2,
-                                                                                heads))
+    half_grid = lambda n, heads, window: lambda meta: (full_grid(n, heads, window)(meta)[0] // 2,)
+    monkeypatch.setattr(module, "_grid", half_grid)
     with pytest.raises(AssertionError, match="NaN"):
         check_kernel(pk.chunk_local_attention, pk.chunk_local_attention_ref, _qkv(12, 2, 2, 5, 8), torch.float32,
                      "qkv", grad=False)
