@@ -30,9 +30,9 @@ import traceback
 if "--quick" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
     os.environ["TRITON_INTERPRET"] = "1"  # before photon_kernels compiles its kernels
 
+import photon_kernels as pk  # noqa: E402
 import torch  # noqa: E402
 
-import photon_kernels as pk  # noqa: E402
 from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset  # noqa: E402
 from photon_hf.modeling_photon import PhotonRMSNorm, cached_attention, causal_attention  # noqa: E402
 
@@ -138,7 +138,8 @@ class Bench:
 
     def kernel_sections(self, reserve_s: float):
         cfg, units = self.shapes()
-        b, h, hkv, hd, d = self.args.batch, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
+        b, d, hd = self.args.batch, cfg.hidden_size, cfg.head_dim
+        h, hkv = cfg.num_attention_heads, cfg.num_key_value_heads
 
         for level in range(cfg.num_levels):
             window = cfg.converter_width[level] + cfg.chunk_sizes[level] - 1
@@ -175,12 +176,11 @@ class Bench:
                     norm.weight.uniform_(0.5, 1.5)
                 x = self.randn(rows, width, grad=True)
                 params = [x, norm.weight, linear.weight, linear.bias]
+                eps = norm.variance_epsilon
                 self.compare("chunk_compress", f"chunker L{level} norm+linear", [rows, width, d],
-                             lambda: linear(norm(x)),
-                             lambda: pk.chunk_compress(x, norm.weight, linear.weight, linear.bias, norm.variance_epsilon),
-                             params)
+                             lambda: linear(norm(x)), lambda: pk.chunk_compress(x, *params[1:], eps), params)
                 self.compare("chunk_compress", f"chunker L{level} norm (LoRA path)", [rows, width],
-                             lambda: norm(x), lambda: pk.rms_norm(x, norm.weight, norm.variance_epsilon), params[:2])
+                             lambda: norm(x), lambda: pk.rms_norm(x, norm.weight, eps), params[:2])
 
             self.section(f"chunk_compress L{level}", reserve_s + 5, compress)
 
@@ -295,8 +295,9 @@ class Bench:
 
     # ---------------------------------------------------------------------------------------------- output
     def table(self) -> str:
-        lines = [f"Device: {self.report['device']}; torch {self.report['torch']}, triton {self.report['triton']}; "
-                 f"{self.report['preset']}, {self.report['dtype']}, batch {self.report['batch']} x {self.report['seq']}",
+        r = self.report
+        lines = [f"Device: {r['device']}; torch {r['torch']}, triton {r['triton']}; {r['preset']}, {r['dtype']}, "
+                 f"batch {r['batch']} x {r['seq']}",
                  "", "| kernel | shape | pass | PyTorch ms | Triton ms | speedup |", "|---|---|---|---|---|---|"]
         for r in self.report["kernels"]:
             lines.append(f"| {r['name']} | {'x'.join(map(str, r['shape']))} | {r['pass']} | {r['torch_ms']:.3f} | "
@@ -315,9 +316,8 @@ class Bench:
         verdicts = self.report["selection"]
         if verdicts:
             bad = {op: v["triton_slower_in"] for op, v in verdicts.items() if not v["ok"]}
-            lines += ["", "auto rule: " + (f"PICKS SLOWER KERNELS {bad}" if bad else "ok (every op auto sends to Triton "
-                                           "was at least as fast as PyTorch in every row)")
-                      + f"; kept on PyTorch: {sorted(pk.AUTO_PREFERS_TORCH)}"]
+            verdict = f"PICKS SLOWER KERNELS {bad}" if bad else "ok (no op auto sends to Triton was slower in any row)"
+            lines += ["", f"auto rule: {verdict}; kept on PyTorch: {sorted(pk.AUTO_PREFERS_TORCH)}"]
         if self.report["errors"] or self.report["skipped"]:
             lines += ["", f"failed sections: {[e['section'] for e in self.report['errors']]}; "
                       f"skipped: {self.report['skipped']}"]

@@ -56,8 +56,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dtype", nargs="+", default=["bf16"], choices=["bf16", "fp16", "fp32"])
     args = parser.parse_args()
-    local, latent, decode, compress = (_module(m) for m in
-                                       ("chunk_local_attention", "latent_attention", "decode_attention", "chunk_compress"))
+    names = ("chunk_local_attention", "latent_attention", "decode_attention", "chunk_compress")
+    local, latent, decode, compress = (_module(name) for name in names)
     head = dict(HEAD_DIM=52, HEAD_PAD=64)  # photon-600m: 1664 / 32 heads
     ok = True
     for dtype in args.dtype:

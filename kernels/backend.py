@@ -25,7 +25,7 @@ OPS = (
 AUTO_PREFERS_TORCH = frozenset({"latent_attention_full"})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve(kernel_backend: str, device_type: str) -> str:
     if kernel_backend not in KERNEL_BACKENDS:
         raise ValueError(f"kernel_backend must be one of {KERNEL_BACKENDS}, got {kernel_backend!r}")

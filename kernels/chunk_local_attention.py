@@ -17,6 +17,7 @@ import torch
 
 from ._utils import check_runnable, configs, dot_precision, empty, next_power_of_2, tl, triton
 
+
 def chunk_local_attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
 ) -> torch.Tensor:
@@ -53,6 +54,12 @@ _KEY = ["W", "HEAD_DIM", "GROUP"]
 
 
 @triton.jit
+def _rows(base, head, window, pos, d, s_n, s_h, s_s, s_d):
+    """Pointers [BLOCK, HEAD_PAD] to the rows (window, head, pos) of an [N, H, W, hd] tensor of strides s_*."""
+    return base + head * s_h + window[:, None] * s_n + pos[:, None] * s_s + d[None, :] * s_d
+
+
+@triton.jit
 def _tile_rows(tile, N, W: tl.constexpr, BLOCK: tl.constexpr):
     """Rows of tile `tile`: window index, position in the window, window slot in the tile and validity, [BLOCK]."""
     per_tile = BLOCK // W
@@ -65,7 +72,7 @@ def _tile_rows(tile, N, W: tl.constexpr, BLOCK: tl.constexpr):
 @triton.autotune(configs=configs(**_FWD_CONFIGS), key=_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _chunk_local_fwd(
-    Q, K, V, O,
+    Q, K, V, Out,
     sq_n, sq_h, sq_s, sq_d,
     sk_n, sk_h, sk_s, sk_d,
     sv_n, sv_h, sv_s, sv_d,
@@ -82,9 +89,9 @@ def _chunk_local_fwd(
     d = tl.arange(0, HEAD_PAD)
     io_mask = valid[:, None] & (d[None, :] < HEAD_DIM)
 
-    q = tl.load(Q + window[:, None] * sq_n + head * sq_h + pos[:, None] * sq_s + d[None, :] * sq_d, mask=io_mask, other=0.0)
-    k = tl.load(K + window[:, None] * sk_n + kv_head * sk_h + pos[:, None] * sk_s + d[None, :] * sk_d, mask=io_mask, other=0.0)
-    v = tl.load(V + window[:, None] * sv_n + kv_head * sv_h + pos[:, None] * sv_s + d[None, :] * sv_d, mask=io_mask, other=0.0)
+    q = tl.load(_rows(Q, head, window, pos, d, sq_n, sq_h, sq_s, sq_d), mask=io_mask, other=0.0)
+    k = tl.load(_rows(K, kv_head, window, pos, d, sk_n, sk_h, sk_s, sk_d), mask=io_mask, other=0.0)
+    v = tl.load(_rows(V, kv_head, window, pos, d, sv_n, sv_h, sv_s, sv_d), mask=io_mask, other=0.0)
 
     # Block-diagonal causal mask; the diagonal is always kept, so no row is empty (padding rows included).
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # log2 units
@@ -93,7 +100,8 @@ def _chunk_local_fwd(
     p = tl.exp2(s - tl.max(s, 1)[:, None])
     p = p / tl.sum(p, 1)[:, None]
     o = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-    tl.store(O + window[:, None] * so_n + head * so_h + pos[:, None] * so_s + d[None, :] * so_d, o.to(O.dtype.element_ty), mask=io_mask)
+    out = _rows(Out, head, window, pos, d, so_n, so_h, so_s, so_d)
+    tl.store(out, o.to(Out.dtype.element_ty), mask=io_mask)
 
 
 @triton.autotune(configs=configs(**_BWD_CONFIGS), key=_KEY, prune_configs_by={"early_config_prune": _prune})
@@ -118,14 +126,14 @@ def _chunk_local_bwd(
     io_mask = valid[:, None] & (d[None, :] < HEAD_DIM)
     allowed = (local[:, None] == local[None, :]) & (pos[None, :] <= pos[:, None])
 
-    k = tl.load(K + window[:, None] * sk_n + kv_head * sk_h + pos[:, None] * sk_s + d[None, :] * sk_d, mask=io_mask, other=0.0)
-    v = tl.load(V + window[:, None] * sv_n + kv_head * sv_h + pos[:, None] * sv_s + d[None, :] * sv_d, mask=io_mask, other=0.0)
+    k = tl.load(_rows(K, kv_head, window, pos, d, sk_n, sk_h, sk_s, sk_d), mask=io_mask, other=0.0)
+    v = tl.load(_rows(V, kv_head, window, pos, d, sv_n, sv_h, sv_s, sv_d), mask=io_mask, other=0.0)
     dk = tl.zeros([BLOCK, HEAD_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK, HEAD_PAD], dtype=tl.float32)
     for g in range(GROUP):
         head = kv_head * GROUP + g
-        q = tl.load(Q + window[:, None] * sq_n + head * sq_h + pos[:, None] * sq_s + d[None, :] * sq_d, mask=io_mask, other=0.0)
-        do = tl.load(DO + window[:, None] * sdo_n + head * sdo_h + pos[:, None] * sdo_s + d[None, :] * sdo_d, mask=io_mask, other=0.0)
+        q = tl.load(_rows(Q, head, window, pos, d, sq_n, sq_h, sq_s, sq_d), mask=io_mask, other=0.0)
+        do = tl.load(_rows(DO, head, window, pos, d, sdo_n, sdo_h, sdo_s, sdo_d), mask=io_mask, other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         s = tl.where(allowed, s, float("-inf"))
         p = tl.exp2(s - tl.max(s, 1)[:, None])

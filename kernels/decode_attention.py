@@ -54,7 +54,7 @@ _CONFIGS = dict(
 @triton.autotune(configs=configs(**_CONFIGS), key=["HEAD_DIM", "GROUP", "SPLIT"])
 @triton.jit
 def _decode_fwd(
-    Q, K, V, ROWS, START, END, O, PART_O, PART_LSE,
+    Q, K, V, ROWS, START, END, Out, PART_O, PART_LSE,
     sq_n, sq_h, sq_d,
     sk_b, sk_h, sk_s, sk_d,
     sv_b, sv_h, sv_s, sv_d,
@@ -63,7 +63,7 @@ def _decode_fwd(
     HAS_ROWS: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """Query i, key/value head kv_head, key range `split` of `splits`. Without SPLIT (one range) the normalised
-    output goes to O [n, H, hd]; with SPLIT the partial results go to PART_O [n, H, splits, hd] (each normalised
+    output goes to Out [n, H, hd]; with SPLIT the partial results go to PART_O [n, H, splits, hd] (each normalised
     by its own denominator) and PART_LSE [n, H, splits] (log2 of that denominator), for `_decode_combine`."""
     i = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -104,8 +104,8 @@ def _decode_fwd(
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # an empty split: its LSE is -inf and the combine ignores it
     if not SPLIT:
-        tl.store(O + (i * H + head[:, None]) * HEAD_DIM + d[None, :], (acc / l_safe[:, None]).to(O.dtype.element_ty),
-                 mask=qd_mask)
+        out = Out + (i * H + head[:, None]) * HEAD_DIM + d[None, :]
+        tl.store(out, (acc / l_safe[:, None]).to(Out.dtype.element_ty), mask=qd_mask)
     else:
         part = (i * H + head) * splits + split
         tl.store(PART_O + part[:, None] * HEAD_DIM + d[None, :], acc / l_safe[:, None], mask=qd_mask)
@@ -114,10 +114,10 @@ def _decode_fwd(
 
 @triton.jit
 def _decode_combine(
-    PART_O, PART_LSE, O, splits,
+    PART_O, PART_LSE, Out, splits,
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
 ):
-    """O[i, h] = the softmax-weighted mean of the `splits` partial outputs of query i, head h."""
+    """Out[i, h] = the softmax-weighted mean of the `splits` partial outputs of query i, head h."""
     ih = tl.program_id(0).to(tl.int64)
     s = tl.arange(0, SPLITS_PAD)
     d = tl.arange(0, HEAD_PAD)
@@ -126,7 +126,7 @@ def _decode_combine(
     part = tl.load(PART_O + (ih * splits + s)[:, None] * HEAD_DIM + d[None, :],
                    mask=(s[:, None] < splits) & (d[None, :] < HEAD_DIM), other=0.0)
     out = tl.sum(part * weight[:, None], 0) / tl.sum(weight, 0)
-    tl.store(O + ih * HEAD_DIM + d, out.to(O.dtype.element_ty), mask=d < HEAD_DIM)
+    tl.store(Out + ih * HEAD_DIM + d, out.to(Out.dtype.element_ty), mask=d < HEAD_DIM)
 
 
 @functools.lru_cache

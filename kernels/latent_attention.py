@@ -71,7 +71,7 @@ def _allowed(offs_m, offs_n, window, WINDOWED: tl.constexpr):
 @triton.autotune(configs=configs(**_FWD_CONFIGS), key=_KEY)
 @triton.jit
 def _latent_fwd(
-    Q, K, V, O, LSE,
+    Q, K, V, Out, LSE,
     sq_n, sq_h, sq_s, sq_d,
     sk_n, sk_h, sk_s, sk_d,
     sv_n, sv_h, sv_s, sv_d,
@@ -80,7 +80,7 @@ def _latent_fwd(
     HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr, GROUP: tl.constexpr, WINDOWED: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """O [N, H, S, hd] and LSE [N, H, S] (log2 of the softmax denominator, in units of qk_scale * score)."""
+    """Out [N, H, S, hd] and LSE [N, H, S] (log2 of the softmax denominator, in units of qk_scale * score)."""
     bh = tl.program_id(0)
     pid_m = tl.program_id(1)
     n = (bh // H).to(tl.int64)
@@ -117,14 +117,14 @@ def _latent_fwd(
         m_i = m_new
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # only rows past the end (never stored) see no key
     row_mask = offs_m < S
-    tl.store(O + n * so_n + head * so_h + offs_m[:, None] * so_s + d[None, :] * so_d,
-             (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=row_mask[:, None] & d_mask)
+    tl.store(Out + n * so_n + head * so_h + offs_m[:, None] * so_s + d[None, :] * so_d,
+             (acc / l_safe[:, None]).to(Out.dtype.element_ty), mask=row_mask[:, None] & d_mask)
     tl.store(LSE + bh.to(tl.int64) * S + offs_m, m_i + tl.log2(l_safe), mask=row_mask)
 
 
 @triton.jit
 def _latent_bwd_delta(
-    O, DO, DELTA,
+    Out, DO, DELTA,
     so_n, so_h, so_s, so_d,
     sdo_n, sdo_h, sdo_s, sdo_d,
     S, H,
@@ -138,7 +138,7 @@ def _latent_bwd_delta(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, HEAD_PAD)
     mask = (offs_m[:, None] < S) & (d[None, :] < HEAD_DIM)
-    o = tl.load(O + n * so_n + head * so_h + offs_m[:, None] * so_s + d[None, :] * so_d, mask=mask, other=0.0)
+    o = tl.load(Out + n * so_n + head * so_h + offs_m[:, None] * so_s + d[None, :] * so_d, mask=mask, other=0.0)
     do = tl.load(DO + n * sdo_n + head * sdo_h + offs_m[:, None] * sdo_s + d[None, :] * sdo_d, mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(DELTA + bh.to(tl.int64) * S + offs_m, delta, mask=offs_m < S)

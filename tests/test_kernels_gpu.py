@@ -1,5 +1,5 @@
 """The Triton kernels at the 600M preset's real shapes on a CUDA GPU (bfloat16), and the 600M model with
-kernel_backend="triton" against kernel_backend="torch". Run on the device machine: pytest -m gpu tests/test_kernels_gpu.py
+kernel_backend="triton" against kernel_backend="torch". On the device machine: pytest -m gpu tests/test_kernels_gpu.py
 
 Shapes (photon-600m, batch 2 x 2048 tokens unless noted): D = 1664, 32 heads of 52, C = [4, 4], R = 2, so 2064
 padded tokens, 516 level-0 and 129 level-1 units, decoder windows of 5.
@@ -8,11 +8,11 @@ padded tokens, 516 level-0 and 129 level-1 units, decoder windows of 5.
 import copy
 import functools
 
+import photon_kernels as pk
 import pytest
 import torch
 from kernel_checks import check_kernel, relative_error
 
-import photon_kernels as pk
 from photon_hf import PhotonForCausalLM, photon_preset
 from photon_hf.modeling_photon import CACHE_NAME
 
