@@ -63,7 +63,7 @@ def main():
     for dtype in args.dtype:
         ptr = f"*{dtype}"
         precision = "ieee" if dtype == "fp32" else "tf32"
-        attn = {a: ptr for a in ("Q", "K", "V", "O", "DO", "DQ", "DK", "DV")}
+        attn = {a: ptr for a in ("Q", "K", "V", "Out", "DO", "DQ", "DK", "DV")}
         attn.update(qk_scale="fp32", sm_scale="fp32", LSE="*fp32", DELTA="*fp32", ROWS="*i64", START="*i64",
                     END="*i64", PART_O="*fp32", PART_LSE="*fp32")
         jobs = []
