@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -85,6 +86,12 @@ def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     if _POISON:
         out.fill_(float("nan") if out.is_floating_point() else -1)
     return out
+
+
+@functools.cache
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (4 stands in for the CPU interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
 # --------------------------------------------------------------------------------------------------- tile math

@@ -18,7 +18,17 @@ from __future__ import annotations
 
 import torch
 
-from ._utils import check_runnable, configs, dot_precision, empty, interpreting, next_power_of_2, tl, triton
+from ._utils import (
+    check_runnable,
+    configs,
+    dot_precision,
+    empty,
+    interpreting,
+    multiprocessors,
+    next_power_of_2,
+    tl,
+    triton,
+)
 
 # The norm kernels hold a whole row in registers.
 MAX_NORM_WIDTH = 16384
@@ -89,7 +99,7 @@ def _norm_warps(block: int) -> int:
 def _norm_backward(x2, g, rstd, dh, write_h: bool):
     """dx [R, K], dg [K] and (write_h) h [R, K] from the saved row-major x2 [R, K], rstd [R] and dh [R, K]."""
     rows, width = x2.shape
-    programs = min(rows, 4 if interpreting() else 4 * torch.cuda.get_device_properties(x2.device).multi_processor_count)
+    programs = min(rows, 4 * multiprocessors(x2.device))
     rows_per_program = triton.cdiv(rows, programs)
     programs = triton.cdiv(rows, rows_per_program)
     dx = empty(rows, width, dtype=x2.dtype, device=x2.device)

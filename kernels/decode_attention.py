@@ -11,12 +11,11 @@ only: no backward.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
-from ._utils import check_runnable, configs, dot_precision, empty, next_power_of_2, tl, triton
+from ._utils import check_runnable, configs, dot_precision, empty, multiprocessors, next_power_of_2, tl, triton
 
 
 def decode_attention_ref(
@@ -129,15 +128,10 @@ def _decode_combine(
     tl.store(Out + ih * HEAD_DIM + d, out.to(Out.dtype.element_ty), mask=d < HEAD_DIM)
 
 
-@functools.lru_cache
-def _processors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
 def default_num_splits(batch: int, kv_heads: int, keys: int, device: torch.device) -> int:
     """Enough key splits to give every multiprocessor about two programs, with at least 256 keys per split."""
     programs = batch * kv_heads
-    return max(1, min(triton.cdiv(2 * _processors(device), programs), triton.cdiv(keys, 256), 64))
+    return max(1, min(triton.cdiv(2 * multiprocessors(device), programs), triton.cdiv(keys, 256), 64))
 
 
 def decode_attention(
