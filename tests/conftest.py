@@ -1,5 +1,42 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run in Triton's CPU interpreter. Triton reads TRITON_INTERPRET when it compiles
+# the kernels, i.e. when `photon_kernels` is first imported, so it is set here, before any test module imports it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def _fix_interpreter_bf16_dot():
+    """Triton's CPU interpreter (3.9) stores bfloat16 as uint16 and its `tl.dot` multiplies those bit patterns as
+    integers. Upcast bfloat16 operands to float32 first (exact), so the bfloat16 kernel paths can be checked on CPU.
+    Only the interpreter is touched; compiled kernels never go through it."""
+    try:
+        import numpy as np
+        import triton.language as tl
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    create_dot = interpreter.InterpreterBuilder.create_dot
+    if getattr(create_dot, "_bf16_fixed", False):
+        return
+
+    def upcast(handle):
+        if getattr(handle.dtype, "scalar", handle.dtype) != tl.bfloat16:
+            return handle
+        return interpreter.TensorHandle((handle.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+    def fixed(self, a, b, *args):
+        return create_dot(self, upcast(a), upcast(b), *args)
+
+    fixed._bf16_fixed = True
+    interpreter.InterpreterBuilder.create_dot = fixed
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _fix_interpreter_bf16_dot()
 
 
 @pytest.fixture(autouse=True)

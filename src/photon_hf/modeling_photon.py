@@ -108,6 +108,44 @@ def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
+# ------------------------------------------------------------------------------------ kernel selection (Triton)
+def use_kernel(config: PhotonConfig, tensor: torch.Tensor, op: str) -> bool:
+    """Whether `config.kernel_backend` runs `op` (one of `photon_kernels.OPS`) through its Triton kernel for
+    `tensor`'s device; "triton" where the kernels cannot run raises a RuntimeError saying why."""
+    if config.kernel_backend == "torch":
+        return False
+    if photon_kernels is None:
+        if config.kernel_backend == "triton":
+            raise RuntimeError(
+                "kernel_backend='triton' needs the `photon_kernels` package and Triton (pip install "
+                "'photon-hf[triton]'); use kernel_backend='auto' or 'torch'."
+            )
+        return False
+    return photon_kernels.use_triton(config.kernel_backend, tensor.device, op)
+
+
+def window_attention(config: PhotonConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention inside each local-decoder window. q: [N, H, W, hd]; k, v: [N, Hkv, W, hd]."""
+    if use_kernel(config, q, "chunk_local_attention"):
+        return photon_kernels.chunk_local_attention(q, k, v)
+    return causal_attention(q, k, v)
+
+
+def stream_attention(config: PhotonConfig, q, k, v, window: int | None) -> torch.Tensor:
+    """Causal attention over a context encoder's units, optionally windowed. Shapes as `causal_attention`."""
+    windowed = window is not None and window < q.shape[2]
+    if use_kernel(config, q, "latent_attention" if windowed else "latent_attention_full"):
+        return photon_kernels.latent_attention(q, k, v, window)
+    return causal_attention(q, k, v, window)
+
+
+def _plain(module: nn.Module, cls: type) -> bool:
+    """`module` is exactly a `cls` without hooks, so its forward uses its own parameters as they are: not a PEFT
+    (LoRA) wrapper, a quantised subclass or an offloaded (accelerate-hooked) module."""
+    hooked = module._forward_hooks or module._forward_pre_hooks or hasattr(module, "_hf_hook")
+    return type(module) is cls and not hooked
+
+
 class PhotonAttention(nn.Module):
     """Multi-head attention with RoPE and GQA. The score/softmax part is delegated to an `attend` callable, so the
     same module serves full sequences (causal or chunk-local) and cached decode steps."""
@@ -183,6 +221,7 @@ class PhotonLevel(nn.Module):
         super().__init__()
         chunk = config.chunk_sizes[level]
         width = config.encoder_embed_size if level == 0 else config.hidden_size
+        self.config = config
         self.chunk_size = chunk
         self.converter_width = config.converter_width[level]
         self.hidden_size = config.hidden_size
@@ -197,9 +236,22 @@ class PhotonLevel(nn.Module):
     def chunk(self, units: torch.Tensor) -> torch.Tensor:
         """[..., C, width] units of the level below -> [..., D] one unit of this level."""
         x = units.flatten(-2)
+        if self._norm_kernel(x):
+            norm, linear = self.chunker_norm, self.chunker
+            if _plain(linear, nn.Linear) and linear.weight.dtype == x.dtype:  # norm and projection in one kernel
+                return photon_kernels.chunk_compress(x, norm.weight, linear.weight, linear.bias, norm.variance_epsilon)
+            return linear(photon_kernels.rms_norm(x, norm.weight, norm.variance_epsilon))  # e.g. LoRA: runs itself
         if self.chunker_norm is not None:
             x = self.chunker_norm(x)
         return self.chunker(x) if self.chunker is not None else x
+
+    def _norm_kernel(self, x: torch.Tensor) -> bool:
+        """Whether this chunker's RMSNorm runs in a Triton kernel (`kernel_backend`; a plain norm of x's dtype)."""
+        norm = self.chunker_norm
+        if norm is None or not use_kernel(self.config, x, "chunk_compress"):
+            return False
+        fits = x.shape[-1] <= photon_kernels.MAX_NORM_WIDTH
+        return _plain(norm, PhotonRMSNorm) and norm.weight.dtype == x.dtype and fits
 
     def prefix(self, cond: torch.Tensor) -> torch.Tensor:
         """[..., D] conditioning latents -> [..., R, D] converter prefixes."""
@@ -333,7 +385,7 @@ class PhotonModel(PhotonPreTrainedModel):
             def attend(q, k, v, layer_idx, window=window, kv=kv):
                 if capture is not None:
                     kv.append((k, v))
-                return causal_attention(q, k, v, window)
+                return stream_attention(self.config, q, k, v, window)
 
             x = level.encoder(units, cos, sin, attend)
             if capture is not None:
@@ -352,7 +404,7 @@ class PhotonModel(PhotonPreTrainedModel):
         chunk, width = lvl.chunk_size, lvl.converter_width
         windows = torch.cat([lvl.prefix(cond), inputs.view(b, m, chunk, d)[:, :, : chunk - 1]], dim=2)
         cos, sin = self._window_rope(width + chunk - 1, cond.device, cond.dtype)
-        out = lvl.decoder(windows.flatten(0, 1), cos, sin, lambda q, k, v, _: causal_attention(q, k, v))
+        out = lvl.decoder(windows.flatten(0, 1), cos, sin, lambda q, k, v, _: window_attention(self.config, q, k, v))
         return out[:, width - 1 :].reshape(b, m * chunk, d)
 
     def unroll(self, level: int, cond: torch.Tensor) -> torch.Tensor:
@@ -363,7 +415,7 @@ class PhotonModel(PhotonPreTrainedModel):
         outputs = []
         for j in range(lvl.chunk_size):  # the recursion is sequential by definition (C steps)
             cos, sin = self._window_rope(window.shape[1], cond.device, cond.dtype)
-            h = lvl.decoder(window, cos, sin, lambda q, k, v, _: causal_attention(q, k, v))[:, -1]
+            h = lvl.decoder(window, cos, sin, lambda q, k, v, _: window_attention(self.config, q, k, v))[:, -1]
             outputs.append(h)
             window = torch.cat([window, h[:, None]], dim=1)
         return torch.stack(outputs, dim=1).reshape(*lead, lvl.chunk_size, cond.shape[-1])
@@ -654,7 +706,7 @@ class PhotonModel(PhotonPreTrainedModel):
             def attend(q, k, v, layer_idx, keys=keys, values=values):
                 keys[layer_idx, group] = k
                 values[layer_idx, group] = v
-                return causal_attention(q, k, v)
+                return window_attention(self.config, q, k, v)
 
             out = lvl.decoder(window, cos, sin, attend)
             cond = out[rows, width - 1 + done]
@@ -734,7 +786,7 @@ class PhotonModel(PhotonPreTrainedModel):
                 span = slice(0, capacity if position >= window - 1 else position + 1)
             else:
                 span = slice(0 if window is None else max(0, position - window + 1), position + 1)
-            mask = None
+            mask, bounds = None, (span.start, span.stop)
         else:
             cos, sin = self.rotary_emb(position, units.dtype)
             cos, sin = cos[:, None, None], sin[:, None, None]
@@ -748,11 +800,19 @@ class PhotonModel(PhotonPreTrainedModel):
                 if window is not None:
                     valid &= key_pos > position[:, None] - window
             mask = valid[:, None, None, :]
+            if ring:  # the same key ranges as `mask`, for the kernel
+                bounds = (0, torch.where(position >= window - 1, capacity, position + 1))
+            else:
+                bounds = (0 if window is None else (position - window + 1).clamp(min=0), position + 1)
+        in_place = not torch.is_grad_enabled() and use_kernel(self.config, units, "decode_attention")
 
         def attend(q, k, v, layer_idx):
             keys, values = keys_all[layer_idx], values_all[layer_idx]
             _write_kv(keys, rows.absolute, slot, k)
             _write_kv(values, rows.absolute, slot, v)
+            if in_place:  # Triton reads the cache rows in place (no gathered copy, no mask)
+                out = photon_kernels.decode_attention(q[:, :, 0], keys, values, *bounds, rows=rows.absolute)
+                return out[:, :, None]
             k_all = _take(keys, rows.absolute)[:, :, span]
             v_all = _take(values, rows.absolute)[:, :, span]
             return cached_attention(q, k_all, v_all, mask)
@@ -785,7 +845,7 @@ class PhotonModel(PhotonPreTrainedModel):
         def attend(q, k, v, layer_idx):
             _write_kv(keys_all[layer_idx], rows.absolute, slice(0, width), k)
             _write_kv(values_all[layer_idx], rows.absolute, slice(0, width), v)
-            return causal_attention(q, k, v)
+            return window_attention(self.config, q, k, v)
 
         return lvl.decoder(prefix, cos, sin, attend)[:, -1]
 
@@ -804,11 +864,15 @@ class PhotonModel(PhotonPreTrainedModel):
             cos, sin = cos_table[slot][:, None, None], sin_table[slot][:, None, None]
             span = slice(0, window)
             mask = (torch.arange(window, device=x.device)[None, :] <= slot[:, None])[:, None, None, :]
+        in_place = not torch.is_grad_enabled() and use_kernel(self.config, x, "decode_attention")
 
         def attend(q, k, v, layer_idx):
             keys, values = keys_all[layer_idx], values_all[layer_idx]
             _write_kv(keys, rows.absolute, slot, k)
             _write_kv(values, rows.absolute, slot, v)
+            if in_place:  # keys 0 .. slot of each row, read in place
+                out = photon_kernels.decode_attention(q[:, :, 0], keys, values, 0, slot + 1, rows=rows.absolute)
+                return out[:, :, None]
             return cached_attention(q, _take(keys, rows.absolute)[:, :, span], _take(values, rows.absolute)[:, :, span], mask)
 
         return lvl.decoder(x[:, None], cos, sin, attend)[:, 0]
