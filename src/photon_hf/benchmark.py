@@ -412,6 +412,7 @@ class Bench:
         self.records: list[dict] = []
         self.next_id = 0
         self.config = SHAPES[args.shape]()
+        self.config.kernel_backend = args.kernel_backend
         longest = max(
             [r.prompt_len + r.gen_len for r in args.regimes]
             + [c + args.sweep_gen for c in args.sweep_contexts]
@@ -1351,6 +1352,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), help="defaults: gpu-short on CUDA, else cpu-smoke")
     parser.add_argument("--shape", choices=sorted(SHAPES), help="model shapes: the paper's 600M or a tiny CPU pair")
+    parser.add_argument(
+        "--kernel-backend",
+        choices=["auto", "torch", "triton"],
+        default="auto",
+        help="PHOTON's kernel_backend: auto (Triton kernels on CUDA when importable), torch or triton",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on the CPU")
     parser.add_argument("--budget-s", type=float, help="wall-clock budget of all sections (set-up not included)")
