@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one time-boxed run (about 9 minutes on an H100/H200), from the repository root:
+#
+#   bash bench/gpu_session.sh OUT_DIR
+#
+# 1. the gpu-marked tests: the model on CUDA (exactness, no host sync per decode step) and every Triton kernel
+#    against its reference at the 600M shapes;
+# 2. the kernel benchmark (each kernel against the PyTorch path it replaces; training step and prefill of the
+#    600M model with and without kernels);
+# 3. the generation benchmark, PHOTON against the same-size Llama (gpu-short preset), with the kernels if step 1
+#    passed, else on the PyTorch path;
+# 4. the quality study (PHOTON against an equal-FLOP Llama, same data, same wall clock).
+# Each step has its own time limit and the next one runs whatever happened. Output: OUT_DIR/session.log, the
+# kernel JSON, the generation JSON / plots / profile and the quality JSON (at most 8 files).
+set -u
+out=${1:-${OUT:-bench/results/gpu}}
+mkdir -p "$out"
+log="$out/session.log"
+export PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1
+unset TRITON_INTERPRET
+if ! python -c "import photon_kernels, photon_hf" 2>/dev/null; then  # run from the tree, no install
+    shim=$(mktemp -d)
+    ln -s "$PWD/kernels" "$shim/photon_kernels"
+    ln -s "$PWD/src/photon_hf" "$shim/photon_hf"
+    export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+fi
+stamp() { echo "=== [$(date +%T)] $*" | tee -a "$log"; }
+
+stamp "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log"
+python -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
+'transformers', transformers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$log"
+
+stamp "1. gpu tests"
+timeout 170 python -m pytest -m gpu tests/test_gpu_model.py tests/test_kernels_gpu.py -q -rA -p no:cacheprovider \
+    --durations=5 >>"$log" 2>&1
+tests_rc=$?
+tail -n 25 "$log"
+backend=auto
+[ "$tests_rc" = 0 ] || backend=torch
+stamp "gpu tests exit $tests_rc: generation and quality use kernel_backend=$backend"
+
+stamp "2. kernel benchmark"
+timeout 170 python bench/bench_kernels.py --budget-s 90 --out "$out/bench_kernels.json" >>"$log" 2>&1
+stamp "kernel benchmark exit $?"
+
+stamp "3. generation benchmark"
+timeout 230 python bench/run_generation.py --preset gpu-short --budget-s 160 --kernel-backend "$backend" \
+    --out-dir "$out" >>"$log" 2>&1
+stamp "generation benchmark exit $?"
+
+stamp "4. quality study"
+timeout 130 python bench/quality_study.py --seconds 35 --kernel-backend "$backend" --out "$out/quality.json" \
+    >>"$log" 2>&1
+stamp "quality study exit $?"
+
+# The tool returns only the tail of the output; the whole log comes back as a file.
+tail -n 70 "$log"
