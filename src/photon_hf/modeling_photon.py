@@ -186,7 +186,9 @@ class PhotonPreTrainedModel(PreTrainedModel):
     config_class = PhotonConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["PhotonBlock", "PhotonLevel"]
+    # Only modules whose own forward() runs may be FSDP units: PhotonLevel's chunker and converter are reached
+    # through its methods, so wrapping PhotonLevel would leave them sharded (FSDP2: "mixed torch.Tensor and DTensor").
+    _no_split_modules = ["PhotonBlock"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _can_compile_fullgraph = False
