@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging
@@ -198,7 +199,14 @@ class PhotonPreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, PhotonModel):
             # Learned start latents: small non-zero values (an all-zero start destabilises the RMSNorms).
-            nn.init.normal_(module.start_latents, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.start_latents, mean=0.0, std=self.config.initializer_range)
+            # The RoPE frequencies are a non-persistent buffer: from_pretrained leaves it uninitialised memory.
+            init.copy_(module.inv_freq, _rope_inv_freq(self.config))
+
+
+def _rope_inv_freq(config: PhotonConfig) -> torch.Tensor:
+    head_dim = config.head_dim
+    return 1.0 / (config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
 
 
 @dataclass
@@ -268,9 +276,7 @@ class PhotonModel(PhotonPreTrainedModel):
             torch.zeros(config.num_levels if self.self_decoding else 1, config.hidden_size)
         )
         self.embed_dec = nn.Embedding(config.vocab_size, config.hidden_size)
-        head_dim = config.head_dim
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", _rope_inv_freq(config), persistent=False)
         self.gradient_checkpointing = False
         self.post_init()
 
