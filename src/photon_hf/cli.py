@@ -164,7 +164,8 @@ def _add_optimisation_arguments(parser, *, max_steps, batch_size, learning_rate)
     group.add_argument("--max-steps", type=int, default=max_steps, help=f"optimizer steps (default: {max_steps})")
     group.add_argument(
         "--max-minutes", type=float,
-        help="also stop after this many minutes of training (the learning-rate schedule still spans --max-steps)",
+        help="also stop after this many minutes of training; the learning rate then decays by time or steps, "
+             "whichever runs out first",
     )
     group.add_argument("--batch-size", type=int, default=batch_size, help=f"blocks per device and step (default: {batch_size})")
     group.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default: 1)")
@@ -302,7 +303,7 @@ def _prepare_data(args, tokenizer, training_args):
 def run_training(args, callbacks: list | None = None) -> dict:
     """The body of `photon-hf train` (and of the quickstart's training): returns the final evaluation metrics."""
     from .hub import TRAINING_INFO_FILE
-    from .training import TimeBudgetCallback, build_trainer, training_arguments
+    from .training import TimeBudgetCallback, TimeBudgetSchedule, build_trainer, training_arguments
 
     model, tokenizer = _load_model_and_tokenizer(args)
     meta = model.config.tokens_per_unit[-1]
@@ -327,10 +328,18 @@ def run_training(args, callbacks: list | None = None) -> dict:
         seed=args.seed,
     )
     corpus, train, validation = _prepare_data(args, tokenizer, training_args)
+    if args.max_minutes and args.resume:
+        raise UsageError("--max-minutes starts a new time budget and cannot resume one: resume with --max-steps only.")
     callbacks = list(callbacks or [])
     if args.max_minutes:
         callbacks.append(TimeBudgetCallback(args.max_minutes))
     trainer = build_trainer(model, training_args, train, validation, tokenizer, callbacks=callbacks)
+    if args.max_minutes:
+        from torch.optim.lr_scheduler import LambdaLR
+
+        trainer.create_optimizer()
+        schedule = TimeBudgetSchedule(args.max_minutes * 60, args.max_steps, training_args.get_warmup_steps(args.max_steps))
+        trainer.lr_scheduler = LambdaLR(trainer.optimizer, schedule)
     trainer.train(resume_from_checkpoint=_resume_checkpoint(args))
     metrics = trainer.evaluate()
     trainer.save_metrics("eval", metrics)
@@ -583,26 +592,41 @@ def _add_quickstart_parser(subparsers):
     parser.set_defaults(handler=_cmd_quickstart)
 
 
-def _steps_per_budget(args, seconds: float) -> int:
-    """Time a few training steps of a throwaway model of the same shape and return how many fit in `seconds`."""
+def _plan_steps(args, seconds: float) -> tuple[int, int]:
+    """Time a few training steps of a throwaway model of the quickstart's shape; on a CPU with torch's default
+    thread count and with one thread (on a machine busy with other work, one thread can be many times faster).
+    Returns (thread count, steps that fit in `seconds`) for the faster setting, which stays set."""
     import torch
 
     from .data import byte_tokenizer
     from .modeling_photon import PhotonForCausalLM
     from .training import model_config
 
-    model = PhotonForCausalLM(model_config(args.size, byte_tokenizer(), max_position_embeddings=2048))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the Trainer will train
+    model = PhotonForCausalLM(model_config(args.size, byte_tokenizer(), max_position_embeddings=2048)).to(device)
     optimizer = torch.optim.AdamW(model.parameters())
-    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.block_size))
-    timings = []
-    for _ in range(4):
-        started = time.perf_counter()
-        model(ids, labels=ids).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        timings.append(time.perf_counter() - started)
-    per_step = sorted(timings[1:])[1]  # median of the warm steps
-    return max(20, int(seconds / per_step))
+    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.block_size), device=device)
+
+    def seconds_per_step(threads: int) -> float:
+        torch.set_num_threads(threads)
+        timings = []
+        for _ in range(4):
+            started = time.perf_counter()
+            model(ids, labels=ids).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - started)
+        return sorted(timings[1:])[1]  # median of the warm steps
+
+    default_threads = torch.get_num_threads()
+    options = {default_threads: seconds_per_step(default_threads)}
+    if default_threads > 1 and device == "cpu":
+        options[1] = seconds_per_step(1)
+    threads = min(options, key=options.get)
+    torch.set_num_threads(threads)
+    return threads, max(20, int(seconds / options[threads]))
 
 
 def _cmd_quickstart(args) -> int:
@@ -613,10 +637,11 @@ def _cmd_quickstart(args) -> int:
 
     started = time.monotonic()
     torch.manual_seed(args.seed)
-    print(f"[1/4] Planning: timing a few training steps of a '{args.size}' PHOTON on {torch.get_num_threads()} "
-          "CPU thread(s)...")
-    steps = _steps_per_budget(args, args.minutes * 60 * 0.85)  # leave room for evaluations
-    print(f"      about {steps} steps of {args.batch_size} x {args.block_size} tokens fit in {args.minutes:g} minutes.")
+    device = "GPU" if torch.cuda.is_available() else "CPU"
+    print(f"[1/4] Planning: timing a few training steps of a '{args.size}' PHOTON on this {device}...")
+    threads, steps = _plan_steps(args, args.minutes * 60 * 0.9)  # leave room for the evaluations
+    print(f"      about {steps} steps of {args.batch_size} x {args.block_size} tokens fit in {args.minutes:g} minutes "
+          f"({threads} CPU thread{'s' if threads > 1 else ''}).")
     train_args = argparse.Namespace(
         output_dir=args.output_dir, dataset="stdlib", dataset_config=None, validation_data=None, text_column="text",
         validation_fraction=0.05, max_files=None, block_size=args.block_size, eval_blocks=64, tokenizer="bytes",

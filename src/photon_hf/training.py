@@ -7,7 +7,8 @@ Nothing here replaces a Trainer piece; these are the few things a PHOTON run nee
   supports it, evaluation and saving every `eval_steps`, nothing reported to external trackers);
 * `build_trainer`: a `Trainer` wired with the packed-block collator and evaluation perplexity
   (`compute_metrics=compute_perplexity`, `preprocess_logits_for_metrics=preprocess_logits_for_perplexity`);
-* `TimeBudgetCallback`: stop after a wall-clock budget (the quickstart trains "for a few minutes").
+* `TimeBudgetCallback` and `TimeBudgetSchedule`: stop after a wall-clock budget with a learning rate that has
+  decayed by then (the quickstart trains "for a few minutes").
 
 Gradient accumulation is exact: `PhotonForCausalLM.forward` takes `**kwargs`, so the Trainer passes
 `num_items_in_batch` (the label count of the whole accumulated batch) and the loss is a sum divided by it.
@@ -136,6 +137,35 @@ def perplexity(loss: float) -> float:
         return math.exp(loss)
     except OverflowError:
         return float("inf")
+
+
+class TimeBudgetSchedule:
+    """A learning-rate factor for `torch.optim.lr_scheduler.LambdaLR` that ends on time: linear warmup over
+    `warmup_steps`, then a cosine decay to zero driven by the larger of two progress fractions, the wall time since
+    the first step over `seconds` and the step over `max_steps`.
+
+    With `TimeBudgetCallback(seconds / 60)` a run stops on time and still ends with a decayed learning rate, however
+    fast the machine turns out to be. Install it before `train()`:
+    `trainer.create_optimizer(); trainer.lr_scheduler = LambdaLR(trainer.optimizer, TimeBudgetSchedule(...))`.
+    """
+
+    def __init__(self, seconds: float, max_steps: int, warmup_steps: int = 0):
+        if seconds <= 0 or max_steps < 1:
+            raise ValueError(f"Need a positive time budget and max_steps, got {seconds} s and {max_steps} steps.")
+        self.seconds = float(seconds)
+        self.max_steps = int(max_steps)
+        self.warmup_steps = int(warmup_steps)
+        self.started: float | None = None
+
+    def __call__(self, step: int) -> float:
+        if step == 0:  # LambdaLR evaluates step 0 when it is built, before training starts
+            return 1.0 / (self.warmup_steps + 1) if self.warmup_steps else 1.0
+        if self.started is None:
+            self.started = time.monotonic()
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        progress = max((time.monotonic() - self.started) / self.seconds, step / self.max_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 class TimeBudgetCallback(TrainerCallback):
