@@ -22,7 +22,7 @@ examples:
   photon-hf generate --model runs/small --prompt "def parse(" --sample
   photon-hf export runs/small hub/photon-small --repo-id me/photon-small
   photon-hf info --size photon-600m --context-lengths 2048,32768
-  accelerate launch --num_processes 2 -m photon_hf train --output-dir runs/ddp
+  torchrun --nproc_per_node 2 -m photon_hf train --output-dir runs/ddp    data parallel (CPU or GPU)
 """
 
 
@@ -187,7 +187,8 @@ def _add_train_parser(subparsers):
         description="Pretrain a new PHOTON model, or fine-tune a saved one (fully or with LoRA), with the stock "
                     "transformers Trainer. Saves a Hugging Face model folder (model, tokenizer, eval_results.json) "
                     "to --output-dir, with checkpoints to resume from. For several processes start it with "
-                    "`torchrun --nproc_per_node N -m photon_hf train ...` or `accelerate launch -m photon_hf train ...`.",
+                    "`torchrun --nproc_per_node N -m photon_hf train ...` or `accelerate launch --multi_gpu --num_processes N -m "
+                    "photon_hf train ...`.",
         epilog="example: photon-hf train --output-dir runs/small --max-steps 2000 --eval-steps 200",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -363,7 +364,11 @@ def run_training(args, callbacks: list | None = None) -> dict:
 
 
 def _cmd_train(args) -> int:
+    from accelerate import PartialState
+
     metrics = run_training(args)
+    if not PartialState().is_main_process:
+        return 0
     print(
         f"\nvalidation loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.3f}. Saved to "
         f"{args.output_dir}.\nnext: photon-hf generate --model {args.output_dir} --prompt 'def ' --sample\n"

@@ -105,6 +105,9 @@ def training_arguments(output_dir: str, *, bf16: bool | None = None, **overrides
         report_to="none",
     )
     fields.update(overrides)
+    # transformers 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns).
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__ and "gradient_checkpointing" in fields:
+        fields.setdefault("activation_checkpointing", fields.pop("gradient_checkpointing"))
     return TrainingArguments(**fields)
 
 
