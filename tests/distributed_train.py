@@ -6,7 +6,8 @@
 1. The stock Trainer trains a tiny PHOTON for 3 SGD steps on 4 blocks with uneven label counts: 2 processes x 2
    blocks, or 1 process x 4 blocks. Each process saves its final weights to OUT/trainer-rank{RANK}-of-{WORLD}.pt.
 2. (two processes only) FSDP2 with accelerate's transformer auto-wrap policy, which reads the model's
-   `_no_split_modules`: one SGD step, compared with the same step on an unsharded model. Writes OUT/fsdp-rank{RANK}.json.
+   `_no_split_modules`: one SGD step, compared with the same step on an unsharded model. Writes
+   OUT/fsdp-rank{RANK}.json.
 """
 
 import json

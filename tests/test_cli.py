@@ -44,7 +44,9 @@ def test_console_script_and_module_entry_points():
     result = subprocess.run([executable, "info", "--size", "tiny"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "parameters" in result.stdout
-    result = run_python("import runpy, sys; sys.argv = ['photon_hf', '--help']; runpy.run_module('photon_hf', run_name='__main__')")
+    result = run_python(
+        "import runpy, sys; sys.argv = ['photon_hf', '--help']; runpy.run_module('photon_hf', run_name='__main__')"
+    )
     assert "usage: photon-hf" in result.stdout
 
 

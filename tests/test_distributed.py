@@ -14,12 +14,14 @@ SCRIPT = Path(__file__).with_name("distributed_train.py")
 
 def _run(command, timeout=300):
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+    output = f"stdout:\n{result.stdout[-4000:]}\nstderr:\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, f"exit {result.returncode}\n{output}"
 
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path):
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(tmp_path)])
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    _run([*launcher, str(SCRIPT), str(tmp_path)])
     _run([sys.executable, str(SCRIPT), str(tmp_path)])
     rank0 = torch.load(tmp_path / "trainer-rank0-of-2.pt")
     rank1 = torch.load(tmp_path / "trainer-rank1-of-2.pt")

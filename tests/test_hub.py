@@ -139,7 +139,8 @@ class _Uploads:
         def create_commit(api, repo_id, operations, *args, **kwargs):
             for op in operations:
                 source = op.path_or_fileobj
-                uploads.files[op.path_in_repo] = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
+                content = Path(source).read_bytes() if isinstance(source, (str, Path)) else source
+                uploads.files[op.path_in_repo] = content
             return huggingface_hub.CommitInfo(
                 commit_url=f"https://huggingface.co/{repo_id}/commit/0", commit_message="", commit_description="",
                 oid="0" * 40,

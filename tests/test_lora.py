@@ -31,7 +31,7 @@ def test_default_targets_cover_every_stack():
     base = tiny_model(num_encoder_layers=[2, 1], num_decoder_layers=[1, 2])
     adapted = _adapted(get_peft_model(base, LoraConfig(task_type="CAUSAL_LM")))  # no target_modules given
     expected = set()
-    for level, (encoder_layers, decoder_layers) in enumerate(zip([2, 1], [1, 2])):
+    for level, (encoder_layers, decoder_layers) in enumerate(zip([2, 1], [1, 2], strict=True)):
         for stack, layers in (("encoder", encoder_layers), ("decoder", decoder_layers)):
             for layer in range(layers):
                 expected |= {f"model.levels.{level}.{stack}.layers.{layer}.{p}" for p in PROJECTIONS}

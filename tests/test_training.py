@@ -105,7 +105,8 @@ def test_gradient_checkpointing_same_gradients_and_weights(tmp_path):
     reference = tiny_model()
     checkpointed = tiny_model()
     # transformers 5.24 renamed the switch (the old name still works, with a FutureWarning).
-    enable = getattr(checkpointed, "activation_checkpointing_enable", None) or checkpointed.gradient_checkpointing_enable
+    enable = getattr(checkpointed, "activation_checkpointing_enable", None)
+    enable = enable or checkpointed.gradient_checkpointing_enable
     enable()
     assert checkpointed.model.gradient_checkpointing
     ids = torch.randint(0, 259, (3, 45), generator=torch.Generator().manual_seed(1))
@@ -118,7 +119,7 @@ def test_gradient_checkpointing_same_gradients_and_weights(tmp_path):
         model(ids, labels=ids).loss.backward()
     # Each block ran twice in the checkpointed model (forward, then recomputed in backward).
     assert len(calls) == 2 * len(blocks)
-    for (name, a), (_, b) in zip(reference.named_parameters(), checkpointed.named_parameters()):
+    for (name, a), (_, b) in zip(reference.named_parameters(), checkpointed.named_parameters(), strict=True):
         assert a.grad is not None, name
         torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6, msg=name)
 

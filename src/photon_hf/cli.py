@@ -115,7 +115,9 @@ def _add_data_arguments(parser):
         help="'stdlib' (default: the Python standard library's source, no download), a local .txt/.jsonl/.json "
              "file, a folder of them or a glob, or a Hugging Face dataset name (needs the Hub)",
     )
-    group.add_argument("--dataset-config", metavar="NAME", help="configuration of a Hub dataset (e.g. wikitext-2-raw-v1)")
+    group.add_argument(
+        "--dataset-config", metavar="NAME", help="configuration of a Hub dataset (e.g. wikitext-2-raw-v1)"
+    )
     group.add_argument(
         "--validation-data", metavar="SOURCE",
         help="separate local validation files (default: the dataset's validation split, else held-out documents)",
@@ -167,9 +169,13 @@ def _add_optimisation_arguments(parser, *, max_steps, batch_size, learning_rate)
         help="also stop after this many minutes of training; the learning rate then decays by time or steps, "
              "whichever runs out first",
     )
-    group.add_argument("--batch-size", type=int, default=batch_size, help=f"blocks per device and step (default: {batch_size})")
+    group.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"blocks per device and step (default: {batch_size})"
+    )
     group.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default: 1)")
-    group.add_argument("--learning-rate", type=float, default=learning_rate, help=f"peak learning rate (default: {learning_rate})")
+    group.add_argument(
+        "--learning-rate", type=float, default=learning_rate, help=f"peak learning rate (default: {learning_rate})"
+    )
     group.add_argument("--warmup", type=float, default=0.05, help="warmup steps, or a fraction of --max-steps if < 1")
     group.add_argument("--weight-decay", type=float, default=0.1)
     group.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
@@ -187,8 +193,8 @@ def _add_train_parser(subparsers):
         description="Pretrain a new PHOTON model, or fine-tune a saved one (fully or with LoRA), with the stock "
                     "transformers Trainer. Saves a Hugging Face model folder (model, tokenizer, eval_results.json) "
                     "to --output-dir, with checkpoints to resume from. For several processes start it with "
-                    "`torchrun --nproc_per_node N -m photon_hf train ...` or `accelerate launch --multi_gpu --num_processes N -m "
-                    "photon_hf train ...`.",
+                    "`torchrun --nproc_per_node N -m photon_hf train ...` or `accelerate launch --multi_gpu "
+                    "--num_processes N -m photon_hf train ...`.",
         epilog="example: photon-hf train --output-dir runs/small --max-steps 2000 --eval-steps 200",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -339,7 +345,8 @@ def run_training(args, callbacks: list | None = None) -> dict:
         from torch.optim.lr_scheduler import LambdaLR
 
         trainer.create_optimizer()
-        schedule = TimeBudgetSchedule(args.max_minutes * 60, args.max_steps, training_args.get_warmup_steps(args.max_steps))
+        warmup = training_args.get_warmup_steps(args.max_steps)
+        schedule = TimeBudgetSchedule(args.max_minutes * 60, args.max_steps, warmup)
         trainer.lr_scheduler = LambdaLR(trainer.optimizer, schedule)
     trainer.train(resume_from_checkpoint=_resume_checkpoint(args))
     metrics = trainer.evaluate()
@@ -427,7 +434,7 @@ def _cmd_generate(args) -> int:
     stream = len(prompts) == 1 and args.num_beams == 1
     texts = generate_text(model, tokenizer, prompts, stream=stream, **kwargs)
     if not stream:
-        for prompt, text in zip(prompts, texts):
+        for prompt, text in zip(prompts, texts, strict=True):
             print(f"--- {prompt!r}\n{prompt}{text}")
     return 0
 
@@ -507,7 +514,9 @@ def _add_info_parser(subparsers):
     from .training import MODEL_SIZES
 
     parser.add_argument("model", nargs="?", help="saved model folder (or Hub id); default: --size")
-    parser.add_argument("--size", default="small", choices=[*MODEL_SIZES, *PHOTON_PRESETS], help="shape (default: small)")
+    parser.add_argument(
+        "--size", default="small", choices=[*MODEL_SIZES, *PHOTON_PRESETS], help="shape (default: small)"
+    )
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a PhotonConfig field")
     parser.add_argument(
         "--context-lengths", type=_int_list, default=[1024, 4096, 32768, 131072],

@@ -63,7 +63,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(byte)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, map(chr, chars)))
+    return dict(zip(printable, map(chr, chars), strict=True))
 
 
 def byte_tokenizer(model_max_length: int = 1 << 20) -> PreTrainedTokenizerFast:
@@ -308,7 +308,8 @@ def load_text_corpus(
         validation_files = _local_files(validation_source)
         if validation_files is None:
             raise FileNotFoundError(f"The validation source {validation_source!r} names no local file.")
-        return datasets.DatasetDict({"train": train, "validation": _load_local(validation_files, text_column, cache_dir)})
+        validation = _load_local(validation_files, text_column, cache_dir)
+        return datasets.DatasetDict({"train": train, "validation": validation})
     try:
         loaded = datasets.load_dataset(source, name, cache_dir=cache_dir)
     except Exception as error:

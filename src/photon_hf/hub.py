@@ -170,7 +170,8 @@ def model_card(
         f"A PHOTON hierarchical language model ([arXiv:{ARXIV_ID}](https://arxiv.org/abs/{ARXIV_ID}), \"Hierarchical "
         "Autoregressive Modeling for Lightspeed and Memory-Efficient Language Generation\"), packaged for Hugging Face "
         "transformers with the `photon_hf` package. A bottom-up encoder compresses every "
-        f"{config.chunk_sizes[0]} tokens into a latent unit (and {' x '.join(map(str, config.chunk_sizes[1:])) or 'no'} "
+        f"{config.chunk_sizes[0]} tokens into a latent unit (and "
+        f"{' x '.join(map(str, config.chunk_sizes[1:])) or 'no'} "
         "units above that into coarser ones); a top-down decoder expands them back to tokens, so only the coarsest "
         "stream keeps a cache that grows with the context.",
         "",
