@@ -191,7 +191,7 @@ def test_perplexity_metrics_and_time_budget(tmp_path):
 
 @pytest.mark.slow
 def test_training_on_the_embedded_corpus_learns(tmp_path):
-    """A real learning check: ~120 steps on the standard library's source bring the loss on held-out files far
+    """A real learning check: 200 steps on the standard library's source bring the loss on held-out files far
     below its start and below what byte frequencies alone achieve (so the model uses context)."""
     tokenizer = byte_tokenizer()
     corpus = load_text_corpus(max_files=40)
@@ -203,7 +203,7 @@ def test_training_on_the_embedded_corpus_learns(tmp_path):
     unigram = float(-np.log(counts / counts.sum())[held_out].mean())
 
     model = tiny_model()
-    args = training_arguments(str(tmp_path), max_steps=120, per_device_train_batch_size=8, learning_rate=3e-3,
+    args = training_arguments(str(tmp_path), max_steps=200, per_device_train_batch_size=8, learning_rate=3e-3,
                               eval_strategy="no", save_strategy="no", logging_steps=20, disable_tqdm=True)
     trainer = build_trainer(model, args, train, validation, tokenizer)
     initial = trainer.evaluate()["eval_loss"]

@@ -251,7 +251,10 @@ def _apply_lora(model, args):
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError as error:
-        raise UsageError("--lora-r needs PEFT: pip install 'photon-hf[train]' (or pip install peft).") from error
+        raise UsageError(
+            "--lora-r needs PEFT: install the training extras (pip install '.[train]' in a photon_hf checkout, or "
+            "pip install peft)."
+        ) from error
     from .lora import lora_target_modules
 
     config = LoraConfig(

@@ -47,7 +47,8 @@ def _require_datasets():
         import datasets
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "photon_hf.data needs the `datasets` library: pip install 'photon-hf[train]' (or pip install datasets)."
+            "photon_hf.data needs the `datasets` library: install the training extras (pip install '.[train]' in a "
+            "photon_hf checkout, or pip install datasets)."
         ) from error
     return datasets
 
