@@ -147,3 +147,29 @@ def test_pack_dataset_blocks_and_multiprocess(tmp_path):
     assert words["input_ids"][0] == [0, 1, 0, 3, 1]
     limited = pack_dataset(dataset, tokenizer, 32, max_blocks=5)
     assert len(limited) == 5 and limited["input_ids"][0] == packed["input_ids"][0]
+
+
+def test_hub_dataset_splits(monkeypatch):
+    """The Hub path (datasets.load_dataset, stood in for here): its validation or test split is used, else
+    documents are held out; a missing text column is explained."""
+    import datasets
+
+    calls = []
+    splits = {
+        "train": Dataset.from_dict({"text": [f"train {i}" for i in range(20)]}),
+        "test": Dataset.from_dict({"text": ["test 0", "test 1"]}),
+    }
+
+    def fake_load_dataset(path, name=None, **kwargs):
+        calls.append((path, name))
+        return datasets.DatasetDict(splits)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    corpus = load_text_corpus("someone/texts", name="v1")
+    assert calls == [("someone/texts", "v1")]
+    assert list(corpus["validation"]["text"]) == ["test 0", "test 1"] and len(corpus["train"]) == 20
+    del splits["test"]
+    corpus = load_text_corpus("someone/texts", validation_fraction=0.2)
+    assert len(corpus["train"]) + len(corpus["validation"]) == 20 and len(corpus["validation"]) >= 1
+    with pytest.raises(ValueError, match="has no 'body' column"):
+        load_text_corpus("someone/texts", text_column="body")

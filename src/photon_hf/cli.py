@@ -79,6 +79,14 @@ def _describe_source(source: str | None, corpus) -> tuple[str, str]:
     return source, f"`{source}`: {train} training documents and {validation} validation documents."
 
 
+def _is_hub_name(source: str) -> bool:
+    """Whether a --dataset value names a Hub dataset (not the embedded corpus, a local path or a glob)."""
+    import glob
+    import os
+
+    return source != "stdlib" and not os.path.exists(source) and not glob.has_magic(source)
+
+
 def _print_cache_table(config, context_lengths, dtype, batch_size: int = 1):
     from .hub import cache_table, format_bytes
 
@@ -315,6 +323,9 @@ def run_training(args, callbacks: list | None = None) -> dict:
     from .hub import TRAINING_INFO_FILE
     from .training import TimeBudgetCallback, TimeBudgetSchedule, build_trainer, training_arguments
 
+    if args.max_minutes and args.resume:
+        raise UsageError("--max-minutes starts a new time budget and cannot resume one: resume with --max-steps only.")
+    resume = _resume_checkpoint(args)
     model, tokenizer = _load_model_and_tokenizer(args)
     meta = model.config.tokens_per_unit[-1]
     if args.block_size % meta:
@@ -338,8 +349,6 @@ def run_training(args, callbacks: list | None = None) -> dict:
         seed=args.seed,
     )
     corpus, train, validation = _prepare_data(args, tokenizer, training_args)
-    if args.max_minutes and args.resume:
-        raise UsageError("--max-minutes starts a new time budget and cannot resume one: resume with --max-steps only.")
     callbacks = list(callbacks or [])
     if args.max_minutes:
         callbacks.append(TimeBudgetCallback(args.max_minutes))
@@ -351,21 +360,21 @@ def run_training(args, callbacks: list | None = None) -> dict:
         warmup = training_args.get_warmup_steps(args.max_steps)
         schedule = TimeBudgetSchedule(args.max_minutes * 60, args.max_steps, warmup)
         trainer.lr_scheduler = LambdaLR(trainer.optimizer, schedule)
-    trainer.train(resume_from_checkpoint=_resume_checkpoint(args))
+    trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate()
     trainer.save_metrics("eval", metrics)
-    final = trainer.model
-    if args.lora_r > 0:
-        final.save_pretrained(Path(args.output_dir) / "adapter")
-        final = final.merge_and_unload()
     if trainer.is_world_process_zero():
+        final = trainer.model
+        if args.lora_r > 0:  # keep the adapter, and save the merged model as the run's model
+            final.save_pretrained(Path(args.output_dir) / "adapter")
+            final = final.merge_and_unload()
         final.save_pretrained(args.output_dir)
         tokenizer.save_pretrained(args.output_dir)
         dataset_name, description = _describe_source(args.dataset, corpus)
         info = {
             "dataset_name": dataset_name,
             "training_data": description,
-            "datasets": [] if args.dataset == "stdlib" or Path(args.dataset).exists() else [args.dataset],
+            "datasets": [args.dataset] if _is_hub_name(args.dataset) else [],
             "train_steps": trainer.state.global_step,
             "block_size": args.block_size,
         }

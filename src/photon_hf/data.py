@@ -287,9 +287,8 @@ def load_text_corpus(
         source: `None` or `"stdlib"` for the embedded default corpus; a local `.txt`/`.jsonl`/`.json` file, a
             folder of them or a glob; otherwise a dataset name for `datasets.load_dataset` (needs the Hub).
         name: the dataset configuration, for Hub datasets (e.g. "wikitext-2-raw-v1").
-        validation_source: a separate local source (or Hub dataset split source) for validation. Without it the
-            source's own "validation" (or "test") split is used, else documents are held out by hash
-            (`split_documents`).
+        validation_source: local files to validate on instead. Without them a Hub dataset's own "validation" (or
+            "test") split is used, else documents are held out by hash (`split_documents`).
         text_column: the column or JSON field holding the text.
         validation_fraction: the share of documents (files for the default corpus) held out for validation.
         max_files: default corpus only: keep the first files of each split.
@@ -298,19 +297,29 @@ def load_text_corpus(
     """
     datasets = _require_datasets()
     if source in (None, DEFAULT_CORPUS):
+        if validation_source is not None:
+            raise ValueError("The default corpus brings its own validation files; drop `validation_source`.")
         return load_stdlib_corpus(validation_fraction, max_files=max_files, cache_dir=cache_dir)
     if max_files is not None:
         raise ValueError("`max_files` applies to the default corpus only; select rows of your dataset instead.")
     files = _local_files(source)
-    if files is not None:
-        train = _load_local(files, text_column, cache_dir)
-        if validation_source is None:
-            return split_documents(train, validation_fraction, text_column, num_proc)
+    train = _load_local(files, text_column, cache_dir) if files is not None else None
+    held_out = None
+    if train is None:
+        train, held_out = _load_hub(source, name, text_column, cache_dir)
+    if validation_source is not None:
         validation_files = _local_files(validation_source)
         if validation_files is None:
             raise FileNotFoundError(f"The validation source {validation_source!r} names no local file.")
-        validation = _load_local(validation_files, text_column, cache_dir)
-        return datasets.DatasetDict({"train": train, "validation": validation})
+        held_out = _load_local(validation_files, text_column, cache_dir)
+    if held_out is None:
+        return split_documents(train, validation_fraction, text_column, num_proc)
+    return datasets.DatasetDict({"train": train, "validation": held_out})
+
+
+def _load_hub(source: str, name: str | None, text_column: str, cache_dir: str | None):
+    """(train split, validation or test split or None) of a dataset loaded with `datasets.load_dataset`."""
+    datasets = _require_datasets()
     try:
         loaded = datasets.load_dataset(source, name, cache_dir=cache_dir)
     except Exception as error:
@@ -326,10 +335,8 @@ def load_text_corpus(
             f"The dataset {source!r} has no {text_column!r} column (columns: {loaded['train'].column_names}); pass "
             "`text_column=` (--text-column)."
         )
-    for held_out in ("validation", "test"):
-        if held_out in loaded:
-            return datasets.DatasetDict({"train": loaded["train"], "validation": loaded[held_out]})
-    return split_documents(loaded["train"], validation_fraction, text_column, num_proc)
+    held_out = next((loaded[split] for split in ("validation", "test") if split in loaded), None)
+    return loaded["train"], held_out
 
 
 # -------------------------------------------------------------------------------------------------- packing
