@@ -12,7 +12,7 @@ import torch
 from huggingface_hub import ModelCard
 from peft import LoraConfig, get_peft_model
 from train_helpers import BLOCK_PHOTON, run_python, tiny_model
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import photon_hf
 from photon_hf import PhotonConfig, PhotonForCausalLM, export_for_hub, kv_cache_bytes, llama_kv_cache_bytes
@@ -75,6 +75,13 @@ def test_export_leaves_no_registration_behind(exported, tmp_path):
     model.save_pretrained(tmp_path / "plain")  # an ordinary save copies no code and writes no auto_map
     assert not (tmp_path / "plain" / "modeling_photon.py").exists()
     assert "auto_map" not in json.loads((tmp_path / "plain" / "config.json").read_text())
+    # ... and loads back (with the installed classes) to the same logits: RoPE frequencies are a non-persistent
+    # buffer that from_pretrained must re-create.
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    assert type(loaded) is PhotonForCausalLM
+    ids = torch.randint(0, 259, (2, 21), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, model(ids).logits, rtol=0, atol=1e-6)
     with pytest.raises(TypeError, match="merge_and_unload"):
         export_for_hub(get_peft_model(tiny_model(), LoraConfig(r=2)), tmp_path / "peft")
 
