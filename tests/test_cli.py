@@ -91,6 +91,9 @@ def test_train_generate_export_round_trip(tmp_path, capsys):
     assert "--- 'def '" in text and "--- 'import'" in text
     assert cli.main(["generate", "--model", str(run), "--max-new-tokens", "6", "--sample"]) == 0
 
+    assert cli.main(["info", str(run), "--context-lengths", "1024"]) == 0
+    assert "vocabulary         259" in capsys.readouterr().out
+
     hub = tmp_path / "hub"
     metrics = json.loads((run / "eval_results.json").read_text())  # rewritten by the resumed run
     assert cli.main(["export", str(run), str(hub), "--repo-id", "someone/tiny"]) == 0
