@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,7 +39,8 @@ def test_help_of_every_command(capsys):
 
 
 def test_console_script_and_module_entry_points():
-    executable = shutil.which("photon-hf")
+    beside_python = Path(sys.executable).with_name("photon-hf")  # the venv's bin/, even when it is not on PATH
+    executable = str(beside_python) if beside_python.exists() else shutil.which("photon-hf")
     if executable is None:
         pytest.fail("the photon-hf console script is not installed: pip install -e .")
     result = subprocess.run([executable, "info", "--size", "tiny"], capture_output=True, text=True, timeout=120)
