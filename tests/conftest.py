@@ -1,7 +1,21 @@
+"""Test-session setup: nothing may reach the network, `datasets` caches go to a throw-away folder, the Triton
+kernels run in Triton's CPU interpreter when there is no GPU, and every test starts from the same seed."""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "HF_DATASETS_CACHE" not in os.environ:  # read by `datasets` at import time
+    _cache = tempfile.mkdtemp(prefix="photon-hf-test-datasets-")
+    os.environ["HF_DATASETS_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 # Without a GPU the Triton kernels run in Triton's CPU interpreter. Triton reads TRITON_INTERPRET when it compiles
 # the kernels, i.e. when `photon_kernels` is first imported, so it is set here, before any test module imports it.

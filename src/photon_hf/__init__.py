@@ -1,13 +1,18 @@
 """photon_hf: PHOTON hierarchical language models (arXiv 2512.20687) for Hugging Face transformers.
 
 Importing the package registers `PhotonConfig` (model_type "photon"), `PhotonModel` and `PhotonForCausalLM` with
-`AutoConfig`, `AutoModel` and `AutoModelForCausalLM`.
+`AutoConfig`, `AutoModel` and `AutoModelForCausalLM`, and (when PEFT is installed) PHOTON's default LoRA target
+modules. Training helpers live in `photon_hf.data` and `photon_hf.training`; Hub export in `photon_hf.hub`; the
+`photon-hf` command line in `photon_hf.cli`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache_photon import PhotonCache, kv_cache_bytes, llama_kv_cache_bytes
 from .configuration_photon import PHOTON_PRESETS, PhotonConfig, photon_preset
+from .data import byte_tokenizer
+from .hub import export_for_hub
+from .lora import lora_target_modules, register_peft_defaults
 from .modeling_photon import PhotonForCausalLM, PhotonModel, PhotonPreTrainedModel
 
 __version__ = "0.1.0"
@@ -15,6 +20,7 @@ __version__ = "0.1.0"
 AutoConfig.register(PhotonConfig.model_type, PhotonConfig, exist_ok=True)
 AutoModel.register(PhotonConfig, PhotonModel, exist_ok=True)
 AutoModelForCausalLM.register(PhotonConfig, PhotonForCausalLM, exist_ok=True)
+register_peft_defaults()
 
 __all__ = [
     "PHOTON_PRESETS",
@@ -23,7 +29,10 @@ __all__ = [
     "PhotonForCausalLM",
     "PhotonModel",
     "PhotonPreTrainedModel",
+    "byte_tokenizer",
+    "export_for_hub",
     "kv_cache_bytes",
     "llama_kv_cache_bytes",
+    "lora_target_modules",
     "photon_preset",
 ]

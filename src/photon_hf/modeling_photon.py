@@ -264,7 +264,9 @@ class PhotonPreTrainedModel(PreTrainedModel):
     config_class = PhotonConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["PhotonBlock", "PhotonLevel"]
+    # Only modules whose own forward() runs may be FSDP units: PhotonLevel's chunker and converter are reached
+    # through its methods, so wrapping PhotonLevel would leave them sharded (FSDP2: "mixed torch.Tensor and DTensor").
+    _no_split_modules = ["PhotonBlock"]
     _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
     _can_compile_fullgraph = False
@@ -483,7 +485,8 @@ class PhotonModel(PhotonPreTrainedModel):
         if inputs_embeds is not None:
             raise ValueError(
                 "PHOTON does not accept `inputs_embeds`: its encoder and its token decoder embed token ids with two "
-                "different tables (widths E and D). Pass `input_ids`."
+                "different tables (widths E and D). Pass `input_ids`. (PEFT prompt tuning and p-tuning feed "
+                "`inputs_embeds`; PHOTON supports LoRA-style adapters only.)"
             )
         if input_ids is None:
             raise ValueError("PhotonModel needs `input_ids`.")
@@ -491,13 +494,17 @@ class PhotonModel(PhotonPreTrainedModel):
             raise ValueError(f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"`input_ids` is empty (shape {tuple(input_ids.shape)}): PHOTON needs at least one token.")
+        for given in (cache, past_key_values):
+            if given is not None and not isinstance(given, PhotonCache):
+                raise TypeError(
+                    f"PHOTON needs a PhotonCache, got {type(given).__name__}. Leave the cache out and generate() or "
+                    "the model will build one. (PEFT prefix tuning and the other prompt-learning methods inject a "
+                    "standard per-layer KV cache, which a hierarchical PHOTON model cannot use: fine-tune with LoRA.)"
+                )
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("Got two different caches, `cache` and `past_key_values`: pass one.")
         cache = cache if cache is not None else past_key_values
         use_cache = use_cache if use_cache is not None else self.config.use_cache
-        if cache is not None and not isinstance(cache, PhotonCache):
-            raise TypeError(
-                f"PHOTON needs a PhotonCache, got {type(cache).__name__}. Leave the cache out and generate() or the "
-                "model will build one."
-            )
         if not use_cache:
             cache = None
         elif cache is None:
@@ -986,7 +993,8 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
-            cache=cache if cache is not None else past_key_values,
+            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,

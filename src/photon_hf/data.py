@@ -1,0 +1,473 @@
+"""Text -> packed training blocks for PHOTON, with `datasets`.
+
+Three kinds of source give the same result, a `DatasetDict` with a "train" and a "validation" split of documents
+(one "text" column):
+
+* the embedded default corpus, `"stdlib"`: the Python standard library's own source files, present on every
+  machine that runs Python, so a first training run needs no download. Files are split into train and
+  validation by a hash of their path relative to the standard library, so the split never overlaps and a file
+  keeps its split on every machine and Python version that has it;
+* local files: `.txt` (one document per file) and `.jsonl` / `.json` (one document per record);
+* any dataset name on the Hugging Face Hub (when it is reachable), loaded with `datasets.load_dataset`.
+
+`pack_dataset` then tokenizes the documents (an end-of-sequence token after each) and cuts the token stream into
+blocks of `block_size` tokens with `labels == input_ids`, ready for `transformers.Trainer` with
+`default_data_collator`. Every function handed to `Dataset.map` is a module-level function with its arguments in
+`fn_kwargs`, so `num_proc > 1` works (they pickle).
+
+The default tokenizer, `byte_tokenizer()`, needs no download either: 256 byte tokens plus `<pad>`, `<bos>` and
+`<eos>`, built in code with the `tokenizers` library and returned as a `PreTrainedTokenizerFast`, so it saves to
+`tokenizer.json` and loads back with `AutoTokenizer.from_pretrained` without custom code.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+DEFAULT_CORPUS = "stdlib"
+BYTE_TOKENIZER = "bytes"
+TEXT_SUFFIXES = (".txt",)
+JSON_SUFFIXES = (".jsonl", ".json")
+SPLIT_KEY = "_photon_split_key"
+
+
+def _require_datasets():
+    try:
+        import datasets
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "photon_hf.data needs the `datasets` library: install the training extras (pip install '.[train]' in a "
+            "photon_hf checkout, or pip install datasets)."
+        ) from error
+    return datasets
+
+
+# ------------------------------------------------------------------------------------------------- tokenizers
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map, the alphabet of the `ByteLevel` pre-tokenizer."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+def byte_tokenizer(model_max_length: int = 1 << 20) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer that needs no download: token id b is the byte b (0..255), then `<pad>` (256),
+    `<bos>` (257) and `<eos>` (258); `len(tokenizer) == 259`.
+
+    Any text round-trips exactly (`decode(encode(text)) == text`). It pads on the left, as PHOTON's cached
+    generation needs. `save_pretrained` writes a `tokenizer.json` that `AutoTokenizer.from_pretrained` loads back
+    with no custom code.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = _bytes_to_unicode()
+    backend = Tokenizer(models.BPE(vocab={alphabet[b]: b for b in range(256)}, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(["<pad>", "<bos>", "<eos>"])  # ids 256, 257, 258 in this order
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<bos>",
+        eos_token="<eos>",
+        padding_side="left",
+        model_max_length=model_max_length,
+    )
+
+
+def load_tokenizer(name_or_path: str | None = None, **kwargs) -> PreTrainedTokenizerBase:
+    """The tokenizer to train with: `None` or `"bytes"` gives `byte_tokenizer()`; anything else goes to
+    `AutoTokenizer.from_pretrained` (a local folder, or a Hub name when the Hub is reachable).
+
+    A tokenizer without a pad token gets its end-of-sequence token as pad token, and padding goes on the left
+    (PHOTON generation with a padded batch needs left padding).
+    """
+    if name_or_path in (None, BYTE_TOKENIZER):
+        return byte_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    if tokenizer.eos_token is None:
+        raise ValueError(
+            f"The tokenizer {name_or_path!r} has no end-of-sequence token; PHOTON's packing separates documents "
+            "with it. Set one (tokenizer.add_special_tokens({'eos_token': ...})) or use the byte tokenizer."
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+# ------------------------------------------------------------------------------------------- splitting helpers
+def split_key(name: str) -> float:
+    """A number in [0, 1) fixed by `name` alone (SHA-256), used to put a document into a split."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def is_validation(name: str, validation_fraction: float) -> bool:
+    """Whether the document named `name` (a relative path, or a document's text) belongs to the validation split."""
+    return split_key(name) < validation_fraction
+
+
+def _check_fraction(validation_fraction: float):
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(
+            f"`validation_fraction` must lie strictly between 0 and 1, got {validation_fraction!r} (0.05 holds out "
+            "about one document in twenty)."
+        )
+
+
+# -------------------------------------------------------------------------------------- the embedded corpus
+def stdlib_root() -> Path:
+    """The folder of the Python standard library's source (`sysconfig.get_paths()["stdlib"]`)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files(split: str | None = None, validation_fraction: float = 0.05) -> list[str]:
+    """Relative (POSIX) paths of the standard library's `.py` files, sorted, optionally only those of one split.
+
+    Installed third-party packages (`site-packages`, `dist-packages`) are left out. A file is in "validation"
+    when `is_validation(relative_path, validation_fraction)`, else in "train".
+    """
+    if split not in (None, "train", "validation"):
+        raise ValueError(f"`split` must be None, 'train' or 'validation', got {split!r}.")
+    _check_fraction(validation_fraction)
+    root = stdlib_root()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"The Python standard library sources are not at {root} (sysconfig's 'stdlib' path); pass a dataset "
+            "or local text files instead of the default corpus."
+        )
+    paths = []
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if relative.parts[0] in ("site-packages", "dist-packages"):
+            continue
+        paths.append(relative.as_posix())
+    paths.sort()
+    if split is not None:
+        keep_validation = split == "validation"
+        paths = [p for p in paths if is_validation(p, validation_fraction) == keep_validation]
+    return paths
+
+
+def _stdlib_documents(root: str, paths: list[str]):
+    """Generator for `Dataset.from_generator`: one {"text", "path"} record per UTF-8 file."""
+    for relative in paths:
+        try:
+            text = (Path(root) / relative).read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):  # a handful of encoding test files are not UTF-8
+            continue
+        if text.strip():
+            yield {"text": text, "path": relative}
+
+
+def load_stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = None, cache_dir: str | None = None):
+    """The embedded default corpus as a `DatasetDict` ("train", "validation"; columns "text" and "path").
+
+    `max_files` keeps the first files of each split (in path order), for quick runs.
+    """
+    datasets = _require_datasets()
+    root = str(stdlib_root())
+    splits = {}
+    for split in ("train", "validation"):
+        paths = stdlib_files(split, validation_fraction)
+        if max_files is not None:
+            paths = paths[:max_files]
+        splits[split] = datasets.Dataset.from_generator(
+            _stdlib_documents,
+            gen_kwargs={"root": root, "paths": paths},
+            features=datasets.Features({"text": datasets.Value("string"), "path": datasets.Value("string")}),
+            cache_dir=cache_dir,
+        )
+    return datasets.DatasetDict(splits)
+
+
+# ------------------------------------------------------------------------------------------- any text source
+def _local_files(source: str) -> list[str] | None:
+    """The files a local source names (a file, a folder searched recursively, or a glob), or None if it names
+    nothing on disk."""
+    if os.path.isfile(source):
+        return [source]
+    if os.path.isdir(source):
+        found = [
+            str(p) for p in sorted(Path(source).rglob("*")) if p.is_file() and p.suffix in TEXT_SUFFIXES + JSON_SUFFIXES
+        ]
+        if not found:
+            raise FileNotFoundError(f"No .txt, .jsonl or .json files under the folder {source!r}.")
+        return found
+    if glob.has_magic(source):
+        found = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+        if not found:
+            raise FileNotFoundError(f"The pattern {source!r} matches no file.")
+        return found
+    return None
+
+
+def _load_local(files: list[str], text_column: str, cache_dir: str | None):
+    datasets = _require_datasets()
+    suffixes = {Path(f).suffix for f in files}
+    if suffixes <= set(TEXT_SUFFIXES):
+        return datasets.load_dataset("text", data_files=files, sample_by="document", split="train", cache_dir=cache_dir)
+    if suffixes <= set(JSON_SUFFIXES):
+        dataset = datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
+        if text_column not in dataset.column_names:
+            raise ValueError(
+                f"The JSON records have no {text_column!r} field (fields: {dataset.column_names}); pass "
+                "`text_column=` (--text-column) with the field that holds the text."
+            )
+        return dataset
+    raise ValueError(
+        f"Local files must be all .txt or all .jsonl/.json, got suffixes {sorted(suffixes)}. Pass one kind at a time."
+    )
+
+
+def _split_keys(batch: dict, text_column: str) -> dict:
+    return {SPLIT_KEY: [split_key(text) for text in batch[text_column]]}
+
+
+def split_documents(dataset, validation_fraction: float = 0.05, text_column: str = "text", num_proc: int | None = None):
+    """Split a `Dataset` of documents into a `DatasetDict` ("train", "validation") by a hash of each document's
+    text: deterministic, independent of the order, and identical documents always land in the same split.
+
+    If the hash puts no document into validation, the one with the smallest hash goes there (with two or more
+    documents, both splits are never empty).
+    """
+    datasets = _require_datasets()
+    _check_fraction(validation_fraction)
+    if len(dataset) < 2:
+        raise ValueError(
+            f"Cannot hold out validation documents from {len(dataset)} document(s): give more files (a .txt file is "
+            "one document, a .jsonl record is one) or a separate validation source (`validation_source=`)."
+        )
+    keyed = dataset.map(_split_keys, batched=True, num_proc=num_proc, fn_kwargs={"text_column": text_column})
+    keys = keyed[SPLIT_KEY]
+    validation = [i for i, key in enumerate(keys) if key < validation_fraction]
+    if not validation:
+        validation = [min(range(len(keys)), key=keys.__getitem__)]
+    if len(validation) == len(keys):
+        raise ValueError(
+            f"validation_fraction={validation_fraction} puts every document into validation; lower it."
+        )
+    chosen = set(validation)
+    train = [i for i in range(len(keys)) if i not in chosen]
+    keyed = keyed.remove_columns(SPLIT_KEY)
+    return datasets.DatasetDict({"train": keyed.select(train), "validation": keyed.select(validation)})
+
+
+def load_text_corpus(
+    source: str | None = None,
+    *,
+    name: str | None = None,
+    validation_source: str | None = None,
+    text_column: str = "text",
+    validation_fraction: float = 0.05,
+    max_files: int | None = None,
+    num_proc: int | None = None,
+    cache_dir: str | None = None,
+):
+    """Documents to train on, as a `DatasetDict` with "train" and "validation" splits holding `text_column`.
+
+    Args:
+        source: `None` or `"stdlib"` for the embedded default corpus; a local `.txt`/`.jsonl`/`.json` file, a
+            folder of them or a glob; otherwise a dataset name for `datasets.load_dataset` (needs the Hub).
+        name: the dataset configuration, for Hub datasets (e.g. "wikitext-2-raw-v1").
+        validation_source: local files to validate on instead. Without them a Hub dataset's own "validation" (or
+            "test") split is used, else documents are held out by hash (`split_documents`).
+        text_column: the column or JSON field holding the text.
+        validation_fraction: the share of documents (files for the default corpus) held out for validation.
+        max_files: default corpus only: keep the first files of each split.
+        num_proc: worker processes for `datasets.map`.
+        cache_dir: `datasets` cache folder.
+    """
+    datasets = _require_datasets()
+    if source in (None, DEFAULT_CORPUS):
+        if validation_source is not None:
+            raise ValueError("The default corpus brings its own validation files; drop `validation_source`.")
+        return load_stdlib_corpus(validation_fraction, max_files=max_files, cache_dir=cache_dir)
+    if max_files is not None:
+        raise ValueError("`max_files` applies to the default corpus only; select rows of your dataset instead.")
+    files = _local_files(source)
+    train = _load_local(files, text_column, cache_dir) if files is not None else None
+    held_out = None
+    if train is None:
+        train, held_out = _load_hub(source, name, text_column, cache_dir)
+    if validation_source is not None:
+        validation_files = _local_files(validation_source)
+        if validation_files is None:
+            raise FileNotFoundError(f"The validation source {validation_source!r} names no local file.")
+        held_out = _load_local(validation_files, text_column, cache_dir)
+    if held_out is None:
+        return split_documents(train, validation_fraction, text_column, num_proc)
+    return datasets.DatasetDict({"train": train, "validation": held_out})
+
+
+def _load_hub(source: str, name: str | None, text_column: str, cache_dir: str | None):
+    """(train split, validation or test split or None) of a dataset loaded with `datasets.load_dataset`."""
+    datasets = _require_datasets()
+    try:
+        loaded = datasets.load_dataset(source, name, cache_dir=cache_dir)
+    except Exception as error:
+        raise ValueError(
+            f"Could not load {source!r}: it is neither a local file, folder or glob, nor a dataset that "
+            f"`datasets.load_dataset` can fetch ({type(error).__name__}: {error}). Check the path, or the dataset "
+            "name and network access."
+        ) from error
+    if "train" not in loaded:
+        raise ValueError(f"The dataset {source!r} has no 'train' split (splits: {list(loaded)}).")
+    if text_column not in loaded["train"].column_names:
+        raise ValueError(
+            f"The dataset {source!r} has no {text_column!r} column (columns: {loaded['train'].column_names}); pass "
+            "`text_column=` (--text-column)."
+        )
+    held_out = next((loaded[split] for split in ("validation", "test") if split in loaded), None)
+    return loaded["train"], held_out
+
+
+# -------------------------------------------------------------------------------------------------- packing
+def is_byte_tokenizer(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether `tokenizer` is `byte_tokenizer()` (or one saved from it): then a text's token ids are its UTF-8
+    bytes, and packing skips the tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    spec = json.loads(backend.to_str())
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or model.get("merges") or spec.get("normalizer") is not None:
+        return False
+    if pre.get("type") != "ByteLevel" or pre.get("add_prefix_space"):
+        return False
+    alphabet = _bytes_to_unicode()
+    return model.get("vocab") == {alphabet[b]: b for b in range(256)}
+
+
+def _pack_documents(
+    batch: dict, tokenizer: PreTrainedTokenizerBase, text_column: str, block_size: int, byte_level: bool
+) -> dict:
+    """Tokenize a batch of documents, put the end-of-sequence token after each, concatenate them and cut the
+    stream into blocks of `block_size` tokens (the remainder of the batch is dropped). `labels` are the inputs
+    (the model shifts them). Special-token strings inside the text (e.g. a literal "<eos>") are tokenized as
+    text."""
+    eos = np.array([tokenizer.eos_token_id], dtype=np.int64)
+    if byte_level:
+        ids = [np.frombuffer(text.encode("utf-8"), dtype=np.uint8) for text in batch[text_column]]
+    else:
+        encoded = tokenizer(batch[text_column], add_special_tokens=False, split_special_tokens=True, verbose=False)
+        ids = [np.asarray(x, dtype=np.int64) for x in encoded["input_ids"]]
+    if not ids:
+        return {"input_ids": [], "labels": []}
+    stream = np.concatenate([part for x in ids for part in (x.astype(np.int64), eos)])
+    usable = len(stream) // block_size * block_size
+    blocks = stream[:usable].reshape(-1, block_size)
+    return {"input_ids": blocks, "labels": blocks}
+
+
+def pack_dataset(
+    dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    block_size: int,
+    *,
+    text_column: str = "text",
+    num_proc: int | None = None,
+    map_batch_size: int = 1000,
+    max_blocks: int | None = None,
+):
+    """Tokenize the documents of a `Dataset` (or every split of a `DatasetDict`) and pack them into blocks.
+
+    Returns the same kind of object with two columns, `input_ids` and `labels`, of `block_size` tokens each.
+    Documents are separated by the end-of-sequence token. Up to `block_size - 1` tokens at the end of each
+    `map_batch_size` documents are dropped. `max_blocks` keeps that many blocks (of each split), evenly spaced
+    over the corpus.
+    """
+    datasets = _require_datasets()
+    if not isinstance(block_size, int) or block_size < 2:
+        raise ValueError(f"`block_size` must be an int >= 2, got {block_size!r}.")
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no end-of-sequence token; `load_tokenizer` explains how to set one.")
+    if isinstance(dataset, datasets.DatasetDict):
+        return datasets.DatasetDict(
+            {
+                split: pack_dataset(
+                    part,
+                    tokenizer,
+                    block_size,
+                    text_column=text_column,
+                    num_proc=num_proc,
+                    map_batch_size=map_batch_size,
+                    max_blocks=max_blocks,
+                )
+                for split, part in dataset.items()
+            }
+        )
+    if text_column not in dataset.column_names:
+        raise ValueError(f"The dataset has no {text_column!r} column (columns: {dataset.column_names}).")
+    if num_proc is not None and num_proc > 1:
+        # A forked worker must not reuse the parent's tokenizer thread pool.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    packed = dataset.map(
+        _pack_documents,
+        batched=True,
+        batch_size=map_batch_size,
+        num_proc=num_proc,
+        remove_columns=dataset.column_names,
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "text_column": text_column,
+            "block_size": block_size,
+            "byte_level": is_byte_tokenizer(tokenizer),
+        },
+        desc=f"Tokenizing and packing into blocks of {block_size}",
+    )
+    if len(packed) == 0:
+        raise ValueError(
+            f"No block of {block_size} tokens could be made: the documents are too short. Lower `block_size` or "
+            "give more text."
+        )
+    if max_blocks is not None and len(packed) > max_blocks:
+        packed = packed.select(np.linspace(0, len(packed) - 1, max_blocks).round().astype(np.int64).tolist())
+    return packed
+
+
+def load_packed_corpus(
+    source: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    block_size: int = 256,
+    *,
+    max_train_blocks: int | None = None,
+    max_eval_blocks: int | None = None,
+    num_proc: int | None = None,
+    **corpus_kwargs,
+):
+    """`load_text_corpus` then `pack_dataset` for both splits: a `DatasetDict` of packed "train" and "validation"
+    blocks. The tokenizer defaults to `byte_tokenizer()`; `corpus_kwargs` go to `load_text_corpus`."""
+    datasets = _require_datasets()
+    tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
+    text_column = corpus_kwargs.get("text_column", "text")
+    corpus = load_text_corpus(source, num_proc=num_proc, **corpus_kwargs)
+    return datasets.DatasetDict(
+        {
+            "train": pack_dataset(
+                corpus["train"], tokenizer, block_size, text_column=text_column, num_proc=num_proc,
+                max_blocks=max_train_blocks,
+            ),
+            "validation": pack_dataset(
+                corpus["validation"], tokenizer, block_size, text_column=text_column, num_proc=num_proc,
+                max_blocks=max_eval_blocks,
+            ),
+        }
+    )

@@ -1,0 +1,152 @@
+"""The `photon-hf` command line: help texts, info, a tiny train -> generate -> export round trip, resume, LoRA,
+the bench pass-through, the quickstart on a tiny budget, and errors that say what to change."""
+
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import run_python
+
+from photon_hf import cli, kv_cache_bytes, llama_kv_cache_bytes
+from photon_hf.hub import format_bytes
+from photon_hf.training import model_config
+
+COMMANDS = ("quickstart", "train", "generate", "export", "info")
+TINY_TRAIN = ["--size", "tiny", "--max-files", "6", "--block-size", "64", "--batch-size", "4", "--eval-blocks", "4",
+              "--logging-steps", "1"]
+
+
+def test_help_of_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in (*COMMANDS, "bench"):
+        assert command in text
+    assert "photon-hf quickstart" in text
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert f"usage: photon-hf {command}" in text and "example" in text
+    assert cli.main([]) == 2  # no command: the overview, and a usage exit code
+
+
+def test_console_script_and_module_entry_points():
+    beside_python = Path(sys.executable).with_name("photon-hf")  # the venv's bin/, even when it is not on PATH
+    executable = str(beside_python) if beside_python.exists() else shutil.which("photon-hf")
+    if executable is None:
+        pytest.fail("the photon-hf console script is not installed: pip install -e .")
+    result = subprocess.run([executable, "info", "--size", "tiny"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "parameters" in result.stdout
+    result = run_python(
+        "import runpy, sys; sys.argv = ['photon_hf', '--help']; runpy.run_module('photon_hf', run_name='__main__')"
+    )
+    assert "usage: photon-hf" in result.stdout
+
+
+def test_info_prints_parameters_and_cache_table(capsys):
+    assert cli.main(["info", "--size", "photon-600m", "--context-lengths", "2048,32768"]) == 0
+    text = capsys.readouterr().out
+    assert "646,400,768" in text  # the paper's 600M shape (see DESIGN.md)
+    config = model_config("photon-600m")
+    for n in (2048, 32768):
+        photon = format_bytes(kv_cache_bytes(config, n))
+        llama = format_bytes(llama_kv_cache_bytes(config, n))
+        assert any(f"{n:,}" in line and photon in line and llama in line for line in text.splitlines()), (n, text)
+    assert cli.main(["info", "--size", "tiny", "--set", "encoder_windows=[8,null]", "--dtype", "fp32",
+                     "--batch-size", "4", "--context-lengths", "4096"]) == 0
+    text = capsys.readouterr().out
+    windowed = model_config("tiny", encoder_windows=[8, None])
+    assert format_bytes(4 * kv_cache_bytes(windowed, 4096, dtype=torch.float32)) in text
+
+
+def test_train_generate_export_round_trip(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--output-dir", str(run), *TINY_TRAIN, "--max-steps", "4", "--eval-steps", "2",
+                     "--save-steps", "2"]) == 0
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "eval_results.json", "photon_training.json"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "eval_results.json").read_text())
+    assert metrics["eval_loss"] < 5.6 and "eval_perplexity" in metrics
+    info = json.loads((run / "photon_training.json").read_text())
+    assert "standard library" in info["training_data"] and info["train_steps"] == 4
+
+    # Resuming continues the same run from its last checkpoint.
+    assert cli.main(["train", "--output-dir", str(run), *TINY_TRAIN, "--max-steps", "6", "--eval-steps", "2",
+                     "--save-steps", "2", "--resume"]) == 0
+    state = json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and any(e.get("step") == 5 for e in state["log_history"])
+    assert not any(e.get("step") == 1 and "loss" in e for e in state["log_history"][4:])
+    capsys.readouterr()
+
+    assert cli.main(["generate", "--model", str(run), "--prompt", "def ", "--prompt", "import",
+                     "--max-new-tokens", "6"]) == 0
+    text = capsys.readouterr().out
+    assert "--- 'def '" in text and "--- 'import'" in text
+    assert cli.main(["generate", "--model", str(run), "--max-new-tokens", "6", "--sample"]) == 0
+
+    assert cli.main(["info", str(run), "--context-lengths", "1024"]) == 0
+    assert "vocabulary         259" in capsys.readouterr().out
+
+    hub = tmp_path / "hub"
+    metrics = json.loads((run / "eval_results.json").read_text())  # rewritten by the resumed run
+    assert cli.main(["export", str(run), str(hub), "--repo-id", "someone/tiny"]) == 0
+    card = (hub / "README.md").read_text()
+    assert f"| loss (nats/token) | {metrics['eval_loss']:.4f} |" in card
+    assert "standard library" in card and "someone/tiny" in card
+    assert json.loads((hub / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
+
+    # LoRA fine-tuning of the saved model: an adapter folder, and the merged model at the top.
+    lora = tmp_path / "lora"
+    assert cli.main(["train", "--output-dir", str(lora), "--model", str(run), *TINY_TRAIN[2:], "--max-steps", "2",
+                     "--eval-steps", "2", "--save-steps", "2", "--lora-r", "4"]) == 0
+    assert (lora / "adapter" / "adapter_config.json").exists()
+    assert (lora / "model.safetensors").exists() and not (lora / "adapter_config.json").exists()
+
+
+def test_errors_say_what_to_change(tmp_path, capsys):
+    assert cli.main(["train", "--output-dir", str(tmp_path), "--lora-r", "4"]) == 1
+    assert "--model PATH" in capsys.readouterr().err
+    assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--resume", *TINY_TRAIN]) == 1
+    assert "drop --resume" in capsys.readouterr().err
+    assert cli.main(["info", "--size", "tiny", "--set", "hidden_size"]) == 1
+    assert "KEY=VALUE" in capsys.readouterr().err
+    assert cli.main(["info", "--size", "tiny", "--set", "hidden_size=30"]) == 1  # a config error, explained
+    assert "num_attention_heads" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path / "missing"), str(tmp_path / "out"), "--push-to-hub"]) == 1
+    assert "--repo-id" in capsys.readouterr().err
+
+
+def test_bench_passes_its_arguments_through(monkeypatch, capsys):
+    received = []
+    fake = types.ModuleType("photon_hf.benchmark")
+    fake.main = lambda argv=None: received.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "photon_hf.benchmark", fake)
+    assert cli.main(["bench", "--help", "--batch", "8"]) == 0
+    assert received == [["--help", "--batch", "8"]]
+
+    monkeypatch.setitem(sys.modules, "photon_hf.benchmark", None)  # as if the harness were not installed
+    assert cli.main(["bench"]) == 1
+    assert "photon_hf.benchmark" in capsys.readouterr().err
+
+
+def test_quickstart_on_a_tiny_budget(tmp_path, capsys):
+    out = tmp_path / "quick"
+    threads = torch.get_num_threads()  # the quickstart may settle on one thread for the rest of its process
+    try:
+        assert cli.main(["quickstart", "--output-dir", str(out), "--size", "tiny", "--minutes", "0.05",
+                         "--block-size", "64", "--batch-size", "4", "--max-new-tokens", "8"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = capsys.readouterr().out
+    for marker in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "PhotonForCausalLM", "measured PhotonCache", "same-shape Llama"):
+        assert marker in text, marker
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()

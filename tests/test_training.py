@@ -1,0 +1,214 @@
+"""Stock transformers.Trainer on PHOTON: exact gradient accumulation, gradient checkpointing, resuming,
+perplexity, time budget, and a real learning check on the embedded corpus."""
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from train_helpers import max_difference, state, tiny_config, tiny_model
+from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+
+import photon_hf
+from photon_hf.data import byte_tokenizer, load_text_corpus, pack_dataset
+from photon_hf.modeling_photon import PhotonBlock
+from photon_hf.training import (
+    TimeBudgetCallback,
+    build_trainer,
+    compute_perplexity,
+    preprocess_logits_for_perplexity,
+    training_arguments,
+)
+
+
+def _uneven_dataset(rows: int = 4, length: int = 40, seed: int = 0) -> Dataset:
+    """Random blocks whose rows have different numbers of labelled tokens, so that a mean of per-micro-batch means
+    differs from the mean over the whole accumulated batch."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 259, (rows, length), generator=generator)
+    labels = ids.clone()
+    labels[0, :30] = -100
+    labels[3, 5:9] = -100
+    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist()})
+
+
+def _args(tmp_path, **overrides) -> TrainingArguments:
+    fields = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=0.1,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_grad_norm=1.0,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        seed=0,
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    fields.update(overrides)
+    return TrainingArguments(**fields)
+
+
+def _train(initial, config, dataset, tmp_path, model_hook=None, **overrides):
+    model = photon_hf.PhotonForCausalLM(config)
+    model.load_state_dict(initial)
+    if model_hook is not None:
+        model_hook(model)
+    Trainer(model=model, args=_args(tmp_path, **overrides), train_dataset=dataset,
+            data_collator=default_data_collator).train()
+    return state(model)
+
+
+@pytest.mark.parametrize("recursive_loss_weight", [0.0, 0.5])
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, recursive_loss_weight):
+    config = tiny_config(recursive_loss_weight=recursive_loss_weight)
+    initial = state(photon_hf.PhotonForCausalLM(config))
+    dataset = _uneven_dataset()
+    seen = []
+
+    def record_num_items(model):
+        forward = model.forward
+
+        @functools.wraps(forward)  # keeps the signature the Trainer inspects
+        def spy(*args, **kwargs):
+            seen.append(kwargs.get("num_items_in_batch"))
+            return forward(*args, **kwargs)
+
+        model.forward = spy
+
+    one = _train(initial, config, dataset, tmp_path / "one", per_device_train_batch_size=4)
+    accumulated = _train(initial, config, dataset, tmp_path / "ga", record_num_items, per_device_train_batch_size=2,
+                         gradient_accumulation_steps=2)
+    assert max_difference(one, initial) > 1e-3  # it trained
+    assert max_difference(one, accumulated) < 1e-6
+    # The Trainer handed the forward the label count of the whole accumulated batch.
+    labelled = sum(int((torch.tensor(row)[1:] != -100).sum()) for row in dataset["labels"])
+    assert seen and all(int(n) == labelled for n in seen)
+
+    # The check is sensitive: averaging per-micro-batch means (what a model that ignores num_items_in_batch
+    # gets) moves the weights measurably.
+    def ignore_num_items(model):
+        model.accepts_loss_kwargs = False
+
+    naive = _train(initial, config, dataset, tmp_path / "naive", ignore_num_items, per_device_train_batch_size=2,
+                   gradient_accumulation_steps=2)
+    assert max_difference(one, naive) > 1e-4
+
+
+def test_gradient_checkpointing_same_gradients_and_weights(tmp_path):
+    config = tiny_config(recursive_loss_weight=0.5)
+    reference = tiny_model()
+    checkpointed = tiny_model()
+    # transformers 5.24 renamed the switch (the old name still works, with a FutureWarning).
+    enable = getattr(checkpointed, "activation_checkpointing_enable", None)
+    enable = enable or checkpointed.gradient_checkpointing_enable
+    enable()
+    assert checkpointed.model.gradient_checkpointing
+    ids = torch.randint(0, 259, (3, 45), generator=torch.Generator().manual_seed(1))
+    calls = []
+    blocks = [m for m in checkpointed.modules() if isinstance(m, PhotonBlock)]
+    for block in blocks:  # a hook inside the block: the recomputation in backward runs it again
+        block.mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    for model in (reference, checkpointed):
+        model.train()
+        model(ids, labels=ids).loss.backward()
+    # Each block ran twice in the checkpointed model (forward, then recomputed in backward).
+    assert len(calls) == 2 * len(blocks)
+    for (name, a), (_, b) in zip(reference.named_parameters(), checkpointed.named_parameters(), strict=True):
+        assert a.grad is not None, name
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6, msg=name)
+
+    initial = state(photon_hf.PhotonForCausalLM(config))
+    dataset = _uneven_dataset(rows=8)
+    plain = _train(initial, config, dataset, tmp_path / "plain", max_steps=3)
+    with_gc = _train(initial, config, dataset, tmp_path / "gc", max_steps=3, gradient_checkpointing=True)
+    assert max_difference(plain, with_gc) < 1e-6
+
+
+class _StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_from_checkpoint_continues_the_same_run(tmp_path):
+    config = tiny_config()
+    initial = state(photon_hf.PhotonForCausalLM(config))
+    dataset = _uneven_dataset(rows=24, seed=3)
+    common = dict(per_device_train_batch_size=4, max_steps=8, learning_rate=3e-3, optim="adamw_torch",
+                  lr_scheduler_type="cosine", warmup_steps=2, save_strategy="steps", save_steps=3)
+
+    def run(output, resume=None, stop=None):
+        model = photon_hf.PhotonForCausalLM(config)
+        model.load_state_dict(initial)
+        trainer = Trainer(model=model, args=_args(output, **common), train_dataset=dataset,
+                          data_collator=default_data_collator, callbacks=[_StopAt(stop)] if stop else None)
+        trainer.train(resume_from_checkpoint=resume)
+        return state(model), trainer
+
+    straight, _ = run(tmp_path / "straight")
+    interrupted, trainer = run(tmp_path / "resumed", stop=3)
+    assert trainer.state.global_step == 3 and (tmp_path / "resumed" / "checkpoint-3").is_dir()
+    assert max_difference(straight, interrupted) > 1e-4  # the interrupted run is really behind
+    resumed, trainer = run(tmp_path / "resumed", resume=str(tmp_path / "resumed" / "checkpoint-3"))
+    assert trainer.state.global_step == 8
+    assert max_difference(straight, resumed) < 1e-6
+
+
+def test_perplexity_metrics_and_time_budget(tmp_path):
+    tokenizer = byte_tokenizer()
+    model = tiny_model()
+    dataset = _uneven_dataset(rows=6)
+    args = training_arguments(str(tmp_path), per_device_eval_batch_size=4, max_steps=50, save_strategy="no",
+                              eval_strategy="no", logging_steps=1, disable_tqdm=True)
+    assert args.report_to in ([], "none", ["none"]) and not args.bf16 and args.use_cpu  # CPU defaults
+    trainer = build_trainer(model, args, dataset, dataset, tokenizer, callbacks=[TimeBudgetCallback(1e-6)])
+    metrics = trainer.evaluate()
+    # Token-weighted loss from the reduced logits equals the loss over all labelled tokens of the set.
+    with torch.no_grad():
+        ids = torch.tensor(dataset["input_ids"])
+        labels = torch.tensor(dataset["labels"])
+        logits = model(ids).logits
+    sums = preprocess_logits_for_perplexity(logits, labels).sum(0)
+    expected = (sums[0] / sums[1]).item()
+    assert metrics["eval_token_loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["eval_perplexity"] == pytest.approx(math.exp(expected), rel=1e-5)
+    assert math.isfinite(metrics["eval_loss"])
+    # The 1e-6 minute budget stops training after its first step.
+    trainer.train()
+    assert trainer.state.global_step == 1
+    with pytest.raises(ValueError, match="no labelled token"):
+        compute_perplexity(type("P", (), {"predictions": np.zeros((2, 2))})())
+
+
+@pytest.mark.slow
+def test_training_on_the_embedded_corpus_learns(tmp_path):
+    """A real learning check: 200 steps on the standard library's source bring the loss on held-out files far
+    below its start and below what byte frequencies alone achieve (so the model uses context)."""
+    tokenizer = byte_tokenizer()
+    corpus = load_text_corpus(max_files=40)
+    train = pack_dataset(corpus["train"], tokenizer, 128)
+    validation = pack_dataset(corpus["validation"], tokenizer, 128, max_blocks=64)
+    assert not set(corpus["train"]["path"]) & set(corpus["validation"]["path"])
+    counts = np.bincount(np.concatenate([np.asarray(x) for x in train["input_ids"]]), minlength=259) + 1.0
+    held_out = np.concatenate([np.asarray(x)[1:] for x in validation["input_ids"]])
+    unigram = float(-np.log(counts / counts.sum())[held_out].mean())
+
+    model = tiny_model()
+    args = training_arguments(str(tmp_path), max_steps=200, per_device_train_batch_size=8, learning_rate=3e-3,
+                              eval_strategy="no", save_strategy="no", logging_steps=20, disable_tqdm=True)
+    trainer = build_trainer(model, args, train, validation, tokenizer)
+    initial = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    final = trainer.evaluate()["eval_loss"]
+    assert initial == pytest.approx(math.log(259), abs=0.3)
+    assert final < 0.6 * initial, (initial, final)
+    assert final < unigram - 0.2, (final, unigram)
