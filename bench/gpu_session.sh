@@ -32,7 +32,7 @@ python -c "import torch, triton, transformers; print('torch', torch.__version__,
 'transformers', transformers.__version__, torch.cuda.get_device_name())" 2>&1 | tee -a "$log"
 
 stamp "1. gpu tests"
-timeout 170 python -m pytest -m gpu tests/test_gpu_model.py tests/test_kernels_gpu.py -q -rA -p no:cacheprovider \
+timeout 150 python -m pytest -m gpu tests/test_gpu_model.py tests/test_kernels_gpu.py -q -rA -p no:cacheprovider \
     --durations=5 >>"$log" 2>&1
 tests_rc=$?
 tail -n 25 "$log"
@@ -41,16 +41,16 @@ backend=auto
 stamp "gpu tests exit $tests_rc: generation and quality use kernel_backend=$backend"
 
 stamp "2. kernel benchmark"
-timeout 170 python bench/bench_kernels.py --budget-s 90 --out "$out/bench_kernels.json" >>"$log" 2>&1
+timeout 140 python bench/bench_kernels.py --budget-s 80 --out "$out/bench_kernels.json" >>"$log" 2>&1
 stamp "kernel benchmark exit $?"
 
 stamp "3. generation benchmark"
-timeout 230 python bench/run_generation.py --preset gpu-short --budget-s 160 --kernel-backend "$backend" \
+timeout 200 python bench/run_generation.py --preset gpu-short --budget-s 140 --kernel-backend "$backend" \
     --out-dir "$out" >>"$log" 2>&1
 stamp "generation benchmark exit $?"
 
 stamp "4. quality study"
-timeout 130 python bench/quality_study.py --seconds 35 --kernel-backend "$backend" --out "$out/quality.json" \
+timeout 100 python bench/quality_study.py --seconds 30 --kernel-backend "$backend" --out "$out/quality.json" \
     >>"$log" 2>&1
 stamp "quality study exit $?"
 
