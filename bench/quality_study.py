@@ -131,7 +131,7 @@ def train_for(model, stream: np.ndarray, args, device, seed: int) -> dict:
         steps += 1
         tokens += batch.numel()
         if steps % 50 == 0:
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     if device.type == "cuda":
         torch.cuda.synchronize()
     return {"steps": steps, "tokens_seen": tokens, "train_seconds": time.perf_counter() - start,

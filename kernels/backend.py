@@ -19,10 +19,10 @@ OPS = (
     "decode_attention",  # one query per row over a cache, in generation steps
 )
 
-# Where "auto" keeps the PyTorch path although Triton could run. Full causal attention over the encoders stays on
-# SDPA, whose FlashAttention kernels are hard to beat on a plain causal problem; bench/bench_kernels.py measures
-# both and this set follows its numbers (docs/kernels.md records them).
-AUTO_PREFERS_TORCH = frozenset({"latent_attention_full"})
+# Where "auto" keeps the PyTorch path although Triton could run, by measurement (bench/bench_kernels.py on an H200,
+# docs/kernels.md): full causal attention over the encoders stays on SDPA's FlashAttention (the Triton kernel is
+# 0.64-0.74x in forward+backward), and the chunker stays RMSNorm + cuBLAS (the fused kernel is 0.39x).
+AUTO_PREFERS_TORCH = frozenset({"latent_attention_full", "chunk_compress"})
 
 
 @functools.cache

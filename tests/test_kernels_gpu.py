@@ -129,14 +129,15 @@ def test_model_600m_loss_curve(model_600m):
 
 
 def test_model_600m_cached_steps(model_600m):
-    """Prefill + 40 teacher-forced cached steps (decode kernels, chunker at meta-chunk ends) against the torch
-    path, on a left-padded batch, in bfloat16."""
-    model = copy.deepcopy(model_600m).to(BF16)
+    """Prefill + 40 teacher-forced cached steps (decode kernels, chunker at meta-chunk ends) on a left-padded
+    batch, in bfloat16, with the kernels and with the PyTorch path, each against a float32 reference: the kernels
+    must be as accurate as the path they replace. (Two bfloat16 paths differ from each other by a few percent after
+    40 steps of a 600M model with random weights, so comparing them with each other proves little.)"""
     ids = torch.randint(0, 32000, (4, 120), device="cuda")
     mask = torch.ones(4, 80, dtype=torch.long, device="cuda")
     mask[1, :9], mask[2, :30] = 0, 0
-    steps = {}
-    for backend in ("torch", "triton"):
+
+    def cached_logits(model, backend):
         model.config.kernel_backend = backend
         with torch.no_grad():
             out = model(ids[:, :80], attention_mask=mask, use_cache=True)
@@ -145,5 +146,10 @@ def test_model_600m_cached_steps(model_600m):
                 full_mask = torch.cat([mask, torch.ones(4, t + 1 - 80, dtype=torch.long, device="cuda")], dim=1)
                 step = model(ids[:, t : t + 1], attention_mask=full_mask, use_cache=True, **{CACHE_NAME: cache})
                 logits.append(step.logits[:, -1])
-        steps[backend] = torch.stack(logits).float()
-    assert relative_error(steps["triton"], steps["torch"]) < 2e-2
+        return torch.stack(logits).float()
+
+    reference = cached_logits(copy.deepcopy(model_600m).float(), "torch")
+    model = copy.deepcopy(model_600m).to(BF16)
+    errors = {backend: relative_error(cached_logits(model, backend), reference) for backend in ("torch", "triton")}
+    assert errors["triton"] < 1.25 * errors["torch"] + 1e-3, errors
+    assert errors["torch"] < 0.1, errors
