@@ -380,3 +380,22 @@ def test_benchmark_quick_mode(tmp_path):
     assert {"torch", "triton"} <= set(report["end_to_end"]["train_step_ms"])
     tail = result.stdout[result.stdout.rindex("| kernel | shape |"):]  # the tables come last
     assert "training step" in tail and "[run" not in tail and "auto rule" in tail
+
+
+def test_model_trains_under_autocast_with_kernels():
+    """Under autocast the projections are bfloat16 while RoPE runs in float32, so q, k, v reach the kernels with
+    mixed dtypes; the model casts them as SDPA would, and the loss follows the PyTorch path."""
+    torch.manual_seed(0)
+    config = _tiny_config(kernel_backend="torch", encoder_windows=[3, None])
+    model = PhotonForCausalLM(config)
+    ids = torch.randint(0, config.vocab_size, (2, 40))
+    losses = {}
+    for backend in ("torch", "triton"):
+        model.config.kernel_backend = backend
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(ids, labels=ids).loss
+        loss.backward()
+        losses[backend] = loss.item()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert abs(losses["triton"] - losses["torch"]) < 2e-2 * losses["torch"]

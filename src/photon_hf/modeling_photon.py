@@ -124,10 +124,23 @@ def use_kernel(config: PhotonConfig, tensor: torch.Tensor, op: str) -> bool:
     return photon_kernels.use_triton(config.kernel_backend, tensor.device, op)
 
 
+def _common_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Cast the inputs of a Triton kernel to one dtype: autocast's when it is on (what SDPA would compute in),
+    else their promoted dtype. Under autocast, RoPE in float32 and a bfloat16 projection give mixed q, k, v."""
+    device_type = tensors[0].device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = tensors[0].dtype
+        for t in tensors[1:]:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def window_attention(config: PhotonConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal attention inside each local-decoder window. q: [N, H, W, hd]; k, v: [N, Hkv, W, hd]."""
     if use_kernel(config, q, "chunk_local_attention"):
-        return photon_kernels.chunk_local_attention(q, k, v)
+        return photon_kernels.chunk_local_attention(*_common_dtype(q, k, v))
     return causal_attention(q, k, v)
 
 
@@ -135,7 +148,7 @@ def stream_attention(config: PhotonConfig, q, k, v, window: int | None) -> torch
     """Causal attention over a context encoder's units, optionally windowed. Shapes as `causal_attention`."""
     windowed = window is not None and window < q.shape[2]
     if use_kernel(config, q, "latent_attention" if windowed else "latent_attention_full"):
-        return photon_kernels.latent_attention(q, k, v, window)
+        return photon_kernels.latent_attention(*_common_dtype(q, k, v), window)
     return causal_attention(q, k, v, window)
 
 
@@ -818,7 +831,7 @@ class PhotonModel(PhotonPreTrainedModel):
             _write_kv(keys, rows.absolute, slot, k)
             _write_kv(values, rows.absolute, slot, v)
             if in_place:  # Triton reads the cache rows in place (no gathered copy, no mask)
-                out = photon_kernels.decode_attention(q[:, :, 0], keys, values, *bounds, rows=rows.absolute)
+                out = photon_kernels.decode_attention(q[:, :, 0].to(keys.dtype), keys, values, *bounds, rows=rows.absolute)
                 return out[:, :, None]
             k_all = _take(keys, rows.absolute)[:, :, span]
             v_all = _take(values, rows.absolute)[:, :, span]
@@ -878,7 +891,7 @@ class PhotonModel(PhotonPreTrainedModel):
             _write_kv(keys, rows.absolute, slot, k)
             _write_kv(values, rows.absolute, slot, v)
             if in_place:  # keys 0 .. slot of each row, read in place
-                out = photon_kernels.decode_attention(q[:, :, 0], keys, values, 0, slot + 1, rows=rows.absolute)
+                out = photon_kernels.decode_attention(q[:, :, 0].to(keys.dtype), keys, values, 0, slot + 1, rows=rows.absolute)
                 return out[:, :, None]
             return cached_attention(q, _take(keys, rows.absolute)[:, :, span], _take(values, rows.absolute)[:, :, span], mask)
 
