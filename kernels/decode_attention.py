@@ -181,7 +181,9 @@ def decode_attention(
     )
     if splits > 1:
         _decode_combine[(n * heads,)](
-            part_o, part_lse, o, splits, HEAD_DIM=head_dim, HEAD_PAD=head_pad, SPLITS_PAD=next_power_of_2(splits, 1),
+            # A fixed SPLITS_PAD: one compilation serves every split count up to 64 (the count follows the cache
+            # size, so a per-count constexpr would compile again inside a timed generation at each new context).
+            part_o, part_lse, o, splits, HEAD_DIM=head_dim, HEAD_PAD=head_pad, SPLITS_PAD=next_power_of_2(splits, 64),
         )
     return o
 

@@ -788,8 +788,9 @@ class Bench:
         return self.analytic_kv_gib(name, tokens) * GIB * batch * 1.1 < available
 
     def sweep_point(self, name: str, context: int, batch: int, deadline: float) -> dict:
-        """Prefill time (generate of 1 token, best of two), then a generation of `sweep_gen` tokens: latency per
-        generated token = (t_gen - t_prefill) / (gen - 1)."""
+        """A warm-up (prefill and two decode steps, so that first-call compilation stays out of the timing), a
+        generation of `sweep_gen` tokens and the prefill alone: latency per generated token =
+        (t_gen - t_prefill) / (gen - 1)."""
         gen = self.args.sweep_gen
         base = self._base_record("sweep", name, "sweep", context, gen, batch)
         if not self.fits(name, context + gen, batch):
@@ -797,13 +798,13 @@ class Bench:
         failure = None
         try:
             ids = self.prompt(batch, context)
-            first = self.generate(name, ids, 1, deadline)  # also the warm-up of this shape
+            first = self.generate(name, ids, 3, deadline)  # warm-up of this shape, decode steps included
             if time.monotonic() + 2 * first.seconds > deadline:
-                return self._attempt(base, "skipped_budget", f"prefill alone took {first.seconds:.1f} s")
+                return self._attempt(base, "skipped_budget", f"prefill and two steps took {first.seconds:.1f} s")
             full = self.generate(name, ids, gen, deadline)
             if not full.completed:
                 return self._attempt(base, "timeout", "the section's deadline passed")
-            prefill = min(first.seconds, self.generate(name, ids, 1, deadline).seconds)
+            prefill = self.generate(name, ids, 1, deadline).seconds
         except Exception as exc:
             failure = self.failure(exc, f"sweep {name} context {context} batch {batch}")
         if failure is not None:
