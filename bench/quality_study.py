@@ -58,7 +58,7 @@ def photon_training_flops_per_token(config: photon_hf.PhotonConfig, seq_len: int
     d, heads, head_dim = config.hidden_size, config.num_attention_heads, config.head_dim
     layer = _layer_matmul_params(d, config.intermediate_size, heads, config.num_key_value_heads)
     matmul, attention = d * config.vocab_size, 0.0  # the LM head, once per token
-    for level, (chunk, width) in enumerate(zip(config.chunk_sizes, config.converter_width)):
+    for level, (chunk, width) in enumerate(zip(config.chunk_sizes, config.converter_width, strict=True)):
         per_unit = config.tokens_per_unit[level]
         window = width + chunk - 1
         in_width = chunk * (config.encoder_embed_size if level == 0 else d)
@@ -94,7 +94,8 @@ def matched_llama(photon: photon_hf.PhotonConfig, seq_len: int) -> LlamaConfig:
             num_key_value_heads=photon.num_key_value_heads, max_position_embeddings=max(seq_len, 2048),
             tie_word_embeddings=False, pad_token_id=256, bos_token_id=257, eos_token_id=EOS,
         )
-        gap = abs(llama_training_flops_per_token(config, seq_len) / photon_training_flops_per_token(photon, seq_len) - 1)
+        ratio = llama_training_flops_per_token(config, seq_len) / photon_training_flops_per_token(photon, seq_len)
+        gap = abs(ratio - 1)
         if best is None or gap < best[0]:
             best = (gap, config)
     return best[1]
@@ -240,7 +241,7 @@ def main(argv=None) -> dict:
             torch.cuda.empty_cache()
     p, q = results["models"]["photon"], results["models"]["llama"]
     results["perplexity_ratio_per_byte"] = 2 ** (p["valid_bits_per_byte"] - q["valid_bits_per_byte"])
-    print(f"\n| model | params | MFLOP/token | tokens seen | bits/byte | greedy agreement |\n|---|---|---|---|---|---|")
+    print("\n| model | params | MFLOP/token | tokens seen | bits/byte | greedy agreement |\n|---|---|---|---|---|---|")
     for name, r in results["models"].items():
         print(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['train_flops_per_token'] / 1e6:.1f} | "
               f"{r['tokens_seen'] / 1e6:.2f}M | {r['valid_bits_per_byte']:.3f} | {r['greedy_agreement']:.4f} |")

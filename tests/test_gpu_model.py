@@ -19,7 +19,9 @@ def _model(dtype, **overrides):
     return PhotonForCausalLM(config).to("cuda", dtype).eval()
 
 
-@pytest.mark.parametrize("overrides", [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None])])
+@pytest.mark.parametrize(
+    "overrides", [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None])]
+)
 def test_generation_equals_full_forward_on_gpu(overrides):
     model = _model(torch.float32, **overrides)
     ids = random_ids(3, 11).cuda()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import VOCAB, cache_of, random_ids, tiny_config, tiny_model
+from helpers import VOCAB, cache_of, random_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
 from photon_hf import PhotonCache, PhotonForCausalLM

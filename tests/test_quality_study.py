@@ -44,8 +44,9 @@ def test_quality_study_runs_and_compares_equal_flop_models(tmp_path):
 def test_training_flops_per_token_of_the_600m_shapes():
     """Sanity of the analytic count: the vanilla 600M Llama does about 6 x 0.61 GFLOP per token in matmuls, and
     PHOTON's four stacks of four layers do fewer per token (the encoders see 1/4 and 1/16 of the tokens)."""
-    import photon_hf
     from transformers import LlamaConfig
+
+    import photon_hf
 
     study = _load()
     llama = LlamaConfig(vocab_size=32000, hidden_size=1664, intermediate_size=4096, num_hidden_layers=16,

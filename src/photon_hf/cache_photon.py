@@ -17,8 +17,6 @@ GPU. The model (`modeling_photon.py`) does the arithmetic; this file only stores
 
 from __future__ import annotations
 
-import math
-
 import torch
 from transformers.cache_utils import Cache
 
@@ -41,7 +39,7 @@ def kv_cache_bytes(
     item = _item_bytes(dtype)
     kv_width = 2 * config.num_key_value_heads * config.head_dim  # key + value per layer and entry
     total = 0
-    for level, (chunk, width) in enumerate(zip(config.chunk_sizes, config.converter_width)):
+    for level, (chunk, width) in enumerate(zip(config.chunk_sizes, config.converter_width, strict=True)):
         units = seq_len // config.tokens_per_unit[level]
         window = config.window(level)
         entries = window if window is not None else units
@@ -269,8 +267,8 @@ class PhotonCache(Cache):
         for level, chunk in enumerate(self.chunk_sizes):
             below = 1 if level == 0 else self.tokens_per_unit[level - 1]
             phases = [(counts[r] // below - 1) % chunk for r in arriving]
-            cont = [(r, p) for r, p in zip(arriving, phases) if p != chunk - 1]
-            close = [r for r, p in zip(arriving, phases) if p == chunk - 1]
+            cont = [(r, p) for r, p in zip(arriving, phases, strict=True) if p != chunk - 1]
+            close = [r for r, p in zip(arriving, phases, strict=True) if p == chunk - 1]
             plan.append(
                 (
                     subset(arriving, arriving, phases),

@@ -428,7 +428,7 @@ class PhotonModel(PhotonPreTrainedModel):
         lead = cond.shape[:-1]
         window = lvl.prefix(cond.reshape(-1, cond.shape[-1]))
         outputs = []
-        for j in range(lvl.chunk_size):  # the recursion is sequential by definition (C steps)
+        for _ in range(lvl.chunk_size):  # the recursion is sequential by definition (C steps)
             cos, sin = self._window_rope(window.shape[1], cond.device, cond.dtype)
             h = lvl.decoder(window, cos, sin, lambda q, k, v, _: window_attention(self.config, q, k, v))[:, -1]
             outputs.append(h)
@@ -504,7 +504,9 @@ class PhotonModel(PhotonPreTrainedModel):
         if input_ids is None:
             raise ValueError("PhotonModel needs `input_ids`.")
         if input_ids.dim() != 2:
-            raise ValueError(f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
+            raise ValueError(
+                f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}."
+            )
         if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
             raise ValueError(f"`input_ids` is empty (shape {tuple(input_ids.shape)}): PHOTON needs at least one token.")
         for given in (cache, past_key_values):
@@ -638,7 +640,7 @@ class PhotonModel(PhotonPreTrainedModel):
             for i, kv in enumerate(capture):
                 self._store_encoder(cache, i, kv, [c // self.tokens_per_unit[i] for c in counts[group]], group)
             if cache.recording:
-                history.append([s[:, : max(counts) // p] for s, p in zip(streams, self.tokens_per_unit)])
+                history.append([s[:, : max(counts) // p] for s, p in zip(streams, self.tokens_per_unit, strict=True)])
             last = self._rebuild(cache, streams, tokens[group], counts[group], group)
             if isinstance(logits_to_keep, int) and logits_to_keep == 1:
                 outputs.append(last[:, None])
@@ -646,7 +648,7 @@ class PhotonModel(PhotonPreTrainedModel):
                 hidden, _ = self.decode(streams, tokens[group])
                 outputs.append(self._to_columns(hidden, pad_t[group], length, logits_to_keep))
         if cache.recording:
-            cache.history_streams = [torch.cat(level, dim=0) for level in zip(*history)]
+            cache.history_streams = [torch.cat(level, dim=0) for level in zip(*history, strict=True)]
         cache.prepare_plans()
         return torch.cat(outputs, dim=0)
 
@@ -831,7 +833,8 @@ class PhotonModel(PhotonPreTrainedModel):
             _write_kv(keys, rows.absolute, slot, k)
             _write_kv(values, rows.absolute, slot, v)
             if in_place:  # Triton reads the cache rows in place (no gathered copy, no mask)
-                out = photon_kernels.decode_attention(q[:, :, 0].to(keys.dtype), keys, values, *bounds, rows=rows.absolute)
+                query = q[:, :, 0].to(keys.dtype)
+                out = photon_kernels.decode_attention(query, keys, values, *bounds, rows=rows.absolute)
                 return out[:, :, None]
             k_all = _take(keys, rows.absolute)[:, :, span]
             v_all = _take(values, rows.absolute)[:, :, span]
@@ -891,9 +894,11 @@ class PhotonModel(PhotonPreTrainedModel):
             _write_kv(keys, rows.absolute, slot, k)
             _write_kv(values, rows.absolute, slot, v)
             if in_place:  # keys 0 .. slot of each row, read in place
-                out = photon_kernels.decode_attention(q[:, :, 0].to(keys.dtype), keys, values, 0, slot + 1, rows=rows.absolute)
+                query = q[:, :, 0].to(keys.dtype)
+                out = photon_kernels.decode_attention(query, keys, values, 0, slot + 1, rows=rows.absolute)
                 return out[:, :, None]
-            return cached_attention(q, _take(keys, rows.absolute)[:, :, span], _take(values, rows.absolute)[:, :, span], mask)
+            k_rows, v_rows = _take(keys, rows.absolute)[:, :, span], _take(values, rows.absolute)[:, :, span]
+            return cached_attention(q, k_rows, v_rows, mask)
 
         return lvl.decoder(x[:, None], cos, sin, attend)[:, 0]
 
