@@ -25,7 +25,6 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import logging
 
 from .cache_photon import PhotonCache, _Rows
 from .configuration_photon import PhotonConfig
@@ -34,8 +33,6 @@ try:  # optional Triton kernels (package `photon_kernels`); the PyTorch paths be
     import photon_kernels
 except ImportError:  # pragma: no cover - depends on the environment
     photon_kernels = None
-
-logger = logging.get_logger(__name__)
 
 # transformers 5.24 renamed the cache argument and output field from `past_key_values` to `cache`.
 CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
