@@ -31,9 +31,6 @@ from pathlib import Path
 
 import numpy as np
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
-from transformers.utils import logging
-
-logger = logging.get_logger(__name__)
 
 DEFAULT_CORPUS = "stdlib"
 BYTE_TOKENIZER = "bytes"
