@@ -173,8 +173,7 @@ class PhotonCache(Cache):
         """Create the (empty) storage for a batch whose rows carry `pads` left pad columns."""
         cfg = self.config
         batch, kv_heads, head_dim, hidden = len(pads), cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
-        self.pads = list(pads)
-        self.pads_device = torch.tensor(pads, dtype=torch.long, device=device)
+        self._set_pads(list(pads), device)
         for level, chunk in enumerate(self.chunk_sizes):
             capacity = self._capacity(level, 1)
             shape = (cfg.num_encoder_layers[level], batch, kv_heads, capacity, head_dim)
@@ -198,6 +197,13 @@ class PhotonCache(Cache):
         if self.recording:
             self.history_tokens = torch.zeros(batch, 0, dtype=torch.long, device=device)
         self._plans = {}
+
+    def _set_pads(self, pads: list[int], device: torch.device):
+        """Per-row left padding, on the CPU and the device, with the two facts a decode step reads from it."""
+        self.pads = pads
+        self.pads_device = torch.tensor(pads, dtype=torch.long, device=device)
+        self.min_pad = min(pads)  # the longest row (sizes the encoder caches)
+        self.uniform_pads = len(set(pads)) == 1  # then every row is at the same unit index: ints, not tensors
 
     def is_ring(self, level: int) -> bool:
         """Whether a level's encoder cache is a ring of `window` entries (not while recording: crop needs all)."""
@@ -258,7 +264,8 @@ class PhotonCache(Cache):
             return phases[0] if len(set(phases)) == 1 else tensor(phases)
 
         def subset(selected, parent, phases):
-            index = None if len(selected) == len(parent) else tensor([parent.index(r) for r in selected])
+            position = {row: i for i, row in enumerate(parent)}
+            index = None if len(selected) == len(parent) else tensor([position[r] for r in selected])
             absolute = None if len(selected) == batch else tensor(selected)
             return _Rows(index, absolute, len(selected), phase_of(phases) if phases else 0)
 
@@ -297,8 +304,7 @@ class PhotonCache(Cache):
         if self.history_tokens is not None:
             self.history_tokens = fn_tensor(self.history_tokens, 0)
         if new_pads != self.pads:  # beams of one prompt share their padding: plans usually survive a reorder
-            self.pads = new_pads
-            self.pads_device = torch.tensor(new_pads, dtype=torch.long, device=self.pads_device.device)
+            self._set_pads(new_pads, self.pads_device.device)
             self._plans = {}
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
@@ -306,7 +312,7 @@ class PhotonCache(Cache):
         if self.pads is None:
             return
         index = beam_idx.to(self.pads_device.device)
-        new_pads = self.pads if len(set(self.pads)) == 1 else [self.pads[i] for i in beam_idx.tolist()]
+        new_pads = self.pads if self.uniform_pads else [self.pads[i] for i in beam_idx.tolist()]
         self._apply_rows(lambda t, dim: t.index_select(dim, index), new_pads)
 
     def batch_select_indices(self, indices: torch.Tensor):

@@ -782,8 +782,8 @@ class PhotonModel(PhotonPreTrainedModel):
     def _unit_positions(self, cache: PhotonCache, level: int, rows: _Rows):
         """Index of the unit each row of `rows` just finished at `level`: an int if all rows agree, else [n]."""
         per_unit = self.tokens_per_unit[level]
-        if len(set(cache.pads)) == 1:
-            return (cache.seen - cache.pads[0]) // per_unit - 1
+        if cache.uniform_pads:
+            return (cache.seen - cache.min_pad) // per_unit - 1
         pads = _take(cache.pads_device, rows.absolute)
         return (cache.seen - pads) // per_unit - 1
 
@@ -791,7 +791,7 @@ class PhotonModel(PhotonPreTrainedModel):
         """One context-encoder step for `rows`: units [n, D] -> states [n, D]; appends to the encoder cache."""
         lvl = self.levels[level]
         position = self._unit_positions(cache, level, rows)
-        newest = (cache.seen - min(cache.pads)) // self.tokens_per_unit[level]  # units of the longest row
+        newest = (cache.seen - cache.min_pad) // self.tokens_per_unit[level]  # units of the longest row
         cache.ensure_capacity(level, newest)
         keys_all, values_all = cache.enc_keys[level], cache.enc_values[level]
         window = cache.config.window(level)
@@ -844,7 +844,7 @@ class PhotonModel(PhotonPreTrainedModel):
 
     def _record_stream(self, cache: PhotonCache, level: int, rows: _Rows, position, state: torch.Tensor):
         history = cache.history_streams[level]
-        needed = (cache.seen - min(cache.pads)) // self.tokens_per_unit[level]
+        needed = (cache.seen - cache.min_pad) // self.tokens_per_unit[level]
         if history.shape[1] < needed:
             history = torch.cat([history, history.new_zeros(history.shape[0], needed - history.shape[1],
                                                             history.shape[2])], dim=1)
