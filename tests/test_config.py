@@ -106,3 +106,20 @@ def test_windowed_intermediate_encoder_bounds_the_cache():
     per_entry = 2 * config.num_key_value_heads * config.head_dim * 2
     assert grow == 2048 // 16 * per_entry
     assert grow_full == (2048 // 4 + 2048 // 16) * per_entry
+
+
+def test_level_geometry_is_derived_from_the_per_level_fields():
+    config = tiny_config(chunk_sizes=[2, 3, 2], converter_width=[1, 2, 3], num_decoder_layers=[1, 2, 1],
+                         encoder_windows=[None, 4, None], decoder_input="self")
+    levels = config.levels
+    assert [lv.index for lv in levels] == [0, 1, 2]
+    assert [lv.tokens_per_unit for lv in levels] == [2, 6, 12]
+    assert [lv.tokens_per_subunit for lv in levels] == [1, 2, 6]
+    assert [lv.decoder_slots for lv in levels] == [1 + 2 - 1, 2 + 3 - 1, 3 + 2 - 1]
+    assert [lv.input_width for lv in levels] == [16, 32, 32]  # E = 32 / C_1 at the bottom
+    assert [lv.num_decoder_layers for lv in levels] == [1, 2, 1]
+    assert [lv.encoder_window for lv in levels] == [None, 4, None]
+    assert [lv.self_decoding for lv in levels] == [False, True, True]  # level 0 always reads tokens
+    assert [lv.is_top for lv in levels] == [False, False, True]
+    assert not any(lv.self_decoding for lv in tiny_config().levels)
+    assert not tiny_config(chunk_sizes=[4], decoder_input="self").levels[0].self_decoding

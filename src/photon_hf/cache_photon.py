@@ -39,15 +39,14 @@ def kv_cache_bytes(
     item = _item_bytes(dtype)
     kv_width = 2 * config.num_key_value_heads * config.head_dim  # key + value per layer and entry
     total = 0
-    for level, (chunk, width) in enumerate(zip(config.chunk_sizes, config.converter_width, strict=True)):
-        units = seq_len // config.tokens_per_unit[level]
-        window = config.window(level)
-        entries = window if window is not None else units
-        total += entries * config.num_encoder_layers[level] * kv_width * item
-        total += (width + chunk - 1) * config.num_decoder_layers[level] * kv_width * item
-        total += chunk * (8 if level == 0 else config.hidden_size * item)
-        if level > 0 and config.decoder_input == "self":
-            total += (chunk + 1) * config.hidden_size * item
+    for level in config.levels:
+        units = seq_len // level.tokens_per_unit
+        entries = level.encoder_window if level.encoder_window is not None else units
+        total += entries * level.num_encoder_layers * kv_width * item
+        total += level.decoder_slots * level.num_decoder_layers * kv_width * item
+        total += level.chunk_size * (8 if level.index == 0 else config.hidden_size * item)
+        if level.self_decoding:
+            total += (level.chunk_size + 1) * config.hidden_size * item
     total += 8  # the row's pad count
     return total * batch_size
 

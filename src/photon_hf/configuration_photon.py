@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from transformers import PretrainedConfig
 
@@ -22,6 +23,36 @@ def _per_level(name: str, value, num_levels: int, minimum: int) -> list[int]:
         if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
             raise ValueError(f"`{name}` values must be ints >= {minimum}, got {value!r}.")
     return list(values)
+
+
+@dataclass(frozen=True)
+class PhotonLevelGeometry:
+    """The shape of one level of the hierarchy (0-based, bottom-up), derived from a `PhotonConfig`.
+
+    This is the one place that turns the config's per-level lists into what the model, the cache and the memory
+    accounting need; read it through `config.levels`.
+    """
+
+    index: int
+    chunk_size: int  # C: sub-units grouped into one unit of this level
+    converter_width: int  # R: prefix vectors the converter makes from one conditioning latent
+    tokens_per_unit: int  # P: tokens covered by one unit of this level
+    input_width: int  # width of one sub-unit entering the chunker: E (token embeddings) at level 0, D above
+    num_encoder_layers: int
+    num_decoder_layers: int
+    encoder_window: int | None  # units one encoder query attends to (itself included), None = full causal
+    self_decoding: bool  # the decoder of this level reads its own predictions ("self" mode, levels above 0)
+    is_top: bool  # the top level: its stream is shifted by one unit and its encoder cache grows with context
+
+    @property
+    def tokens_per_subunit(self) -> int:
+        """Tokens covered by one sub-unit (one unit of the level below; 1 at level 0)."""
+        return self.tokens_per_unit // self.chunk_size
+
+    @property
+    def decoder_slots(self) -> int:
+        """Positions of the local decoder's window: R prefix vectors and the first C - 1 sub-units."""
+        return self.converter_width + self.chunk_size - 1
 
 
 class PhotonConfig(PretrainedConfig):
@@ -190,6 +221,26 @@ class PhotonConfig(PretrainedConfig):
     def tokens_per_unit(self) -> list[int]:
         """P_l: tokens covered by one unit of each level (P_L is the meta-chunk)."""
         return [math.prod(self.chunk_sizes[: i + 1]) for i in range(self.num_levels)]
+
+    @property
+    def levels(self) -> tuple[PhotonLevelGeometry, ...]:
+        """Per-level geometry, bottom-up (see `PhotonLevelGeometry`)."""
+        self_decoding = self.decoder_input == "self" and self.num_levels > 1
+        return tuple(
+            PhotonLevelGeometry(
+                index=i,
+                chunk_size=chunk,
+                converter_width=self.converter_width[i],
+                tokens_per_unit=per_unit,
+                input_width=self.encoder_embed_size if i == 0 else self.hidden_size,
+                num_encoder_layers=self.num_encoder_layers[i],
+                num_decoder_layers=self.num_decoder_layers[i],
+                encoder_window=self.window(i),
+                self_decoding=self_decoding and i > 0,
+                is_top=i == self.num_levels - 1,
+            )
+            for i, (chunk, per_unit) in enumerate(zip(self.chunk_sizes, self.tokens_per_unit, strict=True))
+        )
 
     def window(self, level: int) -> int | None:
         """Encoder attention window of a level (0-based), or None for full causal attention."""
