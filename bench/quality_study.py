@@ -1,21 +1,35 @@
-"""Quality at equal compute: PHOTON against a Llama with the same training FLOPs per token.
+"""Quality at equal compute: PHOTON against Llamas on the same bytes, the same steps and the same recipe.
 
-Both models see the same byte-level token stream (the Python standard library's source, split by file into train
-and validation, `photon_hf.data.stdlib_files`, or any local text files) and train for the same wall-clock time
-on the same device. Reported per model: parameters, training FLOPs per token (analytic), tokens seen, held-out
-bits per byte, and the agreement rate of greedy generation with the teacher-forced argmax on the generated
-sequence (1.0 for exact generation; below 1.0 shows drift or low-precision ties).
+The protocol (docs/quality.md):
 
-    python bench/quality_study.py --seconds 60 --out bench/results/quality.json          # on a GPU
-    python bench/quality_study.py --seconds 600 --hidden 1024 --layers 4                 # a bigger study
-    python bench/quality_study.py --device cpu --seconds 5 --hidden 64 --seq-len 64      # smoke test
+* data: byte-level tokens of the Python standard library's source, split by file into train and validation
+  (`photon_hf.data.stdlib_files`), or any local text files; every run draws the same batches in the same order;
+* models, per width D: PHOTON (chunk sizes, converter width and the other levers as options) and two Llamas of
+  the same width: "llama" has the training FLOPs per token closest to PHOTON's (equal compute per token, equal
+  tokens: the fair comparison), "llama-size" has about PHOTON's parameter count and is trained on PHOTON's total
+  training FLOPs (fewer tokens: the paper's own protocol);
+* recipe, the same for every model: AdamW (0.9, 0.95), weight decay on the Linear weights only, linear warm-up
+  then cosine decay to a tenth, gradient clipping at 1.0, a number of steps (not seconds: wall clock measures
+  kernels, not modelling); each model at its own best learning rate from a sweep;
+* metric: held-out bits per byte over non-overlapping validation windows, split into "copyable" positions (the
+  next 8 bytes already occur earlier in the window, so a model that can copy predicts them) and the others.
 
-Scale it with --hidden/--layers/--seq-len/--batch/--seconds; --train-files/--valid-files take local text.
+Every run appends one JSON line to a results file (runs already there are skipped), so a sweep can be stopped and
+resumed; `report` picks each model's best learning rate and writes a table, a JSON summary and a plot of held-out
+bits per byte against the analytic cache bytes per token and the decode FLOPs per token (the quality/efficiency
+frontier).
+
+    python bench/quality_study.py sweep --widths 128 --models photon llama --lrs 1e-3 2e-3 4e-3 --steps 600
+    python bench/quality_study.py sweep --widths 128 --models photon --lrs 2e-3 --photon chunk_sizes=2,2
+    python bench/quality_study.py report --results bench/results/quality/cpu.jsonl
+    python bench/quality_study.py sweep --widths 32 --models photon llama --lrs 1e-3 --steps 5 --seq-len 64 \\
+        --batch 2 --eval-tokens 2048 --results /tmp/smoke.jsonl                                   # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -24,13 +38,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import photon_hf
 from photon_hf.data import stdlib_files, stdlib_root
 
-EOS = 258  # the byte tokenizer's <eos> (photon_hf.data.byte_tokenizer)
+PAD, BOS, EOS = 256, 257, 258  # the byte tokenizer's specials (photon_hf.data.byte_tokenizer)
 VOCAB = 259
+COPY_SPAN = 8  # a position is "copyable" when the next COPY_SPAN bytes already occur earlier in its window
+MODELS = ("photon", "llama", "llama-size")
+# Bits per byte are also split by a target's position in its 4-byte chunk (PHOTON's level-0 chunk by default): the
+# first byte of a chunk is predicted from the converter prefix alone, so it measures what the hierarchy carries.
+CHUNK_PHASES = 4
+CACHE_CONTEXT = 2048  # context (tokens) at which cache bytes and decode FLOPs per token are reported
 
 
 # --------------------------------------------------------------------------------------------------- the data
@@ -43,6 +64,27 @@ def byte_stream(files: list) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
+def batch_offsets(stream_length: int, seq_len: int, batch: int, steps: int, seed: int) -> np.ndarray:
+    """Start offsets of every training window, [steps, batch]: the same data order for every model."""
+    return np.random.default_rng(seed).integers(0, stream_length - seq_len - 1, size=(steps, batch))
+
+
+def copyable_positions(window: np.ndarray, stream_tail: np.ndarray) -> np.ndarray:
+    """For each target position t >= 1 of a window, whether bytes t .. t+COPY_SPAN-1 (read on into `stream_tail`,
+    the bytes after the window) already occur entirely inside window[:t]. Returns a bool array [len(window) - 1]
+    aligned with the targets window[1:]."""
+    data = np.concatenate([window, stream_tail[:COPY_SPAN]]).tobytes()
+    item = window.dtype.itemsize
+    seen: set[bytes] = set()
+    flags = np.zeros(len(window) - 1, dtype=bool)
+    for t in range(1, len(window)):
+        if t >= COPY_SPAN:
+            start = t - COPY_SPAN
+            seen.add(data[start * item : t * item])
+        flags[t - 1] = data[t * item : (t + COPY_SPAN) * item] in seen
+    return flags
+
+
 # ------------------------------------------------------------------------------------------------ the compute
 def _layer_matmul_params(hidden: int, intermediate: int, heads: int, kv_heads: int) -> int:
     head_dim = hidden // heads
@@ -53,204 +95,500 @@ def _attention_flops(context: float, heads: int, head_dim: int) -> float:
     return 4.0 * context * heads * head_dim  # QK^T and AV, forward, per query and layer
 
 
-def photon_training_flops_per_token(config: photon_hf.PhotonConfig, seq_len: int) -> float:
-    """Forward + backward matmul and attention FLOPs per token (6 x params touched + 3 x attention)."""
+def photon_forward_flops_per_token(config: photon_hf.PhotonConfig, context: float) -> float:
+    """Forward matmul and attention FLOPs per token when the encoders attend over `context` earlier units' worth
+    of tokens on average (seq_len / 2 in training; the cached context in generation)."""
     d, heads, head_dim = config.hidden_size, config.num_attention_heads, config.head_dim
     layer = _layer_matmul_params(d, config.intermediate_size, heads, config.num_key_value_heads)
     matmul, attention = d * config.vocab_size, 0.0  # the LM head, once per token
-    for level, (chunk, width) in enumerate(zip(config.chunk_sizes, config.converter_width, strict=True)):
-        per_unit = config.tokens_per_unit[level]
-        window = width + chunk - 1
-        in_width = chunk * (config.encoder_embed_size if level == 0 else d)
-        if level > 0 or in_width != d:
+    for level in config.levels:
+        per_unit, window = level.tokens_per_unit, level.decoder_slots
+        in_width = level.chunk_size * level.input_width
+        if level.index > 0 or in_width != d:
             matmul += in_width * d / per_unit  # chunker
-        matmul += config.num_encoder_layers[level] * layer / per_unit
-        matmul += d * width * d / per_unit  # converter
-        matmul += config.num_decoder_layers[level] * layer * window / per_unit  # decoder windows
-        units = seq_len / per_unit
-        span = units / 2 if config.window(level) is None else min(units / 2, config.window(level))
-        attention += config.num_encoder_layers[level] * _attention_flops(span, heads, head_dim) / per_unit
-        attention += config.num_decoder_layers[level] * _attention_flops((window + 1) / 2, heads, head_dim) * (
-            window / per_unit
-        )
-    return 6.0 * matmul + 3.0 * attention
+        matmul += level.num_encoder_layers * layer / per_unit
+        matmul += d * level.converter_width * d / per_unit  # converter
+        matmul += level.num_decoder_layers * layer * window / per_unit  # decoder windows
+        span = context / per_unit if level.encoder_window is None else min(context / per_unit, level.encoder_window)
+        attention += level.num_encoder_layers * _attention_flops(span, heads, head_dim) / per_unit
+        attention += level.num_decoder_layers * _attention_flops((window + 1) / 2, heads, head_dim) * window / per_unit
+    return 2.0 * matmul + attention
 
 
-def llama_training_flops_per_token(config: LlamaConfig, seq_len: int) -> float:
+def llama_forward_flops_per_token(config: LlamaConfig, context: float) -> float:
     d, heads = config.hidden_size, config.num_attention_heads
     layer = _layer_matmul_params(d, config.intermediate_size, heads, config.num_key_value_heads)
     matmul = config.num_hidden_layers * layer + d * config.vocab_size
-    attention = config.num_hidden_layers * _attention_flops(seq_len / 2, heads, d // heads)
-    return 6.0 * matmul + 3.0 * attention
+    return 2.0 * matmul + config.num_hidden_layers * _attention_flops(context, heads, d // heads)
+
+
+def training_flops_per_token(config, seq_len: int) -> float:
+    """Forward + backward FLOPs per token (3x the forward), with the causal average context of seq_len / 2."""
+    if isinstance(config, photon_hf.PhotonConfig):
+        return 3.0 * photon_forward_flops_per_token(config, seq_len / 2)
+    return 3.0 * llama_forward_flops_per_token(config, seq_len / 2)
+
+
+def decode_flops_per_token(config, context: int = CACHE_CONTEXT) -> float:
+    """Forward FLOPs of generating one token at `context` (PHOTON: amortised over its units' steps)."""
+    if isinstance(config, photon_hf.PhotonConfig):
+        return photon_forward_flops_per_token(config, context)
+    return llama_forward_flops_per_token(config, context)
+
+
+def cache_bytes_per_token(config, context: int = CACHE_CONTEXT) -> float:
+    """Analytic KV-cache bytes per token of context (bf16) after `context` tokens."""
+    if isinstance(config, photon_hf.PhotonConfig):
+        return photon_hf.kv_cache_bytes(config, context) / context
+    kv = 2 * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    return config.num_hidden_layers * kv * 2
+
+
+def llama_config(width: int, layers: int, like: photon_hf.PhotonConfig, seq_len: int) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=like.vocab_size, hidden_size=width, intermediate_size=like.intermediate_size,
+        num_hidden_layers=layers, num_attention_heads=like.num_attention_heads,
+        num_key_value_heads=like.num_key_value_heads, max_position_embeddings=max(seq_len, 2048),
+        rope_theta=like.rope_theta, rms_norm_eps=like.rms_norm_eps, initializer_range=like.initializer_range,
+        tie_word_embeddings=False, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+    )
 
 
 def matched_llama(photon: photon_hf.PhotonConfig, seq_len: int) -> LlamaConfig:
     """The Llama of the same width whose training FLOPs per token are closest to PHOTON's."""
-    best = None
-    for layers in range(1, 4 * sum(photon.num_encoder_layers) + 4 * sum(photon.num_decoder_layers) + 1):
-        config = LlamaConfig(
-            vocab_size=photon.vocab_size, hidden_size=photon.hidden_size, intermediate_size=photon.intermediate_size,
-            num_hidden_layers=layers, num_attention_heads=photon.num_attention_heads,
-            num_key_value_heads=photon.num_key_value_heads, max_position_embeddings=max(seq_len, 2048),
-            tie_word_embeddings=False, pad_token_id=256, bos_token_id=257, eos_token_id=EOS,
+    target = training_flops_per_token(photon, seq_len)
+    candidates = [llama_config(photon.hidden_size, n, photon, seq_len) for n in range(1, 65)]
+    return min(candidates, key=lambda c: abs(math.log(training_flops_per_token(c, seq_len) / target)))
+
+
+def same_size_llama(photon: photon_hf.PhotonConfig, seq_len: int) -> LlamaConfig:
+    """The paper's baseline: the Llama of the same width whose parameter count is closest to PHOTON's."""
+    target = count_parameters(photon)
+    candidates = [llama_config(photon.hidden_size, n, photon, seq_len) for n in range(1, 65)]
+    return min(candidates, key=lambda c: abs(math.log(count_parameters(c) / target)))
+
+
+def count_parameters(config) -> int:
+    with torch.device("meta"):
+        model = (photon_hf.PhotonForCausalLM if isinstance(config, photon_hf.PhotonConfig) else LlamaForCausalLM)(
+            config
         )
-        ratio = llama_training_flops_per_token(config, seq_len) / photon_training_flops_per_token(photon, seq_len)
-        gap = abs(ratio - 1)
-        if best is None or gap < best[0]:
-            best = (gap, config)
-    return best[1]
+    return sum(p.numel() for p in model.parameters())
 
 
-# ----------------------------------------------------------------------------------------------- the training
-def train_for(model, stream: np.ndarray, args, device, seed: int) -> dict:
-    """AdamW for `args.seconds` of wall clock: warm-up then cosine decay on elapsed time; random windows."""
-    generator = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+# ---------------------------------------------------------------------------------------------- the protocol
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything about a run that is the same for every model."""
+
+    steps: int = 600
+    batch: int = 8
+    seq_len: int = 512
+    warmup: float = 0.05  # fraction of the steps
+    final_lr: float = 0.1  # cosine decay to this fraction of the peak
+    weight_decay: float = 0.1  # on Linear weights only
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip: float = 1.0
+    seed: int = 0  # data order and initialisation
+
+    def lr_factor(self, step: int) -> float:
+        warm = max(1, round(self.warmup * self.steps))
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, self.steps - warm)
+        return self.final_lr + (1 - self.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def photon_config(width: int, overrides: dict | None = None) -> photon_hf.PhotonConfig:
+    """The PHOTON of a width: head width 32 up to D = 128, then 64; SwiGLU 2.6875 x D; two layers per stack."""
+    fields = dict(
+        vocab_size=VOCAB, hidden_size=width, intermediate_size=int(2.6875 * width),
+        num_attention_heads=max(4, width // 64), chunk_sizes=[4, 4], converter_width=2, num_encoder_layers=2,
+        num_decoder_layers=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        kernel_backend="torch",
+    )
+    fields.update(overrides or {})
+    return photon_hf.PhotonConfig(**fields)
+
+
+def _init_hf(model: nn.Module, std: float = 0.02):
+    """transformers' default: every Linear and Embedding N(0, 0.02), biases zero (PHOTON's start latents too)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+    if hasattr(model, "model") and hasattr(model.model, "start_latents"):
+        nn.init.normal_(model.model.start_latents, std=std)
+
+
+def _init_unit_embed(model: nn.Module):
+    """HF init, then token embeddings N(0, 1): each stack's input starts at the scale of its blocks' outputs."""
+    _init_hf(model)
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=1.0)
+
+
+def _init_unit(model: nn.Module):
+    """Unit-scale interfaces: embeddings N(0, 1); chunkers and converters N(0, 1/fan_in) (unit-RMS outputs from
+    unit-RMS inputs); start latents N(0, 1) like the encoder states they stand in for."""
+    _init_unit_embed(model)
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in ("chunker", "converter"):
+            nn.init.normal_(module.weight, std=module.in_features**-0.5)
+    if hasattr(model, "model") and hasattr(model.model, "start_latents"):
+        nn.init.normal_(model.model.start_latents, std=1.0)
+
+
+def _init_unit_depth(model: nn.Module):
+    """Unit-scale interfaces plus residual output projections (o_proj, down_proj) N(0, 0.02 / sqrt(2 n)) with n
+    the layers of their stack (GPT-2's depth scaling)."""
+    _init_unit(model)
+    for module in model.modules():
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            for layer in layers:
+                for proj in (layer.self_attn.o_proj, layer.mlp.down_proj):
+                    nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * len(layers)))
+
+
+# Initialisations compared in the study (docs/quality.md); "default" keeps the model's own `_init_weights`.
+INIT_SCHEMES = {"default": None, "hf": _init_hf, "unit-embed": _init_unit_embed, "unit": _init_unit,
+                "unit-depth": _init_unit_depth}
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on the weights of Linear layers only (not embeddings, norms, biases or start latents)."""
+    decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
+    ]
+
+
+def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, device, bf16: bool,
+          progress: str = "") -> dict:
+    offsets = batch_offsets(len(stream), recipe.seq_len, recipe.batch, recipe.steps, recipe.seed)
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), lr=lr, betas=recipe.betas)
+    schedule = Recipe(**{**dataclasses.asdict(recipe), "steps": steps})  # llama-size runs fewer steps
     data = torch.from_numpy(stream)
+    span = torch.arange(recipe.seq_len)
     model.train()
-    steps = tokens = 0
-    losses = []
-    start = time.perf_counter()
-    while True:
-        elapsed = time.perf_counter() - start
-        if elapsed >= args.seconds and steps > 0:
-            break
-        fraction = min(elapsed / args.seconds, 1.0)
-        warm = 0.05
-        scale = fraction / warm if fraction < warm else 0.5 * (1 + math.cos(math.pi * (fraction - warm) / (1 - warm)))
+    trace, start = [], time.perf_counter()
+    for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * max(scale, 0.02)
-        offsets = generator.integers(0, len(stream) - args.seq_len - 1, size=args.batch)
-        batch = torch.stack([data[o : o + args.seq_len] for o in offsets]).long().to(device, non_blocking=True)
-        with autocast:
+            group["lr"] = lr * schedule.lr_factor(step)
+        rows = torch.from_numpy(offsets[step % recipe.steps])[:, None] + span
+        batch = data[rows].long().to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=batch, labels=batch, use_cache=False).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        steps += 1
-        tokens += batch.numel()
-        if steps % 50 == 0:
-            losses.append(float(loss.detach()))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return {"steps": steps, "tokens_seen": tokens, "train_seconds": time.perf_counter() - start,
-            "train_loss_trace": losses}
+        if step % 25 == 0 or step == steps - 1:
+            value = float(loss.detach())
+            trace.append([step, value])
+            if not math.isfinite(value):
+                break
+            rate = (step + 1) * batch.numel() / (time.perf_counter() - start)
+            print(f"\r{progress} step {step + 1}/{steps} loss {value:.3f} ({rate:.0f} tok/s)", end="", flush=True)
+    print(file=sys.stdout, flush=True)
+    return {"steps": steps, "tokens_seen": steps * recipe.batch * recipe.seq_len, "train_loss_trace": trace,
+            "train_seconds": time.perf_counter() - start}
 
 
 @torch.no_grad()
-def bits_per_byte(model, stream: np.ndarray, args, device) -> float:
-    """Mean next-token cross-entropy over non-overlapping validation windows, in bits (1 token = 1 byte)."""
+def evaluate(model, stream: np.ndarray, recipe: Recipe, eval_tokens: int, device, bf16: bool) -> dict:
+    """Held-out bits per byte, overall, on copyable / other positions and by position in a 4-byte chunk."""
     model.eval()
-    data = torch.from_numpy(stream[: args.eval_tokens + 1]).long()
-    windows = (len(data) - 1) // args.seq_len
-    total, count = 0.0, 0
-    for first in range(0, windows, args.batch):
-        rows = torch.stack([data[w * args.seq_len : (w + 1) * args.seq_len]
-                            for w in range(first, min(first + args.batch, windows))]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            logits = model(input_ids=rows, use_cache=False).logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                 rows[:, 1:].reshape(-1), reduction="sum")
-        total += float(loss)
-        count += rows[:, 1:].numel()
-    return total / count / math.log(2)
+    seq = recipe.seq_len
+    windows = min(eval_tokens // seq, (len(stream) - COPY_SPAN) // seq)
+    sums = {"all": 0.0, "copyable": 0.0, "other": 0.0}
+    counts = dict.fromkeys(sums, 0)
+    for first in range(0, windows, recipe.batch):
+        index = range(first, min(first + recipe.batch, windows))
+        rows = np.stack([stream[w * seq : (w + 1) * seq] for w in index])
+        copyable = torch.from_numpy(
+            np.stack([copyable_positions(stream[w * seq : (w + 1) * seq], stream[(w + 1) * seq :]) for w in index])
+        )
+        ids = torch.from_numpy(rows).long().to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(input_ids=ids, use_cache=False).logits
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
+        ).cpu()
+        for name, mask in (("all", torch.ones_like(copyable)), ("copyable", copyable), ("other", ~copyable)):
+            sums[name] += float(nll[mask].sum())
+            counts[name] += int(mask.sum())
+        phase = (torch.arange(1, seq) % CHUNK_PHASES).expand_as(copyable)
+        for p in range(CHUNK_PHASES):
+            sums[f"phase{p}"] = sums.get(f"phase{p}", 0.0) + float(nll[phase == p].sum())
+            counts[f"phase{p}"] = counts.get(f"phase{p}", 0) + int((phase == p).sum())
+    bits = {name: sums[name] / max(1, counts[name]) / math.log(2) for name in sums}
+    return {"valid_bits_per_byte": bits["all"], "valid_bits_copyable": bits["copyable"],
+            "valid_bits_other": bits["other"], "copyable_fraction": counts["copyable"] / max(1, counts["all"]),
+            "valid_bits_by_chunk_position": [bits[f"phase{p}"] for p in range(CHUNK_PHASES)]}
 
 
 @torch.no_grad()
-def greedy_agreement(model, stream: np.ndarray, args, device) -> float:
-    """Greedy-generate from validation prompts, then check each generated token against the argmax of a
-    teacher-forced forward over the generated sequence."""
+def greedy_agreement(model, stream: np.ndarray, device, bf16: bool, prompts: int = 8, prompt_len: int = 37,
+                     gen_len: int = 40) -> float:
+    """Greedy-generate from validation prompts (cached, exact hierarchical generation), then check each generated
+    token against the argmax of a teacher-forced forward over the generated sequence: 1.0 in fp32."""
     model.eval()
-    generator = np.random.default_rng(1234)
-    offsets = generator.integers(0, len(stream) - args.prompt_len - 1, size=args.prompts)
-    prompts = torch.stack([torch.from_numpy(stream[o : o + args.prompt_len]) for o in offsets]).long().to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-        sequences = model.generate(prompts, max_new_tokens=args.gen_len, min_new_tokens=args.gen_len,
-                                   do_sample=False, pad_token_id=256)
+    offsets = np.random.default_rng(1234).integers(0, len(stream) - prompt_len - 1, size=prompts)
+    ids = torch.from_numpy(np.stack([stream[o : o + prompt_len] for o in offsets])).long().to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        sequences = model.generate(ids, max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False,
+                                   pad_token_id=PAD)
         logits = model(input_ids=sequences, use_cache=False).logits
-    predicted = logits[:, args.prompt_len - 1 : -1].argmax(-1)
-    return float((predicted == sequences[:, args.prompt_len :]).float().mean())
+    predicted = logits[:, prompt_len - 1 : -1].argmax(-1)
+    return float((predicted == sequences[:, prompt_len:]).float().mean())
 
 
-def photon_config(args) -> photon_hf.PhotonConfig:
-    chunks = [int(c) for c in args.chunk_sizes.split(",")]
-    return photon_hf.PhotonConfig(
-        vocab_size=VOCAB, hidden_size=args.hidden, intermediate_size=args.intermediate or int(2.6875 * args.hidden),
-        num_attention_heads=args.heads, chunk_sizes=chunks, num_encoder_layers=args.layers,
-        num_decoder_layers=args.layers, max_position_embeddings=max(args.seq_len, 2048), pad_token_id=256,
-        bos_token_id=257, eos_token_id=EOS, kernel_backend=args.kernel_backend,
-    )
+# --------------------------------------------------------------------------------------------------- the runs
+def build(model_name: str, width: int, recipe: Recipe, photon_overrides: dict) -> tuple[object, object, int]:
+    """(model config, the PHOTON it is compared with, training steps) for one model of the study."""
+    photon = photon_config(width, photon_overrides)
+    if model_name == "photon":
+        return photon, photon, recipe.steps
+    if model_name == "llama":
+        return matched_llama(photon, recipe.seq_len), photon, recipe.steps
+    llama = same_size_llama(photon, recipe.seq_len)  # the paper's protocol: same total training FLOPs
+    budget = training_flops_per_token(photon, recipe.seq_len) * recipe.steps
+    steps = max(1, round(budget / training_flops_per_token(llama, recipe.seq_len)))
+    return llama, photon, steps
 
 
-def main(argv=None) -> dict:
+def run_key(record: dict) -> str:
+    keys = ("model", "width", "lr", "photon_overrides", "init", "recipe", "eval_tokens")
+    return json.dumps({k: record.get(k, "default") for k in keys}, sort_keys=True)
+
+
+def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overrides: dict, init: str, data: dict,
+            args, device) -> dict:
+    config, photon, steps = build(model_name, width, recipe, photon_overrides)
+    torch.manual_seed(recipe.seed)
+    model_class = photon_hf.PhotonForCausalLM if isinstance(config, photon_hf.PhotonConfig) else LlamaForCausalLM
+    model = model_class(config)
+    if INIT_SCHEMES[init] is not None:
+        with torch.no_grad():
+            INIT_SCHEMES[init](model)
+    model.to(device)
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    record = {
+        "model": model_name, "width": width, "lr": lr, "photon_overrides": photon_overrides, "init": init,
+        "recipe": dataclasses.asdict(recipe), "eval_tokens": args.eval_tokens,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "bf16": bf16,
+        "config": config.to_diff_dict(), "parameters": sum(p.numel() for p in model.parameters()),
+        "train_flops_per_token": training_flops_per_token(config, recipe.seq_len),
+        "cache_bytes_per_token": cache_bytes_per_token(config),
+        "decode_flops_per_token": decode_flops_per_token(config),
+        "photon_train_flops_per_token": training_flops_per_token(photon, recipe.seq_len),
+    }
+    label = f"[{model_name} D={width} lr={lr:g}{' ' + json.dumps(photon_overrides) if photon_overrides else ''}" + (
+        f" init={init}]" if init != "default" else "]")
+    record.update(train(model, data["train"], recipe, lr, steps, device, bf16, progress=label))
+    record["train_flops"] = record["train_flops_per_token"] * record["tokens_seen"]
+    record.update(evaluate(model, data["valid"], recipe, args.eval_tokens, device, bf16))
+    if model_name == "photon" and args.agreement:
+        record["greedy_agreement"] = greedy_agreement(model, data["valid"], device, bf16)
+    print(f"{label} {record['valid_bits_per_byte']:.4f} bits/byte (copyable {record['valid_bits_copyable']:.3f}, "
+          f"other {record['valid_bits_other']:.3f}) in {record['train_seconds']:.0f} s", flush=True)
+    return record
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["chunk_sizes=2,2", "converter_width=4", "encoder_windows=null"] -> PhotonConfig fields."""
+    fields = {}
+    for item in items or []:
+        name, _, value = item.partition("=")
+        if not value:
+            raise SystemExit(f"--photon takes field=value pairs, got {item!r}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = [int(v) for v in value.split(",")] if "," in value else value
+        fields[name] = [parsed] if name == "chunk_sizes" and isinstance(parsed, int) else parsed
+    return fields
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_data(args) -> dict:
+    train_files = args.train_files or [stdlib_root() / p for p in stdlib_files("train")]
+    valid_files = args.valid_files or [stdlib_root() / p for p in stdlib_files("validation")]
+    return {"train": byte_stream(train_files), "valid": byte_stream(valid_files)}
+
+
+def sweep(args) -> list[dict]:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = Recipe(steps=args.steps, batch=args.batch, seq_len=args.seq_len, warmup=args.warmup, seed=args.seed)
+    overrides = parse_overrides(args.photon)
+    results_path = Path(args.results)
+    done = {run_key(r) for r in load_results(results_path)}
+    data = load_data(args)
+    new = []
+    for width in args.widths:
+        for model_name in args.models:
+            for lr in args.lrs:
+                record = {"model": model_name, "width": width, "lr": lr, "recipe": dataclasses.asdict(recipe),
+                          "photon_overrides": overrides, "init": args.init, "eval_tokens": args.eval_tokens}
+                if run_key(record) in done:
+                    print(f"[{model_name} D={width} lr={lr:g}] already in {results_path}, skipped")
+                    continue
+                record = run_one(model_name, width, lr, recipe, overrides, args.init, data, args, device)
+                results_path.parent.mkdir(parents=True, exist_ok=True)
+                with results_path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                new.append(record)
+    return new
+
+
+# ------------------------------------------------------------------------------------------------- the report
+def variant_name(record: dict) -> str:
+    init = record.get("init", "default")
+    suffix = f" init={init}" if init != "default" else ""
+    if record["model"] != "photon":
+        return record["model"] + suffix
+    overrides = record["photon_overrides"]
+    return "photon" + "".join(f" {k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(overrides.items())) + suffix
+
+
+def best_runs(records: list[dict]) -> dict[tuple, dict]:
+    """The best learning rate of every (width, variant, recipe) by held-out bits per byte, with its sweep."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        key = (r["width"], variant_name(r), json.dumps(r["recipe"], sort_keys=True), r["eval_tokens"])
+        groups.setdefault(key, []).append(r)
+    best = {}
+    for key, runs in groups.items():
+        runs = sorted(runs, key=lambda r: r["lr"])
+        finite = [r for r in runs if math.isfinite(r["valid_bits_per_byte"])]
+        winner = min(finite or runs, key=lambda r: r["valid_bits_per_byte"])
+        edge = len(runs) > 1 and winner["lr"] in (runs[0]["lr"], runs[-1]["lr"])
+        best[key] = {**winner, "sweep": [[r["lr"], r["valid_bits_per_byte"]] for r in runs], "lr_at_edge": edge}
+    return best
+
+
+def report(args) -> dict:
+    records = load_results(Path(args.results))
+    if not records:
+        raise SystemExit(f"No runs in {args.results}.")
+    best = best_runs(records)
+    rows = sorted(best.values(), key=lambda r: (r["width"], json.dumps(r["recipe"], sort_keys=True),
+                                                 r["model"] != "llama", variant_name(r)))
+    lines = ["| D | steps | model | params | train MFLOP/tok | tokens | lr (sweep: bits/byte) | bits/byte | copyable | "
+             "other | ppl/byte vs llama | cache B/tok | decode MFLOP/tok |", "|" + "---|" * 13]
+    summary = []
+    for r in rows:
+        ref = next((b for b in rows if b["model"] == "llama" and b["width"] == r["width"]
+                    and b["recipe"] == r["recipe"] and b["eval_tokens"] == r["eval_tokens"]), None)
+        ratio = 2 ** (r["valid_bits_per_byte"] - ref["valid_bits_per_byte"]) if ref else None
+        sweep_text = ", ".join(f"{lr:g}: {bits:.3f}" for lr, bits in r["sweep"]) + (" (edge)" if r["lr_at_edge"] else "")
+        lines.append(
+            f"| {r['width']} | {r['recipe']['steps']} | {variant_name(r)} | {r['parameters'] / 1e6:.2f}M | "
+            f"{r['train_flops_per_token'] / 1e6:.1f} | {r['tokens_seen'] / 1e6:.2f}M | {r['lr']:g} ({sweep_text}) | "
+            f"**{r['valid_bits_per_byte']:.3f}** | {r['valid_bits_copyable']:.3f} | {r['valid_bits_other']:.3f} | "
+            f"{'–' if ratio is None else f'{ratio:.3f}x'} | {r['cache_bytes_per_token']:.0f} | "
+            f"{r['decode_flops_per_token'] / 1e6:.2f} |"
+        )
+        summary.append({k: r[k] for k in ("model", "width", "lr", "photon_overrides", "parameters", "tokens_seen",
+                                          "train_flops_per_token", "valid_bits_per_byte", "valid_bits_copyable",
+                                          "valid_bits_other", "copyable_fraction", "cache_bytes_per_token",
+                                          "decode_flops_per_token", "sweep", "lr_at_edge", "recipe", "device")}
+                       | {"variant": variant_name(r), "perplexity_ratio_vs_llama": ratio})
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out or Path(args.results).with_suffix(""))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.md").write_text(table + "\n")
+    Path(f"{out}.json").write_text(json.dumps(summary, indent=1))
+    plot(summary, f"{out}.png")
+    return {"rows": summary, "table": table}
+
+
+def plot(summary: list[dict], path: str):
+    """Held-out bits per byte against cache bytes per token (left) and decode FLOPs per token (right)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'photon-hf[bench]')")
+        return
+    recipes = sorted({json.dumps(r["recipe"], sort_keys=True) for r in summary})
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
+    markers = "osD^v<>p*h"
+    for axis, field, label in ((axes[0], "cache_bytes_per_token", f"KV-cache bytes per token at {CACHE_CONTEXT} "
+                                "tokens (bf16, analytic)"),
+                               (axes[1], "decode_flops_per_token", f"decode FLOPs per token at {CACHE_CONTEXT}")):
+        for i, width in enumerate(sorted({r["width"] for r in summary})):
+            for recipe in recipes:
+                rows = [r for r in summary if r["width"] == width and json.dumps(r["recipe"], sort_keys=True) == recipe]
+                steps = json.loads(recipe)["steps"]
+                for r in rows:
+                    llama = r["model"] != "photon"
+                    axis.scatter(r[field], r["valid_bits_per_byte"], marker=markers[i % len(markers)], s=60,
+                                 color="black" if llama else f"C{i}", zorder=3)
+                    axis.annotate(r["variant"].replace("photon ", "").replace("photon", "[4,4]"),
+                                  (r[field], r["valid_bits_per_byte"]), fontsize=7, xytext=(4, 3),
+                                  textcoords="offset points")
+                axis.scatter([], [], marker=markers[i % len(markers)], color=f"C{i}", label=f"D={width}, {steps} steps")
+        axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("held-out bits per byte (lower is better)")
+    axes[0].scatter([], [], color="black", label="Llama baselines")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("PHOTON quality/efficiency frontier (each model at its own best learning rate)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--seconds", type=float, default=60.0, help="wall-clock training time per model")
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--intermediate", type=int, default=None, help="default: 2.6875 x hidden")
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--layers", type=int, default=2, help="layers of every PHOTON stack")
-    parser.add_argument("--chunk-sizes", default="4,4")
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--eval-tokens", type=int, default=262144)
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--prompt-len", type=int, default=64)
-    parser.add_argument("--gen-len", type=int, default=64)
-    parser.add_argument("--kernel-backend", default="auto", choices=["auto", "torch", "triton"])
-    parser.add_argument("--train-files", nargs="*", help="local text files (default: the stdlib corpus)")
-    parser.add_argument("--valid-files", nargs="*")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("sweep", help="train and evaluate models; append the runs to --results")
+    run.add_argument("--widths", type=int, nargs="+", default=[128])
+    run.add_argument("--models", nargs="+", choices=MODELS, default=["photon", "llama"])
+    run.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 2e-3, 4e-3])
+    run.add_argument("--photon", nargs="*", default=[], metavar="FIELD=VALUE",
+                     help="PhotonConfig overrides, e.g. chunk_sizes=2,2 converter_width=4")
+    run.add_argument("--init", choices=sorted(INIT_SCHEMES), default="default",
+                     help="re-initialise the models (an ablation; 'default' keeps each model's own init)")
+    run.add_argument("--steps", type=int, default=600)
+    run.add_argument("--batch", type=int, default=8)
+    run.add_argument("--seq-len", type=int, default=512)
+    run.add_argument("--warmup", type=float, default=0.05)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--eval-tokens", type=int, default=131072)
+    run.add_argument("--no-agreement", dest="agreement", action="store_false",
+                     help="skip the generation check (greedy generation vs teacher-forced argmax)")
+    run.add_argument("--train-files", nargs="*", help="local text files (default: the stdlib corpus)")
+    run.add_argument("--valid-files", nargs="*")
+    run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    run.add_argument("--results", default="bench/results/quality/runs.jsonl")
+    rep = commands.add_parser("report", help="table, JSON and plot of the best run of every model")
+    rep.add_argument("--results", default="bench/results/quality/runs.jsonl")
+    rep.add_argument("--out", default=None, help="output stem (default: the results file without .jsonl)")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    args.bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-    train = byte_stream(args.train_files or [stdlib_root() / p for p in stdlib_files("train")])
-    valid = byte_stream(args.valid_files or [stdlib_root() / p for p in stdlib_files("validation")])
-    photon_cfg = photon_config(args)
-    llama_cfg = matched_llama(photon_cfg, args.seq_len)
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "train_tokens_available": int(len(train)), "valid_tokens_available": int(len(valid)),
-               "args": {k: v for k, v in vars(args).items() if k not in ("train_files", "valid_files")},
-               "models": {}}
-    for name, build, config, flops in (
-        ("photon", photon_hf.PhotonForCausalLM, photon_cfg, photon_training_flops_per_token(photon_cfg, args.seq_len)),
-        ("llama", LlamaForCausalLM, llama_cfg, llama_training_flops_per_token(llama_cfg, args.seq_len)),
-    ):
-        torch.manual_seed(args.seed)
-        model = build(config).to(device)
-        print(f"[{name}] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-              f"{flops / 1e6:.1f} MFLOP/token, training {args.seconds:.0f}s ...", flush=True)
-        record = {"parameters": sum(p.numel() for p in model.parameters()), "train_flops_per_token": flops,
-                  "config": config.to_diff_dict()}
-        record.update(train_for(model, train, args, device, args.seed))
-        record["train_flops"] = flops * record["tokens_seen"]
-        record["valid_bits_per_byte"] = bits_per_byte(model, valid, args, device)
-        record["greedy_agreement"] = greedy_agreement(model, valid, args, device)
-        results["models"][name] = record
-        print(f"[{name}] {record['tokens_seen'] / 1e6:.2f}M tokens in {record['steps']} steps, "
-              f"valid {record['valid_bits_per_byte']:.3f} bits/byte, greedy agreement "
-              f"{record['greedy_agreement']:.4f}", flush=True)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    p, q = results["models"]["photon"], results["models"]["llama"]
-    results["perplexity_ratio_per_byte"] = 2 ** (p["valid_bits_per_byte"] - q["valid_bits_per_byte"])
-    print("\n| model | params | MFLOP/token | tokens seen | bits/byte | greedy agreement |\n|---|---|---|---|---|---|")
-    for name, r in results["models"].items():
-        print(f"| {name} | {r['parameters'] / 1e6:.2f}M | {r['train_flops_per_token'] / 1e6:.1f} | "
-              f"{r['tokens_seen'] / 1e6:.2f}M | {r['valid_bits_per_byte']:.3f} | {r['greedy_agreement']:.4f} |")
-    print(f"PHOTON / Llama perplexity per byte: {results['perplexity_ratio_per_byte']:.3f}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
-    return results
+    return sweep(args) if args.command == "sweep" else report(args)
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()
