@@ -36,10 +36,7 @@ import torch  # noqa: E402
 from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset  # noqa: E402
 from photon_hf.modeling_photon import PhotonRMSNorm, cached_attention, causal_attention  # noqa: E402
 
-QUICK_CONFIG = dict(
-    vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-    chunk_sizes=[4, 4], converter_width=2, num_encoder_layers=1, num_decoder_layers=1,
-)
+QUICK_SHAPE = dict(name="tiny", num_key_value_heads=2)  # the CPU smoke test: the registry's tiny shape, with GQA
 
 
 class Budget:
@@ -66,7 +63,7 @@ class Bench:
     # ------------------------------------------------------------------------------------------- helpers
     def config(self, kernel_backend="torch") -> PhotonConfig:
         if self.args.quick:
-            return PhotonConfig(kernel_backend=kernel_backend, **QUICK_CONFIG)
+            return photon_preset(**QUICK_SHAPE, kernel_backend=kernel_backend)
         return photon_preset(self.args.preset, kernel_backend=kernel_backend)
 
     def time_ms(self, fn, grad_to_none=None) -> float:

@@ -114,7 +114,7 @@ def test_both_models_in_every_regime_and_oom_handling(run_output):
 
 def test_figures_follow_from_the_records(run_output):
     _, results = run_output
-    config = benchmark.tiny_config()
+    config = photon_preset("tiny")
     rows = _records(results, "generation") + _records(results, "sweep")
     by_id = {r["id"]: r for r in results["records"]}
     for r in rows:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from kernel_checks import check_kernel
 
-from photon_hf import PhotonConfig, PhotonForCausalLM
+from photon_hf import PhotonForCausalLM, photon_preset
 
 pytestmark = [
     pytest.mark.skipif(not pk.HAS_TRITON, reason="triton is not installed (pip install 'photon-hf[triton]')"),
@@ -198,7 +198,7 @@ def test_without_triton_installed():
 import sys
 sys.modules["triton"] = None  # import triton -> ImportError
 import torch, photon_kernels as pk
-from photon_hf import PhotonConfig, PhotonForCausalLM
+from photon_hf import PhotonForCausalLM, photon_preset
 assert not pk.HAS_TRITON
 q = torch.randn(2, 2, 5, 8)
 assert pk.chunk_local_attention_ref(q, q, q).shape == q.shape
@@ -209,12 +209,10 @@ for call in (lambda: pk.chunk_local_attention(q, q, q), lambda: pk.resolve_backe
         assert "triton` package is not installed" in str(e), e
     else:
         raise AssertionError("no error")
-cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4, chunk_sizes=[2, 2],
-           num_encoder_layers=1, num_decoder_layers=1)
 ids = torch.randint(0, 64, (1, 8))
-PhotonForCausalLM(PhotonConfig(**cfg))(ids)  # "auto" falls back to PyTorch
+PhotonForCausalLM(photon_preset("tiny", chunk_sizes=[2, 2]))(ids)  # "auto" falls back to PyTorch
 try:
-    PhotonForCausalLM(PhotonConfig(kernel_backend="triton", **cfg))(ids)
+    PhotonForCausalLM(photon_preset("tiny", chunk_sizes=[2, 2], kernel_backend="triton"))(ids)
 except RuntimeError as e:
     assert "cannot run here" in str(e), e
 else:
@@ -228,13 +226,14 @@ print("ok")
 
 # ------------------------------------------------------------------------------------------------ the model
 def _tiny_config(**overrides):
+    """The registry's tiny shape with odd chunks (2, 3), GQA, two-layer decoders and the bottom encoder windowed
+    (ring cache), the top one full causal; half its width, for the Triton interpreter's sake."""
     fields = dict(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
-        chunk_sizes=[2, 3], converter_width=2, num_encoder_layers=1, num_decoder_layers=2, kernel_backend="torch",
-        encoder_windows=[3, None],  # the bottom encoder windowed (ring cache), the top one full causal
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_key_value_heads=2, chunk_sizes=[2, 3],
+        num_decoder_layers=2, kernel_backend="torch", encoder_windows=[3, None],
     )
     fields.update(overrides)
-    return PhotonConfig(**fields)
+    return photon_preset("tiny", **fields)
 
 
 class _Calls:

@@ -164,9 +164,9 @@ def test_save_load_round_trip(tmp_path):
 def test_start_latents_are_initialised_small_and_nonzero():
     model = tiny_model(chunk_sizes=[2, 2, 2], decoder_input="self")
     latents = model.model.start_latents
-    assert latents.shape == (3, 32)  # one per shifted level in "self" mode
+    assert latents.shape == (3, model.config.hidden_size)  # one per shifted level in "self" mode
     assert latents.abs().min() > 0 and latents.std() < 0.1
-    assert tiny_model().model.start_latents.shape == (1, 32)  # only the top stream is shifted by default
+    assert tiny_model().model.start_latents.shape == (1, model.config.hidden_size)  # only the top stream is shifted
 
 
 def test_tied_head_option():

@@ -77,21 +77,7 @@ def is_oom(exc: BaseException) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ configuration
-def tiny_config() -> PhotonConfig:
-    """A PHOTON small enough for CPU smoke runs (same hierarchy as the paper's: L=2, C=[4,4], R=2)."""
-    return PhotonConfig(
-        vocab_size=512,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        chunk_sizes=[4, 4],
-        converter_width=2,
-        num_encoder_layers=1,
-        num_decoder_layers=1,
-    )
-
-
-SHAPES = {"paper-600m": lambda: photon_preset("photon-600m"), "tiny": tiny_config}
+SHAPES = {"paper-600m": lambda: photon_preset("photon-600m"), "tiny": lambda: photon_preset("tiny")}
 
 
 def llama_config_for(config: PhotonConfig) -> LlamaConfig:

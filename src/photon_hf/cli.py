@@ -151,7 +151,6 @@ def _add_data_arguments(parser):
 
 def _add_model_arguments(parser, default_size: str):
     from .configuration_photon import PHOTON_PRESETS
-    from .training import MODEL_SIZES
 
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -160,7 +159,7 @@ def _add_model_arguments(parser, default_size: str):
              "new model of --size",
     )
     group.add_argument(
-        "--size", default=default_size, choices=[*MODEL_SIZES, *PHOTON_PRESETS],
+        "--size", default=default_size, choices=list(PHOTON_PRESETS),
         help=f"shape of a new model (default: {default_size}); tiny/small/base suit CPUs, photon-* are the paper's",
     )
     group.add_argument(
@@ -523,11 +522,10 @@ def _add_info_parser(subparsers):
         epilog="example: photon-hf info --size photon-600m --context-lengths 2048,8192,32768 --batch-size 8",
     )
     from .configuration_photon import PHOTON_PRESETS
-    from .training import MODEL_SIZES
 
     parser.add_argument("model", nargs="?", help="saved model folder (or Hub id); default: --size")
     parser.add_argument(
-        "--size", default="small", choices=[*MODEL_SIZES, *PHOTON_PRESETS], help="shape (default: small)"
+        "--size", default="small", choices=list(PHOTON_PRESETS), help="shape (default: small)"
     )
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a PhotonConfig field")
     parser.add_argument(
@@ -606,9 +604,12 @@ def _add_quickstart_parser(subparsers):
     )
     parser.add_argument("--output-dir", default="photon-quickstart", help="where to save (default: photon-quickstart)")
     parser.add_argument("--minutes", type=float, default=3.0, help="training time budget (default: 3)")
-    from .training import MODEL_SIZES
+    from .configuration_photon import PHOTON_PRESETS
 
-    parser.add_argument("--size", default="small", choices=list(MODEL_SIZES), help="model shape (default: small)")
+    parser.add_argument(
+        "--size", default="small", choices=[n for n in PHOTON_PRESETS if not n.startswith("photon-")],
+        help="model shape (default: small)",
+    )
     parser.add_argument("--block-size", type=int, default=256, help="tokens per block (default: 256)")
     parser.add_argument("--batch-size", type=int, default=16, help="blocks per step (default: 16)")
     parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")

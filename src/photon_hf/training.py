@@ -2,7 +2,8 @@
 
 Nothing here replaces a Trainer piece; these are the few things a PHOTON run needs around it:
 
-* `model_config`: a `PhotonConfig` of a named size whose vocabulary and special tokens match a tokenizer;
+* `model_config`: a `PhotonConfig` of a named shape (`PHOTON_PRESETS`) whose vocabulary and special tokens match a
+  tokenizer;
 * `training_arguments`: `TrainingArguments` with defaults that suit small PHOTON runs (bf16 where the device
   supports it, evaluation and saving every `eval_steps`, nothing reported to external trackers);
 * `build_trainer`: a `Trainer` wired with the packed-block collator and evaluation perplexity
@@ -27,31 +28,15 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.utils import logging
 
-from .configuration_photon import PHOTON_PRESETS, PhotonConfig
+from .configuration_photon import PhotonConfig, photon_preset
 
 logger = logging.get_logger(__name__)
 
-# Small shapes for CPU runs and tests (all L=2, C=(4,4), R=2 like the paper); the paper's own sizes are in
-# PHOTON_PRESETS.
-MODEL_SIZES: dict[str, dict] = {
-    "tiny": dict(hidden_size=64, intermediate_size=192, num_attention_heads=4, num_encoder_layers=1,
-                 num_decoder_layers=1),
-    "small": dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_encoder_layers=2,
-                  num_decoder_layers=2),
-    "base": dict(hidden_size=256, intermediate_size=768, num_attention_heads=8, num_encoder_layers=3,
-                 num_decoder_layers=3),
-}
-
-
 def model_config(size: str = "small", tokenizer=None, **overrides) -> PhotonConfig:
-    """A `PhotonConfig` of a named size (`MODEL_SIZES`, or a paper preset from `PHOTON_PRESETS`), with the
-    vocabulary size and pad/bos/eos ids of `tokenizer` when given, and any field overridden."""
-    if size in MODEL_SIZES:
-        fields = dict(chunk_sizes=[4, 4], converter_width=2, **MODEL_SIZES[size])
-    elif size in PHOTON_PRESETS:
-        fields = dict(chunk_sizes=[4, 4], converter_width=2, **PHOTON_PRESETS[size])
-    else:
-        raise ValueError(f"Unknown model size {size!r}; choose one of {sorted(MODEL_SIZES) + sorted(PHOTON_PRESETS)}.")
+    """A `PhotonConfig` of a named shape (`PHOTON_PRESETS`: the small CPU shapes "tiny", "small", "base" or the
+    paper's "photon-600m", ...), with the vocabulary size and pad/bos/eos ids of `tokenizer` when given, and any
+    field overridden."""
+    fields = {}
     if tokenizer is not None:
         fields.update(
             vocab_size=len(tokenizer),
@@ -60,7 +45,7 @@ def model_config(size: str = "small", tokenizer=None, **overrides) -> PhotonConf
             eos_token_id=tokenizer.eos_token_id,
         )
     fields.update(overrides)
-    return PhotonConfig(**fields)
+    return photon_preset(size, **fields)
 
 
 def bf16_available() -> bool:
