@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from photon_hf import benchmark, kv_cache_bytes, llama_kv_cache_bytes, photon_preset
-from photon_hf.benchmark import GIB, MODELS, REQUIRED_FIELDS, decode_step_cost, parse_regime, search_batches
+from photon_hf.benchmark import GIB, MODELS, REQUIRED_FIELDS, parse_regime, search_batches
 
 OOM_FROM = 3  # the simulated Llama runs out of memory from this batch size on
 
@@ -217,19 +217,3 @@ def test_parse_regime():
     for bad in ("PF", "PF=2048", "PF=2048/1", "PF=2048/128:", "PF=0/128", "=1/2"):
         with pytest.raises(ValueError, match="Bad regime"):
             parse_regime(bad)
-
-
-def test_decode_step_cost_at_600m():
-    config = photon_preset("photon-600m")
-    context = 2048
-    llama = decode_step_cost(config, "llama", context)
-    photon = decode_step_cost(config, "photon", context)
-    # Llama: every weight but the input embedding, once per step (bf16).
-    assert llama["weight_bytes"] == pytest.approx((610_915_968 - 32000 * 1664) * 2, rel=1e-3)
-    # Llama's per-sample bytes are its whole KV cache (plus the new entry) and the logits path.
-    logits = 32000 * (2 * 2 + 16) + 1664 * 2
-    assert llama["sample_bytes"] - logits == llama_kv_cache_bytes(config, context + 1, 1, torch.bfloat16)
-    # PHOTON reads far fewer bytes per sample and step, and fewer weights per step.
-    assert photon["weight_bytes"] < 0.5 * llama["weight_bytes"]
-    assert (llama["sample_bytes"] - logits) / (photon["sample_bytes"] - logits) > 50  # about 60 at 2K
-    assert photon["sample_flops"] < 0.6 * llama["sample_flops"] and photon["cache_copy_bytes"] == 0

@@ -13,7 +13,7 @@ import torch
 from train_helpers import run_python
 
 from photon_hf import cli, kv_cache_bytes, llama_kv_cache_bytes
-from photon_hf.hub import format_bytes
+from photon_hf.memory import format_bytes
 from photon_hf.training import model_config
 
 COMMANDS = ("quickstart", "train", "generate", "export", "info")

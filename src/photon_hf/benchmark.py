@@ -43,10 +43,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from .cache_photon import kv_cache_bytes, llama_kv_cache_bytes
-from .configuration_photon import PhotonConfig, photon_preset
+from .configuration_photon import photon_preset
+from .memory import decode_step_cost, kv_cache_bytes, llama_config_for, llama_kv_cache_bytes, roofline_step_ms
 
 GIB = 2**30
 MODELS = ("photon", "llama")
@@ -78,24 +78,6 @@ def is_oom(exc: BaseException) -> bool:
 
 # ------------------------------------------------------------------------------------------------ configuration
 SHAPES = {"paper-600m": lambda: photon_preset("photon-600m"), "tiny": lambda: photon_preset("tiny")}
-
-
-def llama_config_for(config: PhotonConfig) -> LlamaConfig:
-    """The same-size baseline: a Llama with PHOTON's width, FFN, heads and vocabulary and as many layers as all
-    PHOTON stacks together (16 at 600M: BENCH.md's vanilla 600M, 610.9M parameters), untied head. This is also the
-    shape `llama_kv_cache_bytes` assumes."""
-    return LlamaConfig(
-        vocab_size=config.vocab_size,
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        num_hidden_layers=sum(config.num_encoder_layers) + sum(config.num_decoder_layers),
-        num_attention_heads=config.num_attention_heads,
-        num_key_value_heads=config.num_key_value_heads,
-        max_position_embeddings=config.max_position_embeddings,
-        rope_theta=config.rope_theta,
-        rms_norm_eps=config.rms_norm_eps,
-        tie_word_embeddings=False,
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,74 +168,6 @@ PRESETS: dict[str, dict] = {
     ),
 }
 SECTIONS = ("regimes", "profile", "sweep")
-
-
-# ------------------------------------------------------------------------------------------- analytic step cost
-def decode_step_cost(config: PhotonConfig, model: str, context: float, dtype_bytes: int = 2) -> dict[str, float]:
-    """Analytic cost of one decode step of stock `generate` with `context` tokens already in the cache.
-
-    Minimal traffic: every weight the step uses read once (shared by the batch), every cache entry it attends to
-    read once and the new entries written once, plus `generate`'s logits path (LM head output, its float32 copy,
-    the min-length mask, the argmax: 2 * dtype_bytes + 16 bytes per vocabulary entry and sample). PHOTON's figures
-    are averages over the P_L steps of a meta-chunk (which stacks run depends on the step); "llama" is the same-size
-    Llama of `llama_config_for`. Returns `weight_bytes` (per step), `sample_bytes` and `sample_flops` (per sample and
-    step) and `cache_copy_bytes` (per sample and step: the Llama DynamicCache concatenates, so it reads and rewrites
-    its whole cache every step on top of the attention's read; PHOTON writes into preallocated buffers).
-    """
-    d, ffn, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
-    kv_heads, head_dim = config.num_key_value_heads, config.head_dim
-    layer_params = 2 * d * d + 2 * d * kv_heads * head_dim + 3 * d * ffn + 2 * d  # q, o; k, v; SwiGLU; two norms
-    entry = 2 * kv_heads * head_dim * dtype_bytes  # one cache entry (key + value) of one layer
-    logits = vocab * (2 * dtype_bytes + 16)
-    weights = vocab * d  # LM head, every step
-    flops = 2.0 * vocab * d
-    sample = logits + d * dtype_bytes  # + the embedding row of the new token
-    if model == "llama":
-        layers = sum(config.num_encoder_layers) + sum(config.num_decoder_layers)
-        weights += layers * layer_params + d
-        flops += 2.0 * layers * layer_params + 4.0 * layers * d * context
-        sample += layers * entry * (context + 1)
-        return dict(
-            weight_bytes=weights * dtype_bytes,
-            sample_bytes=sample,
-            sample_flops=flops,
-            cache_copy_bytes=2.0 * layers * entry * context,
-        )
-    if model != "photon":
-        raise ValueError(f"Unknown model {model!r}; expected one of {MODELS}.")
-    per_unit = config.tokens_per_unit
-    for level, (chunk, width) in enumerate(zip(config.chunk_sizes, config.converter_width, strict=True)):
-        rate = 1.0 / per_unit[level]  # level units completed per token
-        enc, dec = config.num_encoder_layers[level], config.num_decoder_layers[level]
-        # Context encoder: one step per unit, attending over every unit so far (or its window).
-        window = config.window(level)
-        keys = context * rate if window is None else min(window, context * rate)
-        weights += rate * enc * layer_params
-        flops += rate * (2.0 * enc * layer_params + 4.0 * enc * d * keys)
-        sample += rate * enc * entry * (keys + 1)
-        # Chunker (norm + Linear above level 0) and converter: once per unit.
-        if level > 0:
-            weights += rate * (chunk * d * d + d + chunk * d)
-            flops += rate * 2.0 * chunk * d * d
-        weights += rate * (d * width * d + width * d)
-        flops += rate * 2.0 * d * width * d
-        # Local decoder, per unit: one prefix pass of `width` positions (writes `width` entries), then chunk - 1
-        # single steps at slots width .. width + chunk - 2 (each reads the slots up to its own); weights loaded
-        # `chunk` times (one pass per step of the level below).
-        positions = width + chunk - 1
-        reads = sum(width + j + 1 for j in range(chunk - 1)) + width * width
-        weights += rate * chunk * dec * layer_params
-        flops += rate * (2.0 * dec * layer_params * positions + 4.0 * dec * d * reads)
-        sample += rate * dec * entry * (reads + positions)
-    return dict(weight_bytes=weights * dtype_bytes, sample_bytes=sample, sample_flops=flops, cache_copy_bytes=0.0)
-
-
-def roofline_step_ms(cost: dict[str, float], batch: int, bandwidth: float, flop_rate: float) -> float:
-    """The floor of one decode step at `batch` (minimal bytes over bandwidth, or FLOPs over the matmul rate)."""
-    seconds = max(
-        (cost["weight_bytes"] + batch * cost["sample_bytes"]) / bandwidth, batch * cost["sample_flops"] / flop_rate
-    )
-    return seconds * 1e3
 
 
 # ------------------------------------------------------------------------------------------------ small helpers

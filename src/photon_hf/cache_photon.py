@@ -23,42 +23,6 @@ from transformers.cache_utils import Cache
 from .configuration_photon import PhotonConfig
 
 
-def _item_bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
-
-
-def kv_cache_bytes(
-    config: PhotonConfig, seq_len: int, batch_size: int = 1, dtype: torch.dtype = torch.bfloat16
-) -> int:
-    """Analytic size in bytes of a `PhotonCache` that has consumed `seq_len` tokens per row.
-
-    Counts exactly the tensors a `PhotonCache` sized for `seq_len` tokens allocates: encoder KV (one entry per
-    complete unit, or the window), local decoder KV (R + C - 1 entries), the unfinished-unit buffers (token ids
-    as int64), the decoder predictions kept with `decoder_input="self"`, and the per-row pad counts (int64).
-    """
-    item = _item_bytes(dtype)
-    kv_width = 2 * config.num_key_value_heads * config.head_dim  # key + value per layer and entry
-    total = 0
-    for level in config.levels:
-        units = seq_len // level.tokens_per_unit
-        entries = level.encoder_window if level.encoder_window is not None else units
-        total += entries * level.num_encoder_layers * kv_width * item
-        total += level.decoder_slots * level.num_decoder_layers * kv_width * item
-        total += level.chunk_size * (8 if level.index == 0 else config.hidden_size * item)
-        if level.self_decoding:
-            total += (level.chunk_size + 1) * config.hidden_size * item
-    total += 8  # the row's pad count
-    return total * batch_size
-
-
-def llama_kv_cache_bytes(
-    config: PhotonConfig, seq_len: int, batch_size: int = 1, dtype: torch.dtype = torch.bfloat16
-) -> int:
-    """KV-cache bytes of the same-shape Llama (same width and heads, as many layers as all PHOTON stacks)."""
-    layers = sum(config.num_encoder_layers) + sum(config.num_decoder_layers)
-    return seq_len * layers * 2 * config.num_key_value_heads * config.head_dim * _item_bytes(dtype) * batch_size
-
-
 class _Rows:
     """Which rows of the batch take part in one operation of a decode step.
 

@@ -88,7 +88,7 @@ def _is_hub_name(source: str) -> bool:
 
 
 def _print_cache_table(config, context_lengths, dtype, batch_size: int = 1):
-    from .hub import cache_table, format_bytes
+    from .memory import cache_table, format_bytes
 
     layers = sum(config.num_encoder_layers) + sum(config.num_decoder_layers)
     name = str(dtype).replace("torch.", "")
@@ -660,7 +660,7 @@ def _cmd_quickstart(args) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .hub import format_bytes
+    from .memory import format_bytes
 
     started = time.monotonic()
     torch.manual_seed(args.seed)
@@ -701,7 +701,7 @@ def _cmd_quickstart(args) -> int:
     length = output.sequences.shape[1]
     print("\n[4/4] Cache memory:")
     if cache is not None:
-        from .cache_photon import llama_kv_cache_bytes
+        from .memory import llama_kv_cache_bytes
 
         llama = llama_kv_cache_bytes(model.config, length, dtype=model.dtype)
         print(f"      measured PhotonCache after those {length} tokens: {format_bytes(cache.nbytes())} (allocated for "
