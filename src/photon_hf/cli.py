@@ -1,4 +1,4 @@
-"""The `photon-hf` command line: quickstart, train, generate, export, info, bench.
+"""The `photon-hf` command line: quickstart, train, generate, export, info.
 
 Run `photon-hf --help`, or `photon-hf COMMAND --help` for one command. Every command is a thin layer over the
 library (`photon_hf.data`, `photon_hf.training`, `photon_hf.hub`) and stock transformers / datasets / peft.
@@ -23,6 +23,9 @@ examples:
   photon-hf export runs/small hub/photon-small --repo-id me/photon-small
   photon-hf info --size photon-600m --context-lengths 2048,32768
   torchrun --nproc_per_node 2 -m photon_hf train --output-dir runs/ddp    data parallel (CPU or GPU)
+
+The generation benchmark and the kernel benchmark are scripts in a source checkout, not commands:
+  python bench/run_generation.py --help, python bench/bench_kernels.py --help
 """
 
 
@@ -563,34 +566,6 @@ def _cmd_info(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------- bench
-def _add_bench_parser(subparsers):
-    parser = subparsers.add_parser(
-        "bench",
-        help="run the benchmark harness (photon_hf.benchmark); `photon-hf bench --help` shows its options",
-        add_help=False,
-        description="Pass every argument to photon_hf.benchmark.main.",
-    )
-    parser.add_argument("bench_args", nargs=argparse.REMAINDER)
-    parser.set_defaults(handler=_cmd_bench)
-
-
-def _cmd_bench(args) -> int:
-    import importlib
-
-    try:
-        benchmark = importlib.import_module("photon_hf.benchmark")
-    except ModuleNotFoundError as error:
-        if error.name != "photon_hf.benchmark":  # the harness exists but one of its imports is missing
-            raise
-        raise UsageError(
-            "The benchmark harness (photon_hf.benchmark) is not part of this installation. Install a photon_hf "
-            "version that ships it, or run the scripts under bench/ in a source checkout."
-        ) from error
-    result = benchmark.main(args.bench_args)
-    return result if isinstance(result, int) else 0
-
-
 # -------------------------------------------------------------------------------------------- quickstart
 def _add_quickstart_parser(subparsers):
     parser = subparsers.add_parser(
@@ -730,18 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(subparsers)
     _add_export_parser(subparsers)
     _add_info_parser(subparsers)
-    _add_bench_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `photon-hf` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv and argv[0] == "bench":  # everything after `bench` belongs to the benchmark, --help included
-        args = argparse.Namespace(command="bench", bench_args=argv[1:], traceback=False, handler=_cmd_bench)
-    else:
-        args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2

@@ -1,24 +1,13 @@
-"""Generation benchmark: PHOTON against a same-size Llama through the same stock `generate()` call.
+"""The generation benchmark harness: PHOTON against a same-size Llama through the same `generate()` call.
 
-The protocol is the one of BENCH.md, which follows the Block Transformer harness that the paper uses: random weights
-(bf16 on a GPU, fp32 on the CPU), random prompt ids, greedy decoding with EOS disabled (`min_new_tokens =
-max_new_tokens`), both models in one process on one device, every figure of PHOTON divided by Llama's figure from the
-same run. Sections, each within its share of a wall-clock budget (`--budget-s`) and each catching its own failures:
+`GenerationBench` holds the two models, the records and the metadata of one run; each `run_*` method is one section
+of the protocol (`generation_protocol.py`), and `run(options)` runs them all within a budget and writes one JSON per
+run (`{"meta": {...}, "records": [...]}`, rewritten after every section so that a run cut short keeps what it
+measured), the PNG plots beside it and the markdown summary (`generation_report.py`).
 
-* one per *regime* (prompt / generated lengths, e.g. PF 2048/128, DE 128/2048, DE-short 128/512): for each model,
-  a fixed ladder of batch sizes or a search for the largest batch that fits (doubling, then bisection; out-of-memory
-  ends a branch, it does not end the run). Each batch size: warm-up, then `generate` timed with the device
-  synchronised (prefill included; median of `--repeats`), peak allocated memory, the size of the returned cache.
-  Then per-sample memory = slope of the peak between the two largest batches that ran, throughput = batch x
-  generated / wall time, TPM = throughput (K tok/s) / per-sample memory (GiB), and PHOTON / Llama ratios;
-* `profile`: torch.profiler over a few decode steps of each model at one batch size: time per step split into GPU
-  kernel time and the rest (CPU, Python, launch gaps), kernel launches per step, the top ops;
-* `sweep`: prompt lengths from 1K to 32K+ at batch 1 and at a large batch: prefill time, latency per generated
-  token, measured and analytic cache bytes, per-sample memory and TPM against context length.
-
-Output: one JSON file per run under `--out-dir` (`{"meta": {...}, "records": [...]}`, rewritten after every section
-so that a run cut short keeps what it measured), PNG plots beside it, and a markdown summary printed last.
-`python bench/run_generation.py --help` lists the options; docs/benchmarks.md explains the reading.
+Every generation goes through one function, `generate(name, model, input_ids, **kwargs)`, by default
+`stock_generate` (`model.generate`); `run(options, generate=...)` takes another, e.g. one that simulates running
+out of memory in the tests.
 """
 
 from __future__ import annotations
@@ -27,150 +16,43 @@ import argparse
 import dataclasses
 import datetime
 import gc
-import json
-import math
-import os
-import platform
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import transformers
+from bench_utils import (
+    GIB,
+    Budget,
+    cuda_ms,
+    device_description,
+    git_commit,
+    is_oom,
+    split_deadline,
+    synchronize,
+    versions,
+    write_json,
+)
+from generation_protocol import LABELS, MODELS, PROFILE_PROMPT_LEN, WARMUP_TOKENS, Regime
+from generation_report import fmt, make_plots, render_markdown
 from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from .configuration_photon import photon_preset
-from .memory import decode_step_cost, kv_cache_bytes, llama_config_for, llama_kv_cache_bytes, roofline_step_ms
-
-GIB = 2**30
-MODELS = ("photon", "llama")
-LABELS = {"photon": "PHOTON", "llama": "Llama"}
-REQUIRED_FIELDS = (
-    "device",
-    "model",
-    "regime",
-    "prompt_len",
-    "gen_len",
-    "batch_size",
-    "tok_per_s",
-    "per_sample_gib",
-    "analytic_kv_gib",
-    "tpm",
-)
-PROFILE_PROMPT_LEN = 128  # prompt of the profiled generations: short, so that decode steps dominate
-WARMUP_TOKENS = 8  # decode steps of the short generations that warm up and estimate a measurement
-OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+from photon_hf import photon_preset
+from photon_hf.memory import decode_step_cost, kv_cache_bytes, llama_config_for, llama_kv_cache_bytes, roofline_step_ms
 
 
-def is_oom(exc: BaseException) -> bool:
-    """Out of device memory, including the forms that are not `OutOfMemoryError` (cuBLAS workspace allocation)."""
-    return isinstance(exc, OutOfMemoryError) or (
-        isinstance(exc, RuntimeError)
-        and any(s in str(exc) for s in ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "can't allocate memory"))
-    )
+def stock_generate(name: str, model, input_ids: torch.Tensor, **kwargs):
+    """The generation every measurement times: the model's own `generate` (`name` is "photon" or "llama")."""
+    return model.generate(input_ids, **kwargs)
 
 
-# ------------------------------------------------------------------------------------------------ configuration
-SHAPES = {"paper-600m": lambda: photon_preset("photon-600m"), "tiny": lambda: photon_preset("tiny")}
-
-
-@dataclasses.dataclass(frozen=True)
-class Regime:
-    """A generation regime: prompt and generated lengths, and a fixed batch ladder (None: search the largest)."""
-
-    name: str
-    prompt_len: int
-    gen_len: int
-    ladder: tuple[int, ...] | None = None
-
-    @property
-    def mean_context(self) -> float:
-        """Average context length over the decode steps (where the roofline of a step is evaluated)."""
-        return self.prompt_len + self.gen_len / 2
-
-    def spec(self) -> str:
-        ladder = "" if self.ladder is None else ":" + ",".join(map(str, self.ladder))
-        return f"{self.name}={self.prompt_len}/{self.gen_len}{ladder}"
-
-
-def parse_regime(spec: str) -> Regime:
-    """`NAME=PROMPT/GEN` (batch search) or `NAME=PROMPT/GEN:B1,B2,...` (fixed ladder), e.g. `PF=2048/128`."""
-    match = re.fullmatch(r"([A-Za-z][\w-]*)=(\d+)/(\d+)(?::(\d+(?:,\d+)*))?", spec.strip())
-    if match is None:
-        raise ValueError(
-            f"Bad regime {spec!r}: expected NAME=PROMPT/GEN or NAME=PROMPT/GEN:B1,B2,... (e.g. PF=2048/128)."
-        )
-    name, prompt, gen, ladder = match.groups()
-    if int(prompt) < 1 or int(gen) < 2:
-        raise ValueError(f"Bad regime {spec!r}: the prompt needs >= 1 token and the generation >= 2 tokens.")
-    batches = None if ladder is None else tuple(sorted({int(b) for b in ladder.split(",")}))
-    if batches is not None and batches[0] < 1:
-        raise ValueError(f"Bad regime {spec!r}: batch sizes must be >= 1.")
-    return Regime(name, int(prompt), int(gen), batches)
-
-
-# Defaults of each preset (any option given on the command line wins). `weights` share the budget among sections.
-PRESETS: dict[str, dict] = {
-    # Tiny models on the CPU: checks the harness end to end (CI), figures mean nothing for a GPU.
-    "cpu-smoke": dict(
-        shape="tiny",
-        budget_s=300.0,
-        regimes=["PF=2048/128", "DE-short=128/512"],
-        search_start=1,
-        max_batch=8,
-        repeats=2,
-        sweep_contexts=[1024, 4096, 16384],
-        sweep_batch=4,
-        sweep_gen=16,
-        profile_batch=8,
-        profile_steps=16,
-        sections=["regimes", "profile", "sweep"],
-        weights={"PF": 1.0, "DE-short": 1.0, "profile": 0.5, "sweep": 1.0},
-    ),
-    # The paper's 600M shapes in about four minutes of one H100/H200: DE 128/512 and PF 2048/128 on fixed ladders
-    # (each model stops at its first OOM or when its share of the budget is spent), the profile, a small sweep.
-    "gpu-short": dict(
-        shape="paper-600m",
-        budget_s=220.0,
-        regimes=["DE-short=128/512:32,256,1024,4096", "PF=2048/128:16,64,512,2048"],
-        search_start=16,
-        max_batch=16384,
-        repeats=1,
-        sweep_contexts=[1024, 4096, 16384, 32768],
-        sweep_batch=16,
-        sweep_gen=32,
-        profile_batch=256,
-        profile_steps=16,
-        sections=["regimes", "profile", "sweep"],
-        weights={"DE-short": 5.0, "PF": 2.0, "profile": 1.0, "sweep": 3.0},
-    ),
-    # The full protocol (paper regimes, batch search, 3 repeats, long sweep): about half an hour.
-    "gpu-full": dict(
-        shape="paper-600m",
-        budget_s=1800.0,
-        regimes=["PF=2048/128", "DE=128/2048", "DE-short=128/512"],
-        search_start=16,
-        max_batch=16384,
-        repeats=3,
-        sweep_contexts=[1024, 2048, 4096, 8192, 16384, 32768, 65536],
-        sweep_batch=64,
-        sweep_gen=64,
-        profile_batch=256,
-        profile_steps=16,
-        sections=["regimes", "profile", "sweep"],
-        weights={"PF": 4.0, "DE": 8.0, "DE-short": 3.0, "profile": 1.0, "sweep": 4.0},
-    ),
-}
-SECTIONS = ("regimes", "profile", "sweep")
-
-
-# ------------------------------------------------------------------------------------------------ small helpers
 class DeadlineCriterion(StoppingCriteria):
     """Stops `generate` once the section's deadline has passed, so that no single run can eat the whole budget. A
     run stopped this way is short of tokens and is discarded. Costs one tiny fill kernel per step, for both models."""
@@ -215,28 +97,6 @@ class GenRun:
     completed: bool  # False when the deadline criterion cut it short
 
 
-class Budget:
-    """A wall-clock budget shared among named sections in proportion to their weights; what a section leaves
-    unused goes to the sections after it."""
-
-    def __init__(self, seconds: float, weights: dict[str, float]):
-        self.end = time.monotonic() + seconds
-        self.pending = dict(weights)
-
-    def remaining(self) -> float:
-        return max(0.0, self.end - time.monotonic())
-
-    def deadline(self, section: str) -> float:
-        weight = self.pending.pop(section, 1.0)
-        share = weight / (weight + sum(self.pending.values()))
-        return time.monotonic() + self.remaining() * share
-
-
-def split_deadline(deadline: float, parts: int) -> float:
-    """The deadline of the first of `parts` equal shares of the time left before `deadline`."""
-    now = time.monotonic()
-    return now + max(0.0, deadline - now) / max(parts, 1)
-
 
 def search_batches(probe, start: int, cap: int, tolerance: float = 1 / 16) -> list[tuple[int, str]]:
     """Find the largest batch size for which `probe(batch)` returns "ok": double from `start` (up to `cap`) until a
@@ -271,48 +131,29 @@ def search_batches(probe, start: int, cap: int, tolerance: float = 1 / 16) -> li
     return tried
 
 
-def _fmt(value, spec: str = ".3g", none: str = "–") -> str:
-    """Format a figure for the tables; spec "n" gives 4 significant digits without exponents (12,345 or 0.0123)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return none
-    if spec == "n":
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
-    return format(value, spec)
-
-
-def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
 
 # ------------------------------------------------------------------------------------------------ the harness
-class Bench:
-    """Holds the two models, the records and the metadata of one run; each `run_*` method is one section."""
+class GenerationBench:
+    """Holds the two models, the records and the metadata of one run; each `run_*` method is one section.
 
-    def __init__(self, args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    `generate(name, model, input_ids, **kwargs)` makes every generation of the run (default: `stock_generate`).
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        device: torch.device,
+        dtype: torch.dtype,
+        generate: Callable[..., object] = stock_generate,
+    ):
         self.args, self.device, self.dtype = args, device, dtype
+        self.generate_fn = generate
         self.cuda = device.type == "cuda"
         self.device_name = device_description(device)
         self.t0 = time.monotonic()
         self.records: list[dict] = []
         self.next_id = 0
-        self.config = SHAPES[args.shape]()
-        self.config.kernel_backend = args.kernel_backend
+        self.config = photon_preset(args.shape, kernel_backend=args.kernel_backend)
         longest = max(
             [r.prompt_len + r.gen_len for r in args.regimes]
             + [c + args.sweep_gen for c in args.sweep_contexts]
@@ -333,14 +174,8 @@ class Bench:
             device_type=device.type,
             dtype=str(dtype).replace("torch.", ""),
             shape=args.shape,
-            versions=dict(
-                python=platform.python_version(),
-                torch=torch.__version__,
-                transformers=transformers.__version__,
-                photon_hf=_package_version(),
-                cuda=torch.version.cuda,
-            ),
-            git_commit=_git_commit(),
+            versions=versions(),
+            git_commit=git_commit(),
             protocol=dict(
                 decoding="greedy, EOS disabled (min_new_tokens = max_new_tokens, eos = pad = vocab_size - 1)",
                 prompts="random ids, the same for both models at each batch size and length",
@@ -381,10 +216,6 @@ class Bench:
         self.next_id += 1
         self.records.append(record)
         return record
-
-    def sync(self):
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
 
     def free(self):
         gc.collect()
@@ -433,16 +264,8 @@ class Bench:
     def measure_ceilings(self) -> dict[str, float]:
         """Device-to-device copy bandwidth (bytes read + written) and the matmul rate, measured on random data."""
 
-        def timed(fn, *operands, repeats=10):
-            for _ in range(2):
-                fn(*operands)
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(repeats):
-                fn(*operands)
-            stop.record()
-            torch.cuda.synchronize(self.device)
-            return start.elapsed_time(stop) / 1e3 / repeats
+        def timed(fn, *operands):  # seconds
+            return cuda_ms(lambda: fn(*operands), repeats=10, warmup=2) / 1e3
 
         source = torch.randn(GIB // 4, device=self.device)  # 1 GiB of float32
         copy_s = timed(torch.Tensor.copy_, torch.empty_like(source), source)
@@ -471,19 +294,20 @@ class Bench:
         )
 
     def generate(self, name: str, ids: torch.Tensor, new_tokens: int, deadline: float) -> GenRun:
-        """One stock `generate` call, timed with the device synchronised, with its peak memory and cache size."""
+        """One `generate` call (through `self.generate_fn`), timed with the device synchronised, with its peak
+        memory and the size of the cache it returned."""
         model = self.models[name]
         mask = torch.ones_like(ids)
         config = self.generation_config(new_tokens)
         stop = StoppingCriteriaList([DeadlineCriterion(deadline)])
         base = None
         if self.cuda:
-            self.sync()
+            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             base = torch.cuda.memory_allocated(self.device)
         start = time.perf_counter()
-        out = model.generate(ids, attention_mask=mask, generation_config=config, stopping_criteria=stop)
-        self.sync()
+        out = self.generate_fn(name, model, ids, attention_mask=mask, generation_config=config, stopping_criteria=stop)
+        synchronize(self.device)
         seconds = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(self.device) - base if self.cuda else None
         completed = out.sequences.shape[1] == ids.shape[1] + new_tokens
@@ -799,7 +623,7 @@ class Bench:
             lines.append(text)
             self.log(
                 f"  profile {LABELS[name]} batch {batch}: {record['wall_step_ms']:.2f} ms/step, GPU kernels "
-                f"{_fmt(record['gpu_busy_step_ms'], '.2f')} ms, {_fmt(record['kernels_per_step'], '.0f')} kernels, "
+                f"{fmt(record['gpu_busy_step_ms'], '.2f')} ms, {fmt(record['kernels_per_step'], '.0f')} kernels, "
                 f"{record['op_calls_per_step']:.0f} op calls per step"
             )
         if lines and self.args.out_stem is not None:
@@ -910,439 +734,20 @@ class Bench:
         self.meta["sections"][section] = dict(status=status, seconds=time.monotonic() - started)
 
 
-def _package_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-# ------------------------------------------------------------------------------------------------------ report
-def render_markdown(results: dict, json_path: str | None = None) -> str:
-    """The markdown summary of a results JSON (what `bench/report.py` prints and a run prints last)."""
-    meta, records = results["meta"], results["records"]
-    versions = meta.get("versions", {})
-    out = [
-        f"## PHOTON vs Llama generation: {meta.get('device')} ({meta.get('dtype')}, torch {versions.get('torch')}, "
-        f"transformers {versions.get('transformers')}, preset {meta.get('preset')}, {meta.get('shape')})",
-        "",
-    ]
-    gen = [r for r in records if r["record_type"] == "generation"]
-    attempts = [r for r in records if r["record_type"] == "attempt"]
-    regimes = list(
-        dict.fromkeys(r["regime"] for r in gen + [a for a in attempts if a["regime"] not in ("sweep", "profile")])
-    )
-    if regimes:
-        out += [
-            "Largest batch that ran per model. TPM = K tok/s / GiB per sample; ratio = PHOTON / Llama (same run).",
-            "",
-            "| regime | model | batch | K tok/s | ms/step | GiB/sample | KV GiB/sample (analytic) | TPM | x roofline |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for regime in regimes:
-            rows = [r for r in gen if r["regime"] == regime and r.get("is_max_batch")]
-            for r in sorted(rows, key=lambda r: MODELS.index(r["model"])):
-                out.append(
-                    f"| {regime} {r['prompt_len']}/{r['gen_len']} | {LABELS[r['model']]} | {r['batch_size']} | "
-                    f"{_fmt(r['tok_per_s'] / 1e3, '.3g')} | {_fmt(r.get('decode_step_ms'), '.3g')} | "
-                    f"{_fmt(r['per_sample_gib'], '.4g')} | {_fmt(r['analytic_kv_gib'], '.4g')} | "
-                    f"{_fmt(r['tpm'], 'n')} | {_fmt(r.get('step_over_roofline'), '.1f')} |"
-                )
-            ratio = next(
-                (
-                    x
-                    for x in records
-                    if x["record_type"] == "ratio" and x["regime"] == regime and x["basis"] == "max_batch"
-                ),
-                None,
-            )
-            if ratio:
-                out.append(
-                    f"| {regime} | **ratio P/L** | {ratio['photon_batch']}/{ratio['llama_batch']} | "
-                    f"**{_fmt(ratio['tok_per_s_ratio'], '.3g')}x** | {_fmt(ratio['decode_step_ms_ratio'], '.3g')}x | "
-                    f"{_fmt(ratio['per_sample_gib_ratio'], '.3g')}x | {_fmt(ratio['analytic_kv_gib_ratio'], '.3g')}x | "
-                    f"**{_fmt(ratio['tpm_ratio'], 'n')}x** | |"
-                )
-        out += [
-            "",
-            "Throughput by batch (K tok/s; OOM / budget where a model stopped):",
-            "",
-            "| regime | batch | PHOTON | Llama | P/L |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for regime in regimes:
-            cells: dict[int, dict[str, str]] = {}
-            values: dict[int, dict[str, float]] = {}
-            for r in gen + attempts:
-                if r["regime"] != regime:
-                    continue
-                ok = r["record_type"] == "generation"
-                cells.setdefault(r["batch_size"], {})[r["model"]] = (
-                    _fmt(r["tok_per_s"] / 1e3, ".3g") if ok else r["status"].replace("skipped_", "")
-                )
-                if ok:
-                    values.setdefault(r["batch_size"], {})[r["model"]] = r["tok_per_s"]
-            for batch in sorted(cells):
-                v = values.get(batch, {})
-                ratio = v["photon"] / v["llama"] if "photon" in v and "llama" in v else None
-                out.append(
-                    f"| {regime} | {batch} | {cells[batch].get('photon', '')} | {cells[batch].get('llama', '')} | "
-                    f"{_fmt(ratio, '.3g', '')} |"
-                )
-        out.append("")
-    sweep = [r for r in records if r["record_type"] == "sweep"]
-    if sweep:
-        out += [
-            "Context sweep (ms/token = decode latency per generated token; K tok/s and TPM include the prefill, "
-            "TPM decode does not):",
-            "",
-            "| context | model | b=1 ms/token | batch | ms/token | K tok/s | GiB/sample | KV GiB analytic "
-            "| KV GiB measured | TPM | TPM decode |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for context in sorted({r["prompt_len"] for r in sweep}):
-            for name in MODELS:
-                rows = sorted(
-                    (r for r in sweep if r["prompt_len"] == context and r["model"] == name),
-                    key=lambda r: r["batch_size"],
-                )
-                if not rows:
-                    continue
-                one, big = rows[0], rows[-1]
-                out.append(
-                    f"| {context} | {LABELS[name]} | {_fmt(one['decode_ms_per_token'], '.3g')} | {big['batch_size']} | "
-                    f"{_fmt(big['decode_ms_per_token'], '.3g')} | {_fmt(big['tok_per_s'] / 1e3, '.3g')} | "
-                    f"{_fmt(big['per_sample_gib'], '.4g')} | {_fmt(big['analytic_kv_gib'], '.4g')} | "
-                    f"{_fmt(big['cache_gib_measured'], '.4g')} | {_fmt(big['tpm'], 'n')} | "
-                    f"{_fmt(big.get('decode_tpm'), 'n')} |"
-                )
-        out.append("")
-    profiles = [r for r in records if r["record_type"] == "profile"]
-    if profiles:
-        out += [
-            "Profile, per decode step (difference of generate with 1 + N and 1 new tokens; GPU = kernel time; "
-            "idle = wall - GPU):",
-            "",
-            "| model | batch | wall ms | GPU ms | idle ms | roofline ms | kernels | aten calls | top GPU op "
-            "| top CPU op |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
-        ]
-        for r in profiles:
-            top_gpu = r["top_gpu_ops"][0] if r["top_gpu_ops"] else None
-            top_cpu = r["top_cpu_ops"][0] if r["top_cpu_ops"] else None
-            out.append(
-                f"| {LABELS[r['model']]} | {r['batch_size']} | {r['wall_step_ms']:.2f} | "
-                f"{_fmt(r['gpu_busy_step_ms'], '.2f')} | {_fmt(r['gpu_idle_step_ms'], '.2f')} | "
-                f"{_fmt(r['roofline_step_ms'], '.3g')} | {_fmt(r['kernels_per_step'], '.0f')} | "
-                f"{r['op_calls_per_step']:.0f} | "
-                + (f"{top_gpu['op']} {top_gpu['self_gpu_us'] / 1e3:.2f} ms | " if top_gpu else "– | ")
-                + (f"{top_cpu['op']} {top_cpu['self_cpu_us'] / 1e3:.2f} ms |" if top_cpu else "– |")
-            )
-        out.append("")
-        for r in profiles:  # the next few ops, per step: where a shortfall comes from
-            for kind, key, unit in (("GPU", "self_gpu_us", "top_gpu_ops"), ("CPU", "self_cpu_us", "top_cpu_ops")):
-                ops = ", ".join(
-                    f"{op['op'].replace('aten::', '')} {op[key] / 1e3:.2f} ms ({op['calls']:.0f}x)"
-                    for op in r[unit][:5]
-                )
-                if ops:
-                    out.append(f"- {LABELS[r['model']]} top {kind} per step: {ops}")
-        out.append("")
-    ceilings = meta.get("ceilings")
-    if ceilings:
-        out.append(
-            f"Ceilings measured in this run: copy {ceilings['copy_bytes_per_s'] / 1e12:.2f} TB/s, matmul "
-            f"{ceilings['matmul_flop_per_s'] / 1e12:.0f} TFLOP/s."
-        )
-    sections = ", ".join(f"{k} {v['status']} {v['seconds']:.0f}s" for k, v in meta.get("sections", {}).items())
-    out.append(
-        f"Sections: {sections or 'none'}; wall {meta.get('wall_s', 0):.0f} s"
-        + ("; INTERRUPTED" if meta.get("interrupted") else "")
-        + "."
-    )
-    for error in meta.get("errors", []):
-        out.append(f"- error: {error}")
-    if json_path:
-        out.append(f"JSON: {json_path}" + (f"; plots: {', '.join(meta['plots'])}" if meta.get("plots") else ""))
-    return "\n".join(out)
-
-
-def make_plots(results: dict, stem: str) -> list[str]:
-    """Throughput against batch (per regime) and memory / TPM / latency against context length, as PNG files
-    `{stem}_batch.png` and `{stem}_context.png`. Returns the paths written ([] without matplotlib or data)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(
-            "matplotlib is not installed: no plots. Install it (pip install 'photon-hf[bench]') and redraw them "
-            "with: python bench/report.py RESULTS.json --plots",
-            flush=True,
-        )
-        return []
-    records, meta = results["records"], results["meta"]
-    colors = {"photon": "tab:blue", "llama": "tab:orange"}
-    written = []
-    title = f"{meta.get('device')} · {meta.get('dtype')} · {meta.get('shape')}"
-    gen = [r for r in records if r["record_type"] == "generation"]
-    attempts = [r for r in records if r["record_type"] == "attempt"]
-    regimes = list(dict.fromkeys(r["regime"] for r in gen))
-    if regimes:
-        fig, axes = plt.subplots(1, len(regimes), figsize=(5.5 * len(regimes), 4.2), squeeze=False)
-        for ax, regime in zip(axes[0], regimes, strict=True):
-            for name in MODELS:
-                rows = sorted(
-                    (r for r in gen if r["regime"] == regime and r["model"] == name), key=lambda r: r["batch_size"]
-                )
-                if rows:
-                    ax.plot(
-                        [r["batch_size"] for r in rows],
-                        [r["tok_per_s"] / 1e3 for r in rows],
-                        "o-",
-                        color=colors[name],
-                        label=LABELS[name],
-                    )
-                for fail in (r for r in attempts if r["regime"] == regime and r["model"] == name):
-                    ax.axvline(fail["batch_size"], color=colors[name], ls=":", lw=1)
-                    ax.annotate(
-                        f"{LABELS[name]} {fail['status'].replace('skipped_', '')}",
-                        (fail["batch_size"], 0.02),
-                        xycoords=("data", "axes fraction"),
-                        rotation=90,
-                        fontsize=7,
-                        color=colors[name],
-                    )
-            ratio = next(
-                (
-                    x
-                    for x in records
-                    if x["record_type"] == "ratio" and x["regime"] == regime and x["basis"] == "max_batch"
-                ),
-                None,
-            )
-            sample = next(r for r in gen if r["regime"] == regime)
-            subtitle = f"{regime} {sample['prompt_len']}/{sample['gen_len']}"
-            if ratio and ratio.get("tpm_ratio"):
-                subtitle += f"\nTPM P/L {ratio['tpm_ratio']:.0f}x, throughput {ratio['tok_per_s_ratio']:.1f}x"
-            ax.set(
-                xscale="log", yscale="log", xlabel="batch size", ylabel="K tokens/s (prefill included)", title=subtitle
-            )
-            _log_ticks(ax.xaxis, sorted({r["batch_size"] for r in gen + attempts if r["regime"] == regime}))
-            _plain_labels(ax.yaxis)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
-        fig.suptitle(f"Throughput vs batch · {title}", fontsize=10)
-        fig.tight_layout()
-        path = f"{stem}_batch.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    sweep = [r for r in records if r["record_type"] == "sweep"]
-    if sweep:
-        fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
-        for name in MODELS:
-            rows = [r for r in sweep if r["model"] == name]
-            contexts = sorted({r["prompt_len"] for r in rows})
-            big = [max((r for r in rows if r["prompt_len"] == c), key=lambda r: r["batch_size"]) for c in contexts]
-            one = [next((r for r in rows if r["prompt_len"] == c and r["batch_size"] == 1), None) for c in contexts]
-            measured = [(c, r["per_sample_gib"]) for c, r in zip(contexts, big, strict=True) if r["per_sample_gib"]]
-            if measured:
-                axes[0].plot(
-                    *zip(*measured, strict=True), "o-", color=colors[name], label=f"{LABELS[name]} measured (slope)"
-                )
-            axes[0].plot(
-                contexts,
-                [r["analytic_kv_gib"] for r in big],
-                "x--",
-                color=colors[name],
-                label=f"{LABELS[name]} analytic KV",
-            )
-            tpm = [(c, r["tpm"], r["batch_size"]) for c, r in zip(contexts, big, strict=True) if r["tpm"]]
-            if tpm:
-                axes[1].plot(
-                    [t[0] for t in tpm],
-                    [t[1] for t in tpm],
-                    "o-",
-                    color=colors[name],
-                    label=f"{LABELS[name]} (prefill included)",
-                )
-                for c, value, batch in tpm:
-                    axes[1].annotate(
-                        f"b={batch}",
-                        (c, value),
-                        xytext=(4, 4),
-                        textcoords="offset points",
-                        fontsize=7,
-                        color=colors[name],
-                    )
-            decode = [(c, r["decode_tpm"]) for c, r in zip(contexts, big, strict=True) if r.get("decode_tpm")]
-            if decode:
-                axes[1].plot(
-                    *zip(*decode, strict=True), "s:", color=colors[name], label=f"{LABELS[name]} (decode only)"
-                )
-            latency = [(c, r["decode_ms_per_token"]) for c, r in zip(contexts, one, strict=True) if r is not None]
-            if latency:
-                axes[2].plot(*zip(*latency, strict=True), "o-", color=colors[name], label=LABELS[name])
-        axes[0].set(
-            xscale="log",
-            yscale="log",
-            xlabel="prompt tokens",
-            ylabel="GiB per sample",
-            title="Memory per sample vs context",
-        )
-        axes[1].set(
-            xscale="log",
-            yscale="log",
-            xlabel="prompt tokens",
-            ylabel="TPM (K tok/s per GiB)",
-            title=f"TPM vs context (sweep batch, {sweep[0]['gen_len']} generated)",
-        )
-        axes[2].set(
-            xscale="log",
-            yscale="log",
-            xlabel="prompt tokens",
-            ylabel="ms per generated token",
-            title="Decode latency at batch 1",
-        )
-        for ax in axes:
-            _log_ticks(ax.xaxis, sorted({r["prompt_len"] for r in sweep}))
-            _plain_labels(ax.yaxis)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.suptitle(f"Context sweep · {title}", fontsize=10)
-        fig.tight_layout()
-        path = f"{stem}_context.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
-def _log_ticks(axis, values: list[int]):
-    """Label a log axis with the plain values that were measured (no 2 x 10^0 style labels)."""
-    import matplotlib.ticker
-
-    axis.set_major_locator(matplotlib.ticker.FixedLocator(values))
-    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if v < 1e4 else f"{v / 1024:g}K"))
-    axis.set_minor_locator(matplotlib.ticker.NullLocator())
-
-
-def _plain_labels(axis):
-    """Ticks at 1, 2, 5 x 10^k labelled as plain numbers (0.5, 2, 300) on a log axis."""
-    import matplotlib.ticker
-
-    axis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.0f}" if v >= 10 else f"{v:g}"))
-    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-
-
-def write_json(path: Path, results: dict):
-    """Write through a temporary file, so that a run killed mid-write keeps the previous complete version."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------------------------------------------ CLI
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="photon-hf bench",
-        description="PHOTON vs a same-size Llama through the same stock generate(): throughput, memory per sample, "
-        "TPM and their ratios (BENCH.md protocol). Options left out come from the preset.",
-    )
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="defaults: gpu-short on CUDA, else cpu-smoke")
-    parser.add_argument("--shape", choices=sorted(SHAPES), help="model shapes: the paper's 600M or a tiny CPU pair")
-    parser.add_argument(
-        "--kernel-backend",
-        choices=["auto", "torch", "triton"],
-        default="auto",
-        help="PHOTON's kernel_backend: auto (Triton kernels on CUDA when importable), torch or triton",
-    )
-    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on the CPU")
-    parser.add_argument("--budget-s", type=float, help="wall-clock budget of all sections (set-up not included)")
-    parser.add_argument(
-        "--regime",
-        dest="regimes",
-        action="append",
-        type=parse_regime,
-        metavar="NAME=P/G[:B,...]",
-        help="a regime (repeatable): prompt/generated lengths, optionally a fixed batch ladder "
-        "(else search the largest batch). Replaces the preset's regimes.",
-    )
-    parser.add_argument("--search-start", type=int, help="first batch size of the batch search")
-    parser.add_argument("--max-batch", type=int, help="largest batch size the search tries")
-    parser.add_argument("--repeats", type=int, help="timed generate calls per batch size (median)")
-    parser.add_argument(
-        "--sections",
-        type=lambda s: [x for x in s.split(",") if x],
-        metavar="LIST",
-        help=f"comma list of {', '.join(SECTIONS)}",
-    )
-    parser.add_argument("--profile", action="store_true", help="profiler mode: run only the profile section")
-    parser.add_argument("--profile-batch", type=int, help="batch size of the profiled generations")
-    parser.add_argument(
-        "--profile-steps",
-        type=int,
-        help="decode steps profiled, N (a multiple of the meta-chunk, 16, covers every PHOTON step kind)",
-    )
-    parser.add_argument(
-        "--sweep-contexts",
-        type=lambda s: [int(x) for x in s.split(",") if x],
-        metavar="LIST",
-        help="comma list of prompt lengths for the context sweep",
-    )
-    parser.add_argument("--sweep-batch", type=int, help="the sweep's large batch (halved while it does not fit)")
-    parser.add_argument("--sweep-gen", type=int, help="tokens generated at each sweep point (>= 2)")
-    parser.add_argument("--out-dir", default="bench/results", help="where the JSON and plots go (default: %(default)s)")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and prompts (default: %(default)s)")
-    return parser
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = argv
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.preset is None:
-        args.preset = "gpu-short" if torch.device(args.device).type == "cuda" else "cpu-smoke"
-    preset = PRESETS[args.preset]
-    for key, value in preset.items():
-        if key == "weights":
-            continue
-        if getattr(args, key, None) is None:
-            setattr(args, key, [parse_regime(v) for v in value] if key == "regimes" else value)
-    if args.profile:
-        args.sections = ["profile"]
-    unknown = set(args.sections) - set(SECTIONS)
-    if unknown:
-        parser.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
-    names = [r.name for r in args.regimes]
-    if len(set(names)) != len(names) or set(names) & set(SECTIONS):
-        parser.error(f"regime names must be distinct and not one of {SECTIONS}: {names}")
-    if args.sweep_gen < 2 or args.profile_steps < 1 or args.repeats < 1 or args.max_batch < 1:
-        parser.error("--sweep-gen must be >= 2, --profile-steps, --repeats and --max-batch >= 1")
-    args.weights = {**{r.name: 1.0 for r in args.regimes}, "profile": 0.5, "sweep": 1.0, **preset["weights"]}
-    args.out_stem = None
-    return args
-
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def run(args: argparse.Namespace) -> tuple[Path, dict]:
-    """Run the sections of `args` and write the JSON (after every section), the plots and the summary."""
+def run(args: argparse.Namespace, generate: Callable[..., object] = stock_generate) -> tuple[Path, dict]:
+    """Run the sections of `args` (`run_generation.parse_args`) and write the JSON (after every section), the plots
+    and the summary; every generation goes through `generate` (see `stock_generate`)."""
     device = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[
         args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     ]
     transformers.logging.set_verbosity_error()  # generate's per-call notices would bury the summary
-    bench = Bench(args, device, dtype)
+    bench = GenerationBench(args, device, dtype, generate)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", bench.device_name).strip("-")[:40]
     out_dir = Path(args.out_dir)
@@ -1379,29 +784,3 @@ def run(args: argparse.Namespace) -> tuple[Path, dict]:
     print("\n" + render_markdown(results, str(path)), flush=True)
     return path, results
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point (`photon-hf bench ARGS`, `python bench/run_generation.py ARGS`). Returns 0 when at least one
-    generation was measured."""
-    _, results = run(parse_args(argv))
-    return 0 if any(r.get("status") == "ok" for r in results["records"]) else 1
-
-
-def report_main(argv: list[str] | None = None) -> int:
-    """`python bench/report.py RESULTS.json [--plots]`: print the markdown tables of a results JSON (and redraw
-    its plots)."""
-    parser = argparse.ArgumentParser(
-        description="Render the markdown tables (and optionally the plots) of a results JSON."
-    )
-    parser.add_argument("json", help="a results file written by the benchmark")
-    parser.add_argument("--plots", action="store_true", help="(re)draw the PNG plots beside the JSON")
-    args = parser.parse_args(argv)
-    results = json.loads(Path(args.json).read_text())
-    if args.plots:
-        results["meta"]["plots"] = make_plots(results, str(Path(args.json).with_suffix("")))
-    print(render_markdown(results, args.json))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
