@@ -438,15 +438,9 @@ class GenerationBench:
                 for r in self.records
                 if r["record_type"] == "generation" and r["regime"] == regime and r["model"] == name
             ]
-            per_sample, source, batches = self.per_sample_memory(rows)
+            self.set_per_sample_figures(rows)
             for row in rows:
-                row.update(
-                    per_sample_gib=per_sample,
-                    per_sample_source=source,
-                    per_sample_batches=batches,
-                    tpm=row["tok_per_s"] / 1e3 / per_sample if per_sample else None,
-                    is_max_batch=False,
-                )
+                row["is_max_batch"] = False
             if rows:
                 best[name] = max(rows, key=lambda r: r["batch_size"])
                 best[name]["is_max_batch"] = True
@@ -463,6 +457,21 @@ class GenerationBench:
             if row["record_type"] == "generation" and row["regime"] == regime and row["model"] == "photon":
                 if row["batch_size"] in llama_rows:
                     self.add(self.ratio_record(regime, "same_batch", row, llama_rows[row["batch_size"]]))
+
+    def set_per_sample_figures(self, rows: list[dict], decode: bool = False):
+        """Give every row of one model and shape its per-sample memory (`per_sample_memory`) and TPM (and, with
+        `decode`, the TPM of the decode steps alone)."""
+        per_sample, source, batches = self.per_sample_memory(rows)
+        for row in rows:
+            row.update(
+                per_sample_gib=per_sample,
+                per_sample_source=source,
+                per_sample_batches=batches,
+                tpm=row["tok_per_s"] / 1e3 / per_sample if per_sample else None,
+            )
+            if decode:
+                tok_per_s = row["decode_tok_per_s"]
+                row["decode_tpm"] = tok_per_s / 1e3 / per_sample if per_sample and tok_per_s else None
 
     def per_sample_memory(self, rows: list[dict]) -> tuple[float | None, str | None, list[int] | None]:
         """Slope of the peak allocated memory (CUDA) or of the cache bytes (CPU) between the two largest batches."""
@@ -585,17 +594,7 @@ class GenerationBench:
                     if record["status"] not in ("oom", "skipped_fit"):
                         break
                     batch //= 2
-                per_sample, source, batches = self.per_sample_memory(rows)
-                for row in rows:
-                    row.update(
-                        per_sample_gib=per_sample,
-                        per_sample_source=source,
-                        per_sample_batches=batches,
-                        tpm=row["tok_per_s"] / 1e3 / per_sample if per_sample else None,
-                        decode_tpm=row["decode_tok_per_s"] / 1e3 / per_sample
-                        if per_sample and row["decode_tok_per_s"]
-                        else None,
-                    )
+                self.set_per_sample_figures(rows, decode=True)
             if not active:
                 break
 

@@ -74,8 +74,9 @@ def parse_regime(spec: str) -> Regime:
     return Regime(name, int(prompt), int(gen), batches)
 
 
-# Defaults of each preset (any option given on the command line wins). `weights` share the budget among sections.
-PRESETS: dict[str, dict] = {
+# Run presets, the defaults of `--preset NAME` (any option given on the command line wins). `weights` share the
+# budget among sections.
+RUN_PRESETS: dict[str, dict] = {
     # Tiny models on the CPU: checks the harness end to end (CI), figures mean nothing for a GPU.
     "cpu-smoke": dict(
         shape="tiny",

@@ -21,7 +21,7 @@ from bench_utils import use_checkout_sources
 use_checkout_sources()
 
 from generation_harness import run  # noqa: E402
-from generation_protocol import PRESETS, SECTIONS, parse_regime  # noqa: E402
+from generation_protocol import RUN_PRESETS, SECTIONS, parse_regime  # noqa: E402
 
 from photon_hf import PHOTON_PRESETS  # noqa: E402
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="PHOTON vs a same-size Llama through the same stock generate(): throughput, memory per sample, "
         "TPM and their ratios (BENCH.md protocol). Options left out come from the preset.",
     )
-    parser.add_argument("--preset", choices=sorted(PRESETS), help="defaults: gpu-short on CUDA, else cpu-smoke")
+    parser.add_argument("--preset", choices=sorted(RUN_PRESETS), help="defaults: gpu-short on CUDA, else cpu-smoke")
     parser.add_argument(
         "--shape",
         choices=list(PHOTON_PRESETS),
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.preset is None:
         args.preset = "gpu-short" if torch.device(args.device).type == "cuda" else "cpu-smoke"
-    preset = PRESETS[args.preset]
+    preset = RUN_PRESETS[args.preset]
     for key, value in preset.items():
         if key == "weights":
             continue

@@ -567,7 +567,7 @@ def _add_quickstart_parser(subparsers):
                     "byte-level blocks, train a small PHOTON with transformers.Trainer for --minutes, save it in "
                     "Hugging Face format, load it back with AutoModelForCausalLM, generate text with generate(), and "
                     "print its KV-cache memory beside a Llama of the same shape. Writes only the model folder "
-                    "(about 8 MB for the small shape); the packed data stays in memory.",
+                    "(7.4 MB for the small shape); the packed data stays in memory.",
         epilog="example: photon-hf quickstart --minutes 5 --output-dir photon-quickstart",
     )
     parser.add_argument("--output-dir", default="photon-quickstart", help="where to save (default: photon-quickstart)")

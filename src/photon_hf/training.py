@@ -120,8 +120,7 @@ class TrainJob:
         check("output_dir", bool(self.output_dir), "a folder name")
         check("size", self.size in PHOTON_PRESETS, f"one of {', '.join(PHOTON_PRESETS)}")
         check("validation_fraction", 0 < self.validation_fraction < 1, "between 0 and 1")
-        for name in ("block_size",):
-            positive_int(name, minimum=2)
+        positive_int("block_size", minimum=2)
         for name in ("batch_size", "grad_accum", "max_steps", "eval_steps", "logging_steps", "save_steps"):
             positive_int(name)
         for name in ("max_files", "num_proc", "save_total_limit"):
