@@ -727,7 +727,7 @@ class PhotonModel(PhotonPreTrainedModel):
 
         def attend(q, k, v, layer_idx):
             keys, values = layer.write_decoder(layer_idx, k, v, slot, mask)
-            return ops.decode_attention(q[:, :, 0], keys, values, 0, slot + 1)[:, :, None]
+            return ops.decode_attention(q[:, :, 0], keys, values, torch.zeros_like(slot), slot + 1)[:, :, None]
 
         return self.levels[level].decoder(x[:, None], cos, sin, attend)[:, 0]
 
