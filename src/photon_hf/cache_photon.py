@@ -368,7 +368,7 @@ class PhotonCache(Cache):
         sizes = [None if max_cache_len is None else max(max_cache_len // level.tokens_per_unit, 1) for level in levels]
         super().__init__(layers=[PhotonLevelCache(lvl, config, size) for lvl, size in zip(levels, sizes, strict=True)])
         self.config = config
-        self.max_cache_len = max_cache_len
+        self.max_columns = max_cache_len  # columns (pads included) the static storage holds; None: it grows
         self.period = levels[-1].tokens_per_unit  # P_L: steps repeat with the meta-chunk
         self.recording = False
         self._reset_rows()
@@ -402,7 +402,7 @@ class PhotonCache(Cache):
     def __repr__(self) -> str:
         return (
             f"PhotonCache(levels={len(self.layers)}, batch_size={self.batch_size}, seen={self.seen}, "
-            f"max_cache_len={self.max_cache_len}, bytes={self.nbytes()})"
+            f"max_columns={self.max_columns}, bytes={self.nbytes()})"
         )
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -417,8 +417,10 @@ class PhotonCache(Cache):
         return [self.seen - p for p in self.pads]
 
     def nbytes(self) -> int:
-        """Measured size: bytes of every tensor the cache holds. A static cache is sized for `max_cache_len`
-        columns from the start, so it equals `kv_cache_bytes(config, max_cache_len)` per unpadded row."""
+        """Measured size: bytes of every tensor the cache holds. A static cache is sized for `max_columns` columns
+        from the prefill on, so it equals `kv_cache_bytes(config, max_columns)` per row (the top level's entries
+        come in units of P_L tokens, so after generate, whose `max_columns` is the last column consumed, this is
+        also `kv_cache_bytes(config, get_seq_length())` for unpadded rows)."""
         total = sum(layer.nbytes() for layer in self.layers)
         for tensor in (self.counts, self.history_tokens):
             if tensor is not None:
@@ -427,9 +429,9 @@ class PhotonCache(Cache):
 
     def reserve_columns(self, max_cache_len: int):
         """Size a static cache for `max_cache_len` columns (a returned cache that generate continues further)."""
-        if self.max_cache_len is None or max_cache_len <= self.max_cache_len:
+        if self.max_columns is None or max_cache_len <= self.max_columns:
             return
-        self.max_cache_len = max_cache_len
+        self.max_columns = max_cache_len
         for layer in self.layers:
             layer.max_units = max(max_cache_len // layer.level.tokens_per_unit, 1)
             layer.reserve(layer.units)

@@ -904,6 +904,8 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
                 f"cache_implementation={generation_config.cache_implementation!r} is not supported by PHOTON: its "
                 "hierarchical PhotonCache is built automatically. Leave cache_implementation unset."
             )
+        if getattr(generation_config, "max_cache_len", None) is not None:  # a fixed size: graphs shared across calls
+            max_cache_length = max(max_cache_length, generation_config.max_cache_len)
         model_kwargs[CACHE_NAME] = PhotonCache(self.config, max_cache_len=max_cache_length)
         if getattr(generation_config, "is_assistant", False):
             model_kwargs[CACHE_NAME].activate_past_recording()
