@@ -70,37 +70,50 @@ class PhotonStep(NamedTuple):
 
     `continuing[l]`: some row finished a sub-unit of level l whose unit goes on (a local-decoder step);
     `closing[l]`: some row completed a level-l unit (chunker, encoder step, then the level above, then a new unit's
-    prefix). A column's step depends only on its phase in the meta-chunk (P_L columns) and the rows' padding, so a
-    compiled decode step has at most P_L variants, and L + 1 when every row has the same padding.
+    prefix); `every_row[l]`: every row of the batch takes the same path at level l, so no write needs a mask. A
+    column's step depends only on its phase in the meta-chunk (P_L columns) and the rows' padding, so a compiled
+    decode step has at most P_L variants, and at most L + 1 when every row has the same padding.
     """
 
     continuing: tuple[bool, ...]
     closing: tuple[bool, ...]
+    every_row: tuple[bool, ...]
 
 
 class PhotonRows(NamedTuple):
-    """Where every row stands at one level in the current decode column (all [B] tensors, on the device).
+    """Where every row stands at one level in the current decode column ([B] tensors, on the device).
 
-    `arriving`: the row finished a sub-unit of this level (every row at level 0; above, the rows that closed the
-    level below); `closing`: that sub-unit completes the row's unit; `phase`: the sub-unit's index in its unit
-    (0..C-1); `unit`: the index of the row's current unit (the one that `closing` rows just completed).
+    Masks, each None when every row of the batch takes the same path (`PhotonStep.every_row`): `arriving`, the row
+    finished a sub-unit of this level (every row at level 0; above, the rows that closed the level below);
+    `closing`, that sub-unit completes the row's unit; `continuing`, arriving but not closing. Positions: `phase`,
+    the sub-unit's index in its unit (0..C-1); `unit`, the index of the row's current unit (the one that closing
+    rows just completed).
     """
 
-    arriving: torch.Tensor
-    closing: torch.Tensor
+    arriving: torch.Tensor | None
+    closing: torch.Tensor | None
+    continuing: torch.Tensor | None
     phase: torch.Tensor
     unit: torch.Tensor
 
 
-def _write_rows(buffer: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor):
-    """In place: buffer[b, ..., index[b], ...] = values[b] (position `dim`) for the rows where mask[b].
+def _write_rows(buffer: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
+    """In place: buffer[b, ..., index[b], ...] = values[b] (position `dim`) for the rows where mask[b] (all: None).
 
     buffer: [B, ...]; index, mask: [B]; values: buffer's shape with size 1 at `dim`.
     """
     shape = [-1] + [1] * (buffer.dim() - 1)
     index = index.view(shape).expand(values.shape)
-    kept = buffer.gather(dim, index)
-    buffer.scatter_(dim, index, torch.where(mask.view(shape), values.to(buffer.dtype), kept))
+    values = values.to(buffer.dtype)
+    if mask is not None:
+        values = torch.where(mask.view(shape), values, buffer.gather(dim, index))
+    buffer.scatter_(dim, index, values)
+
+
+def _keep_rows(store: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None):
+    """In place: store[b] = new[b] for the rows where mask[b] (all: None)."""
+    new = new.to(store.dtype)
+    store.copy_(new if mask is None else torch.where(mask.view(-1, *[1] * (store.dim() - 1)), new, store))
 
 
 def _static(tensor: torch.Tensor) -> torch.Tensor:
@@ -243,7 +256,7 @@ class PhotonLevelCache(CacheLayerMixin):
         return start, unit + 1
 
     def write_encoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, unit: torch.Tensor,
-                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys/values [B, Hkv, 1, hd] of unit `unit` ([B]) for the rows in `mask`; return the layer's
         whole encoder KV ([B, Hkv, capacity, hd] each), to be read within `encoder_bounds`."""
         slot = unit % self.level.encoder_window if self.ring else unit
@@ -255,7 +268,7 @@ class PhotonLevelCache(CacheLayerMixin):
         """Recording, at the prefill: the encoder states [G, units, D] of the cache rows `rows`."""
         self.history[rows, : states.shape[1]] = states
 
-    def record(self, unit: torch.Tensor, state: torch.Tensor, mask: torch.Tensor):
+    def record(self, unit: torch.Tensor, state: torch.Tensor, mask: torch.Tensor | None):
         """Recording: keep the encoder state [B, D] of unit `unit` for the rows in `mask`."""
         if self.history.shape[1] < self.units:
             grow = self.history.new_zeros(self.history.shape[0], self.units - self.history.shape[1], self.hidden_size)
@@ -264,21 +277,20 @@ class PhotonLevelCache(CacheLayerMixin):
 
     # ---------------------------------------------------------------------------- the local decoder's state
     def write_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
-                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys/values [B, Hkv, 1, hd] at window slot `slot` ([B]) for the rows in `mask`; return the
         layer's local KV ([B, Hkv, R + C - 1, hd] each)."""
         _write_rows(self.decoder_keys[layer], 2, slot, keys, mask)
         _write_rows(self.decoder_values[layer], 2, slot, values, mask)
         return self.decoder_keys[layer], self.decoder_values[layer]
 
-    def reset_unit(self, layer: int, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor):
+    def reset_unit(self, layer: int, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
         """Start a new unit for the rows in `mask`: its prefix keys/values [B, Hkv, R, hd] fill slots 0..R-1."""
         width = keys.shape[2]
-        for store, new in ((self.decoder_keys, keys), (self.decoder_values, values)):
-            slots = store[layer, :, :, :width]
-            slots.copy_(torch.where(mask.view(-1, 1, 1, 1), new.to(slots.dtype), slots))
+        _keep_rows(self.decoder_keys[layer, :, :, :width], keys, mask)
+        _keep_rows(self.decoder_values[layer, :, :, :width], values, mask)
 
-    def write_pending(self, phase: torch.Tensor, items: torch.Tensor, mask: torch.Tensor):
+    def write_pending(self, phase: torch.Tensor, items: torch.Tensor, mask: torch.Tensor | None):
         """Keep the finished sub-unit `items` ([B] token ids or [B, D] states) at `phase` for the rows in `mask`."""
         _write_rows(self.pending, 1, phase, items[:, None], mask)
 
@@ -287,10 +299,9 @@ class PhotonLevelCache(CacheLayerMixin):
         gather = index.view(-1, 1, 1).expand(-1, 1, self.hidden_size)
         return self.predictions.gather(1, gather)[:, 0]
 
-    def write_predictions(self, predictions: torch.Tensor, mask: torch.Tensor):
+    def write_predictions(self, predictions: torch.Tensor, mask: torch.Tensor | None):
         """"self" decoding: replace the kept predictions ([B, C + 1, D]) of the rows in `mask`."""
-        kept = self.predictions
-        kept.copy_(torch.where(mask.view(-1, 1, 1), predictions.to(kept.dtype), kept))
+        _keep_rows(self.predictions, predictions, mask)
 
     def store_local(self, rows: slice, pending: torch.Tensor, predictions: torch.Tensor | None = None):
         """Prefill / rebuild: set the pending sub-units (and "self" predictions) of the cache rows `rows`."""
@@ -466,34 +477,35 @@ class PhotonCache(Cache):
         """The step of every column that brings `seen` to `phase` (mod P_L), from the rows' distinct paddings."""
         # Real-token counts mod P_L, as 1..P_L (a multiple of P_L completes a unit at every level).
         counts = {(phase - pad) % self.period or self.period for pad in set(self.pads)}
-        continuing, closing = [], []
+        continuing, closing, every_row = [], [], []
         arriving = counts
         for level in self.config.levels:
-            below = level.tokens_per_subunit
-            arrived = {c for c in arriving if c % below == 0}
+            arrived = {c for c in arriving if c % level.tokens_per_subunit == 0}
             closed = {c for c in arrived if c % level.tokens_per_unit == 0}
             continuing.append(bool(arrived - closed))
             closing.append(bool(closed))
+            every_row.append(arrived == counts and closed in (arrived, set()))
             if not closed:
                 break
             arriving = closed
-        return PhotonStep(tuple(continuing), tuple(closing))
+        return PhotonStep(tuple(continuing), tuple(closing), tuple(every_row))
 
     def advance(self) -> torch.Tensor:
         """The device side of consuming one column (inside the step): count it; returns the counts [B]."""
         self.counts.add_(1)
         return self.counts
 
-    def rows(self, level: int, counts: torch.Tensor) -> PhotonRows:
-        """Where each row stands at `level` once it has consumed `counts` ([B]) real tokens."""
+    def rows(self, level: int, counts: torch.Tensor, step: PhotonStep) -> PhotonRows:
+        """Where each row stands at `level` once it has consumed `counts` ([B]) real tokens, in column `step`."""
         geometry = self.layers[level].level
         below = geometry.tokens_per_subunit
-        return PhotonRows(
-            arriving=counts % below == 0,
-            closing=counts % geometry.tokens_per_unit == 0,
-            phase=(counts // below - 1) % geometry.chunk_size,
-            unit=counts // geometry.tokens_per_unit - 1,
-        )
+        phase = (counts // below - 1) % geometry.chunk_size
+        unit = counts // geometry.tokens_per_unit - 1
+        if step.every_row[level]:
+            return PhotonRows(None, None, None, phase, unit)
+        arriving = counts % below == 0
+        closing = counts % geometry.tokens_per_unit == 0
+        return PhotonRows(arriving, closing, arriving & ~closing, phase, unit)
 
     def record_tokens(self, tokens: torch.Tensor):
         """Recording: append input columns [B, n] to the token history."""

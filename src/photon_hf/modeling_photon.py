@@ -268,7 +268,7 @@ class PhotonModel(PhotonPreTrainedModel):
         self.embed_dec = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary_emb = PhotonRotaryEmbedding(config)
         self.gradient_checkpointing = False
-        self._compiled_column: tuple[str, Callable] | None = None
+        self._compiled_column: tuple[str, Callable] | None = None  # (compile options, compiled decode_column)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -661,7 +661,7 @@ class PhotonModel(PhotonPreTrainedModel):
         [B, D] above (other rows' entries are ignored). Returns what conditions each row's next sub-unit, [B, D]
         (the token state at level 0), valid for the arriving rows."""
         lvl, layer = self.levels[level], cache.layers[level]
-        rows = cache.rows(level, counts)
+        rows = cache.rows(level, counts, step)
         layer.write_pending(rows.phase, items, rows.arriving)
         continuing = closing = None
         if step.continuing[level]:
@@ -689,7 +689,7 @@ class PhotonModel(PhotonPreTrainedModel):
                       ops: PhotonOps) -> torch.Tensor:
         """One context-encoder step at each row's current unit: units [B, D] -> states [B, D]; the closing rows'
         keys and values enter the encoder cache."""
-        position = rows.unit.clamp(min=0)
+        position = rows.unit.clamp(min=0)  # rows that do not close: any valid position (their writes are masked)
         cos, sin = self._rope(position, units.dtype)
         start, end = layer.encoder_bounds(position)
 
@@ -723,10 +723,9 @@ class PhotonModel(PhotonPreTrainedModel):
         geometry = self.levels[level].geometry
         slot = geometry.converter_width + rows.phase.clamp(max=geometry.chunk_size - 2)  # closing rows: unused
         cos, sin = self._rope(slot, x.dtype)
-        mask = rows.arriving & ~rows.closing
 
         def attend(q, k, v, layer_idx):
-            keys, values = layer.write_decoder(layer_idx, k, v, slot, mask)
+            keys, values = layer.write_decoder(layer_idx, k, v, slot, rows.continuing)
             return ops.decode_attention(q[:, :, 0], keys, values, torch.zeros_like(slot), slot + 1)[:, :, None]
 
         return self.levels[level].decoder(x[:, None], cos, sin, attend)[:, 0]
@@ -747,7 +746,7 @@ class PhotonModel(PhotonPreTrainedModel):
         and on the cache's shapes, never on the sequence length; dynamo's recompile limit is raised to fit them.
         """
         options = compile_config.to_dict()
-        key = repr(sorted(options.items()))
+        key = f"{id(self)}:{sorted(options.items())!r}"  # a deep copy of the model compiles its own
         if self._compiled_column is None or self._compiled_column[0] != key:
             variants = 2 * min(self.levels[-1].geometry.tokens_per_unit, 3 ** len(self.levels)) + 8
             dynamo = torch._dynamo.config
@@ -858,7 +857,7 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
         target = outputs.encoder_streams[level].detach()
         units = min(pred.shape[1], target.shape[1])
         distance = 1 - F.cosine_similarity(pred[:, :units].float(), target[:, :units].float(), dim=-1)
-        per_unit = self.config.tokens_per_unit[level]
+        per_unit = self.config.levels[level].tokens_per_unit
         valid = torch.arange(units, device=labels.device)[None, :] < (outputs.real_lengths // per_unit)[:, None]
         total = (distance * valid).sum() * per_unit
         if num_items_in_batch is None:
@@ -880,6 +879,20 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
         """
         step = self.model.compiled_decode_column(compile_config or CompileConfig())
         return functools.partial(self.__call__, decode_step=step)
+
+    def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
+        """transformers' criteria; where they refuse a PhotonCache that records the past (assisted decoding, prompt
+        lookup: `crop` needs the history, so the cache grows) on a device that would compile, say so once."""
+        valid = super()._valid_auto_compile_criteria(model_kwargs, generation_config)
+        cache = model_kwargs.get(CACHE_NAME)
+        if not valid and isinstance(cache, PhotonCache) and cache.recording and self.device.type == "cuda" and (
+            not generation_config.disable_compile
+        ):
+            logger.warning_once(
+                "PHOTON decodes eagerly in assisted decoding / prompt lookup: its cache records the past for crop() "
+                "and grows, so it is not compileable."
+            )
+        return valid
 
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs):
         """generate() turns the 2D mask into a 4D causal one for a compileable cache; PHOTON reads the 2D left-pad
