@@ -97,23 +97,28 @@ class PhotonRows(NamedTuple):
     unit: torch.Tensor
 
 
+# Writes inside a decode step go through index_put_ / index_copy_ on whole tensors (never through views of a larger
+# one): inductor keeps those in place, where a scatter_ or a write through a view copies the whole buffer per step.
 def _write_rows(buffer: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
     """In place: buffer[b, ..., index[b], ...] = values[b] (position `dim`) for the rows where mask[b] (all: None).
 
-    buffer: [B, ...]; index, mask: [B]; values: buffer's shape with size 1 at `dim`.
+    buffer: [B, ...]; index, mask: [B]; values: buffer's shape without dimension `dim`.
     """
-    shape = [-1] + [1] * (buffer.dim() - 1)
-    index = index.view(shape).expand(values.shape)
+    key = (torch.arange(buffer.shape[0], device=buffer.device),) + (slice(None),) * (dim - 1) + (index,)
     values = values.to(buffer.dtype)
     if mask is not None:
-        values = torch.where(mask.view(shape), values, buffer.gather(dim, index))
-    buffer.scatter_(dim, index, values)
+        values = torch.where(mask.view(-1, *[1] * (values.dim() - 1)), values, buffer[key])
+    buffer[key] = values
 
 
-def _keep_rows(store: torch.Tensor, new: torch.Tensor, mask: torch.Tensor | None):
-    """In place: store[b] = new[b] for the rows where mask[b] (all: None)."""
-    new = new.to(store.dtype)
-    store.copy_(new if mask is None else torch.where(mask.view(-1, *[1] * (store.dim() - 1)), new, store))
+def _write_slots(buffer: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
+    """In place: the first n slots (dim 2) of buffer [B, Hkv, S, hd] take values [B, Hkv, n, hd] for the rows where
+    mask[b] (all: None)."""
+    slots = torch.arange(values.shape[2], device=buffer.device)
+    values = values.to(buffer.dtype)
+    if mask is not None:
+        values = torch.where(mask.view(-1, 1, 1, 1), values, buffer.index_select(2, slots))
+    buffer.index_copy_(2, slots, values)
 
 
 def _static(tensor: torch.Tensor) -> torch.Tensor:
@@ -127,9 +132,10 @@ def _static(tensor: torch.Tensor) -> torch.Tensor:
 class PhotonLevelCache(CacheLayerMixin):
     """The cached state of one PHOTON level, for every row of the batch.
 
-    - `encoder_keys`, `encoder_values`: [layers, B, Hkv, capacity, hd], the context encoder's KV, one entry per unit;
-      a ring of `window` entries when the level's encoder has a sliding window (unless recording for `crop`);
-    - `decoder_keys`, `decoder_values`: [layers, B, Hkv, R + C - 1, hd], the local decoder's KV of the current unit;
+    - `encoder_keys`, `encoder_values`: per layer [B, Hkv, capacity, hd], the context encoder's KV, one entry per
+      unit; a ring of `window` entries when the level's encoder has a sliding window (unless recording for `crop`);
+    - `decoder_keys`, `decoder_values`: per layer [B, Hkv, R + C - 1, hd], the local decoder's KV of the current
+      unit;
     - `pending`: the finished sub-units of the current unit, [B, C] token ids at level 0, [B, C, D] states above;
     - `predictions` ("self" decoding, levels above 0): [B, C + 1, D], the previous unit's last prediction and the
       current unit's C;
@@ -172,7 +178,7 @@ class PhotonLevelCache(CacheLayerMixin):
 
     @property
     def capacity(self) -> int:
-        return self.encoder_keys.shape[3]
+        return self.encoder_keys[0].shape[2]
 
     def __repr__(self) -> str:
         return f"PhotonLevelCache(level={self.level.index}, units={self.units})"
@@ -180,7 +186,7 @@ class PhotonLevelCache(CacheLayerMixin):
     # ------------------------------------------------------------------------------------------ allocation
     def lazy_initialization(self, batch_size: int, device: torch.device, dtype: torch.dtype, units: int = 0):
         """Allocate the storage for `batch_size` rows, the longest of which has completed `units` units."""
-        level, static = self.level, self.is_compileable
+        level = self.level
         if self.ring:
             capacity = level.encoder_window
         else:
@@ -188,13 +194,15 @@ class PhotonLevelCache(CacheLayerMixin):
         kv = (self.kv_heads, self.head_dim)
 
         def zeros(*shape, dtype=dtype):
-            tensor = torch.zeros(*shape, device=device, dtype=dtype)
-            return _static(tensor) if static else tensor
+            return self._placed(torch.zeros(*shape, device=device, dtype=dtype))
 
-        self.encoder_keys = zeros(level.num_encoder_layers, batch_size, kv[0], capacity, kv[1])
-        self.encoder_values = zeros(level.num_encoder_layers, batch_size, kv[0], capacity, kv[1])
-        self.decoder_keys = zeros(level.num_decoder_layers, batch_size, kv[0], level.decoder_slots, kv[1])
-        self.decoder_values = zeros(level.num_decoder_layers, batch_size, kv[0], level.decoder_slots, kv[1])
+        def per_layer(layers, slots):
+            return [zeros(batch_size, kv[0], slots, kv[1]) for _ in range(layers)]
+
+        self.encoder_keys = per_layer(level.num_encoder_layers, capacity)
+        self.encoder_values = per_layer(level.num_encoder_layers, capacity)
+        self.decoder_keys = per_layer(level.num_decoder_layers, level.decoder_slots)
+        self.decoder_values = per_layer(level.num_decoder_layers, level.decoder_slots)
         if level.index == 0:
             self.pending = zeros(batch_size, level.chunk_size, dtype=torch.long)
         else:
@@ -216,15 +224,15 @@ class PhotonLevelCache(CacheLayerMixin):
         if self.max_units is not None:
             self.max_units = max(self.max_units, grown)
             grown = max(grown, self.max_units)
-        for name in ("encoder_keys", "encoder_values"):
-            old = getattr(self, name)
-            new = old.new_zeros(*old.shape[:3], grown, old.shape[4])
-            new[:, :, :, : old.shape[3]] = old
-            setattr(self, name, _static(new) if self.is_compileable else new)
+        for store in (self.encoder_keys, self.encoder_values):
+            for layer, old in enumerate(store):
+                new = old.new_zeros(*old.shape[:2], grown, old.shape[3])
+                new[:, :, : old.shape[2]] = old
+                store[layer] = self._placed(new)
 
     def nbytes(self) -> int:
-        tensors = (self.encoder_keys, self.encoder_values, self.decoder_keys, self.decoder_values, self.pending,
-                   self.predictions, self.history)
+        tensors = [*(self.encoder_keys or []), *(self.encoder_values or []), *(self.decoder_keys or []),
+                   *(self.decoder_values or []), self.pending, self.predictions, self.history]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     # ------------------------------------------------------------------------------- the context encoder's KV
@@ -234,8 +242,8 @@ class PhotonLevelCache(CacheLayerMixin):
         if not self.ring:
             n = min(self.capacity, kv[0][0].shape[2])
             for layer, (k, v) in enumerate(kv):
-                self.encoder_keys[layer, rows, :, :n] = k[:, :, :n]
-                self.encoder_values[layer, rows, :, :n] = v[:, :, :n]
+                self.encoder_keys[layer][rows, :, :n] = k[:, :, :n]
+                self.encoder_values[layer][rows, :, :n] = v[:, :, :n]
             return
         # Ring of W slots: slot s holds the latest unit p < units with p = s (mod W).
         window = self.level.encoder_window
@@ -244,8 +252,8 @@ class PhotonLevelCache(CacheLayerMixin):
         latest = (count - 1 - ((count - 1 - slots) % window)).clamp(min=0)
         index = latest[:, None, :, None].expand(-1, self.kv_heads, -1, self.head_dim)
         for layer, (k, v) in enumerate(kv):
-            self.encoder_keys[layer, rows] = k.gather(2, index.clamp(max=k.shape[2] - 1))
-            self.encoder_values[layer, rows] = v.gather(2, index.clamp(max=v.shape[2] - 1))
+            self.encoder_keys[layer][rows] = k.gather(2, index.clamp(max=k.shape[2] - 1))
+            self.encoder_values[layer][rows] = v.gather(2, index.clamp(max=v.shape[2] - 1))
 
     def encoder_bounds(self, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder entries [start, end) that a query at `unit` ([B], its own entry written) attends to."""
@@ -260,8 +268,8 @@ class PhotonLevelCache(CacheLayerMixin):
         """Store the keys/values [B, Hkv, 1, hd] of unit `unit` ([B]) for the rows in `mask`; return the layer's
         whole encoder KV ([B, Hkv, capacity, hd] each), to be read within `encoder_bounds`."""
         slot = unit % self.level.encoder_window if self.ring else unit
-        _write_rows(self.encoder_keys[layer], 2, slot, keys, mask)
-        _write_rows(self.encoder_values[layer], 2, slot, values, mask)
+        _write_rows(self.encoder_keys[layer], 2, slot, keys[:, :, 0], mask)
+        _write_rows(self.encoder_values[layer], 2, slot, values[:, :, 0], mask)
         return self.encoder_keys[layer], self.encoder_values[layer]
 
     def store_history(self, rows: slice, states: torch.Tensor):
@@ -273,26 +281,25 @@ class PhotonLevelCache(CacheLayerMixin):
         if self.history.shape[1] < self.units:
             grow = self.history.new_zeros(self.history.shape[0], self.units - self.history.shape[1], self.hidden_size)
             self.history = torch.cat([self.history, grow], dim=1)
-        _write_rows(self.history, 1, unit.clamp(max=self.history.shape[1] - 1), state[:, None], mask)
+        _write_rows(self.history, 1, unit.clamp(max=self.history.shape[1] - 1), state, mask)
 
     # ---------------------------------------------------------------------------- the local decoder's state
     def write_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
                       mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys/values [B, Hkv, 1, hd] at window slot `slot` ([B]) for the rows in `mask`; return the
         layer's local KV ([B, Hkv, R + C - 1, hd] each)."""
-        _write_rows(self.decoder_keys[layer], 2, slot, keys, mask)
-        _write_rows(self.decoder_values[layer], 2, slot, values, mask)
+        _write_rows(self.decoder_keys[layer], 2, slot, keys[:, :, 0], mask)
+        _write_rows(self.decoder_values[layer], 2, slot, values[:, :, 0], mask)
         return self.decoder_keys[layer], self.decoder_values[layer]
 
     def reset_unit(self, layer: int, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
         """Start a new unit for the rows in `mask`: its prefix keys/values [B, Hkv, R, hd] fill slots 0..R-1."""
-        width = keys.shape[2]
-        _keep_rows(self.decoder_keys[layer, :, :, :width], keys, mask)
-        _keep_rows(self.decoder_values[layer, :, :, :width], values, mask)
+        _write_slots(self.decoder_keys[layer], keys, mask)
+        _write_slots(self.decoder_values[layer], values, mask)
 
     def write_pending(self, phase: torch.Tensor, items: torch.Tensor, mask: torch.Tensor | None):
         """Keep the finished sub-unit `items` ([B] token ids or [B, D] states) at `phase` for the rows in `mask`."""
-        _write_rows(self.pending, 1, phase, items[:, None], mask)
+        _write_rows(self.pending, 1, phase, items, mask)
 
     def prediction(self, index: torch.Tensor) -> torch.Tensor:
         """"self" decoding: each row's kept prediction at `index` ([B], 0 = the previous unit's last) -> [B, D]."""
@@ -301,7 +308,10 @@ class PhotonLevelCache(CacheLayerMixin):
 
     def write_predictions(self, predictions: torch.Tensor, mask: torch.Tensor | None):
         """"self" decoding: replace the kept predictions ([B, C + 1, D]) of the rows in `mask`."""
-        _keep_rows(self.predictions, predictions, mask)
+        predictions = predictions.to(self.predictions.dtype)
+        if mask is not None:
+            predictions = torch.where(mask.view(-1, 1, 1), predictions, self.predictions)
+        self.predictions.copy_(predictions)
 
     def store_local(self, rows: slice, pending: torch.Tensor, predictions: torch.Tensor | None = None):
         """Prefill / rebuild: set the pending sub-units (and "self" predictions) of the cache rows `rows`."""
@@ -311,34 +321,32 @@ class PhotonLevelCache(CacheLayerMixin):
 
     def store_decoder(self, layer: int, rows: slice, keys: torch.Tensor, values: torch.Tensor):
         """Prefill / rebuild: set the local KV ([G, Hkv, R + C - 1, hd]) of the cache rows `rows`."""
-        self.decoder_keys[layer, rows] = keys
-        self.decoder_values[layer, rows] = values
+        self.decoder_keys[layer][rows] = keys
+        self.decoder_values[layer][rows] = values
 
     # ------------------------------------------------------------------------------------------ batch reshaping
-    def _row_tensors(self) -> list[tuple[str, int]]:
-        """(attribute, batch dim) of every row-major tensor."""
-        names = [("encoder_keys", 1), ("encoder_values", 1), ("decoder_keys", 1), ("decoder_values", 1),
-                 ("pending", 0), ("predictions", 0), ("history", 0)]
-        return [(name, dim) for name, dim in names if getattr(self, name) is not None]
+    def _map_rows(self, fn):
+        """Replace every row-major tensor (batch first) t by fn(t)."""
+        for store in (self.encoder_keys, self.encoder_values, self.decoder_keys, self.decoder_values):
+            store[:] = [fn(t) for t in store]
+        self.pending = fn(self.pending)
+        self.predictions = None if self.predictions is None else fn(self.predictions)
+        self.history = None if self.history is None else fn(self.history)
 
     def reorder(self, index: torch.Tensor):
         """Row i takes the state of row index[i], in place (the storage keeps its address)."""
-        for name, dim in self._row_tensors():
-            tensor = getattr(self, name)
-            tensor.copy_(tensor.index_select(dim, index.to(tensor.device)))
-
-    def _rebuild_rows(self, fn):
-        for name, dim in self._row_tensors():
-            tensor = fn(getattr(self, name), dim)
-            setattr(self, name, _static(tensor) if self.is_compileable and name != "history" else tensor)
+        self._map_rows(lambda t: t.copy_(t.index_select(0, index.to(t.device))))
 
     def select(self, index: torch.Tensor):
         """Keep only the rows `index`."""
-        self._rebuild_rows(lambda t, dim: t.index_select(dim, index.to(t.device)))
+        self._map_rows(lambda t: self._placed(t.index_select(0, index.to(t.device))))
 
     def repeat(self, repeats: int):
         """Repeat every row `repeats` times (row order a, a, b, b, ...)."""
-        self._rebuild_rows(lambda t, dim: t.repeat_interleave(repeats, dim=dim))
+        self._map_rows(lambda t: self._placed(t.repeat_interleave(repeats, dim=0)))
+
+    def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
+        return _static(tensor) if self.is_compileable else tensor
 
     def crop(self, units: int):
         """Keep the recorded encoder states of the first `units` units (the local state is rebuilt from them)."""
