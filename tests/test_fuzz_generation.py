@@ -1,8 +1,9 @@
 """Fuzz test of cached decoding against the full forward, in the style of transformers' and fla's generation parity
 tests: random small configs (1-3 levels, chunk sizes 1-5, sliding windows or not, "encoder"/"self" decoding, GQA),
-random prompt lengths and left-pad patterns, greedy and sampled continuations. Everything runs in float64, where
-the cached steps must equal the uncached forward to 1e-9 relative: any bookkeeping error is orders of magnitude
-larger than that.
+random prompt lengths and left-pad patterns, greedy and sampled continuations, static, growing and recording
+caches (the last cropped and decoded again). Everything runs in float64, where the cached steps must equal the
+uncached forward to 1e-9 relative: any bookkeeping error is orders of magnitude larger than that. (The compiled
+step runs this same code; tests/test_compile.py checks it against eager decoding.)
 """
 
 import math
@@ -66,7 +67,7 @@ def random_case(seed: int):
         mask[row, width - length :] = 1
         ids[row, : width - length] = 0
     new_tokens = rng.randint(period + 1, 2 * period + 4)
-    return model, ids, mask, new_tokens, rng.random() < 0.5, generator
+    return model, ids, mask, new_tokens, rng.random() < 0.5, rng.random() < 0.25, generator
 
 
 def assert_matches(cached: torch.Tensor, full: torch.Tensor, what: str):
@@ -78,13 +79,18 @@ def assert_matches(cached: torch.Tensor, full: torch.Tensor, what: str):
 @pytest.mark.parametrize("first", range(0, CASES, SEEDS_PER_TEST), ids=lambda s: f"seeds{s}-{s + SEEDS_PER_TEST - 1}")
 def test_cached_steps_equal_the_full_forward_fp64(first):
     """Prefill a random left-padded prompt, then decode greedily or by sampling one column at a time: every step's
-    logits equal the full (uncached) forward over the whole sequence, for every row."""
+    logits equal the full (uncached) forward over the whole sequence, for every row. A quarter of the caches record
+    the past (no rings; what assisted decoding uses), are cropped back by a random number of columns at the end and
+    decode those columns again."""
     for seed in range(first, first + SEEDS_PER_TEST):
-        model, ids, mask, new_tokens, sample, generator = random_case(seed)
+        model, ids, mask, new_tokens, sample, recording, generator = random_case(seed)
         context = f"seed {seed}: {model.config.chunk_sizes} {model.config.decoder_input} " \
-                  f"windows={model.config.encoder_windows} batch={ids.shape[0]} width={ids.shape[1]}"
+                  f"windows={model.config.encoder_windows} batch={ids.shape[0]} width={ids.shape[1]} rec={recording}"
         with torch.no_grad():
-            cache = PhotonCache(model.config)
+            static = not recording and seed % 2 == 0  # half the others grow their encoder caches by doubling
+            cache = PhotonCache(model.config, max_cache_len=ids.shape[1] + new_tokens if static else None)
+            if recording:
+                cache.activate_past_recording()
             steps = [model(ids, attention_mask=mask, cache=cache, use_cache=True).logits[:, -1]]
             sequence, full_mask = ids, mask
             for _ in range(new_tokens):
@@ -100,3 +106,11 @@ def test_cached_steps_equal_the_full_forward_fp64(first):
         cached = torch.stack(steps, 1)
         reference = full[:, ids.shape[1] - 1 :]
         assert_matches(cached, reference, context)
+        if recording:
+            pads = int((1 - mask).sum(1).max())
+            remove = random.Random(seed).randint(1, min(new_tokens, sequence.shape[1] - pads - 1))
+            with torch.no_grad():
+                cache.crop(-remove)
+                again = [model(sequence[:, t : t + 1], cache=cache).logits[:, 0]
+                         for t in range(sequence.shape[1] - remove, sequence.shape[1])]
+            assert_matches(torch.stack(again, 1), full[:, -remove:], context + f" cropped {remove}")
