@@ -14,7 +14,8 @@ A PHOTON model never keeps a per-token KV history. The cache is built the way tr
 which starts at their first real token: `pads` (left pad columns, on the host) and the input columns consumed,
 `seen` (host), give each row's real-token count, kept on the device as `counts`. A decode column asks
 `begin_column()` which levels it runs (a `PhotonStep`, looked up on the host, so the step never reads the GPU);
-inside the step, `rows(level, counts)` says on the device which rows take part, and every write is masked by it.
+inside the step, `rows(level, counts, step)` says on the device which rows take part, and where rows differ every
+write is masked by it.
 With `max_cache_len` every tensor is allocated once, at the prefill, and never moves: the decode step is then a
 static-shape function that `torch.compile` (and CUDA graphs) can capture.
 """
