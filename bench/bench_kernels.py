@@ -2,7 +2,7 @@
 
 For the shapes of a preset (default the paper's 600M, bf16) at batch x seq tokens, in one run on one GPU:
 
-1. every kernel against the exact PyTorch code it replaces in `modeling_photon.py` (same inputs, same strides),
+1. every kernel against the PyTorch reference the model runs instead (`photon_hf.attention_photon`, same inputs),
    forward and forward + backward, median of `triton.testing.do_bench`;
 2. `PhotonForCausalLM` with kernel_backend = "torch", "auto" and "triton": training step (forward + backward with
    labels), generation prefill (cache built, last logits, as `generate` does) and a no-grad forward (all
@@ -33,7 +33,8 @@ import torch  # noqa: E402
 from bench_utils import Budget, cuda_ms, host_ms, versions  # noqa: E402
 
 from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset  # noqa: E402
-from photon_hf.modeling_photon import PhotonRMSNorm, cached_attention, causal_attention  # noqa: E402
+from photon_hf.attention_photon import cached_attention, causal_attention, window_attention  # noqa: E402
+from photon_hf.modeling_photon import PhotonRMSNorm  # noqa: E402
 
 QUICK_SHAPE = dict(name="tiny", num_key_value_heads=2)  # the CPU smoke test: the registry's tiny shape, with GQA
 
@@ -133,7 +134,7 @@ class KernelBench:
             def local(n=n, window=window, level=level):
                 q, k, v = self.qkv(n, window, h, hkv, hd)
                 self.compare("chunk_local_attention", f"decoder L{level} windows", [n, h, window, hd],
-                             lambda: causal_attention(q, k, v), lambda: pk.chunk_local_attention(q, k, v), (q, k, v))
+                             lambda: window_attention(q, k, v), lambda: pk.chunk_local_attention(q, k, v), (q, k, v))
 
             self.section(f"chunk_local_attention L{level}", reserve_s + 5, local)
 
@@ -171,18 +172,12 @@ class KernelBench:
 
         def decode(rows, capacity, per_row: bool, name):
             """The top encoder's cache at generation time: [rows, Hkv, capacity, hd] keys and values, one query per row,
-            per-row valid lengths (left padding) or one shared length; the torch path is `_encoder_step`'s."""
-            q = self.randn(rows, h, 1, hd)
+            per-row valid lengths (left padding) or one shared length; the torch path is the model's reference."""
+            q = self.randn(rows, h, hd)
             keys, values = self.randn(rows, hkv, capacity, hd), self.randn(rows, hkv, capacity, hd)
-            if per_row:
-                end = torch.randint(1, capacity + 1, (rows,), device=self.device)
-                mask = (torch.arange(capacity, device=self.device)[None, :] < end[:, None])[:, None, None, :]
-                index = torch.arange(rows, device=self.device)  # the model gathers a row subset: `_take`
-                torch_fn = lambda: cached_attention(q, keys.index_select(0, index), values.index_select(0, index), mask)
-                triton_fn = lambda: pk.decode_attention(q[:, :, 0], keys, values, 0, end, rows=index)[:, :, None]
-            else:
-                torch_fn = lambda: cached_attention(q, keys, values, None)
-                triton_fn = lambda: pk.decode_attention(q[:, :, 0], keys, values, 0, capacity)[:, :, None]
+            end = torch.randint(1, capacity + 1, (rows,), device=self.device) if per_row else capacity
+            torch_fn = lambda: cached_attention(q, keys, values, 0, end)
+            triton_fn = lambda: pk.decode_attention(q, keys, values, 0, end)
             self.compare("decode_attention", name, [rows, h, capacity, hd], torch_fn, triton_fn, backward=False)
 
         capacity = max(1, self.args.seq // cfg.tokens_per_unit[-1])
