@@ -2,7 +2,7 @@
 
 For the shapes of a preset (default the paper's 600M, bf16) at batch x seq tokens, in one run on one GPU:
 
-1. every kernel against the exact PyTorch code it replaces in `modeling_photon.py` (same inputs, same strides),
+1. every kernel against the PyTorch reference the model runs instead (`photon_hf.attention_photon`, same inputs),
    forward and forward + backward, median of `triton.testing.do_bench`;
 2. `PhotonForCausalLM` with kernel_backend = "torch", "auto" and "triton": training step (forward + backward with
    labels), generation prefill (cache built, last logits, as `generate` does) and a no-grad forward (all
@@ -22,9 +22,7 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
-import time
 import traceback
 
 if "--quick" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
@@ -32,25 +30,16 @@ if "--quick" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
 
 import photon_kernels as pk  # noqa: E402
 import torch  # noqa: E402
+from bench_utils import Budget, cuda_ms, host_ms, versions  # noqa: E402
 
 from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset  # noqa: E402
-from photon_hf.modeling_photon import PhotonRMSNorm, cached_attention, causal_attention  # noqa: E402
+from photon_hf.attention_photon import cached_attention, causal_attention, window_attention  # noqa: E402
+from photon_hf.modeling_photon import PhotonRMSNorm  # noqa: E402
 
-QUICK_CONFIG = dict(
-    vocab_size=128, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
-    chunk_sizes=[4, 4], converter_width=2, num_encoder_layers=1, num_decoder_layers=1,
-)
+QUICK_SHAPE = dict(name="tiny", num_key_value_heads=2)  # the CPU smoke test: the registry's tiny shape, with GQA
 
 
-class Budget:
-    def __init__(self, seconds: float):
-        self.start, self.seconds = time.perf_counter(), seconds
-
-    def left(self) -> float:
-        return self.seconds - (time.perf_counter() - self.start)
-
-
-class Bench:
+class KernelBench:
     def __init__(self, args):
         self.args = args
         self.device = torch.device("cpu" if args.quick else "cuda")
@@ -58,7 +47,8 @@ class Bench:
         self.budget = Budget(args.budget_s)
         self.report = dict(
             device=torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu (Triton interpreter)",
-            torch=torch.__version__, triton=_triton_version(), preset="quick" if args.quick else args.preset,
+            torch=torch.__version__, triton=versions()["triton"] or "not installed",
+            preset="quick" if args.quick else args.preset,
             dtype=str(self.dtype).removeprefix("torch."), batch=args.batch, seq=args.seq, budget_s=args.budget_s,
             kernels=[], end_to_end={}, selection={}, skipped=[], errors=[],
         )
@@ -66,7 +56,7 @@ class Bench:
     # ------------------------------------------------------------------------------------------- helpers
     def config(self, kernel_backend="torch") -> PhotonConfig:
         if self.args.quick:
-            return PhotonConfig(kernel_backend=kernel_backend, **QUICK_CONFIG)
+            return photon_preset(**QUICK_SHAPE, kernel_backend=kernel_backend)
         return photon_preset(self.args.preset, kernel_backend=kernel_backend)
 
     def time_ms(self, fn, grad_to_none=None) -> float:
@@ -76,20 +66,16 @@ class Bench:
 
             return triton.testing.do_bench(fn, warmup=self.args.warmup_ms, rep=self.args.rep_ms,
                                            grad_to_none=grad_to_none, return_mode="median")
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return statistics.median(times)
+        return host_ms(fn, repeats=2)
 
     def section(self, name: str, needs_s: float, fn) -> None:
         """Run one section unless the budget is spent; a failure is printed and recorded, and the run goes on."""
-        if self.budget.left() < needs_s:
-            print(f"[skip] {name}: {self.budget.left():.0f} s of budget left, needs about {needs_s:.0f} s", flush=True)
+        if self.budget.remaining() < needs_s:
+            print(f"[skip] {name}: {self.budget.remaining():.0f} s of budget left, needs about {needs_s:.0f} s",
+                  flush=True)
             self.report["skipped"].append(name)
             return
-        print(f"[run ] {name} ({self.budget.left():.0f} s left)", flush=True)
+        print(f"[run ] {name} ({self.budget.remaining():.0f} s left)", flush=True)
         try:
             fn()
         except Exception:  # noqa: BLE001 - report and continue: the run is one short GPU lease
@@ -148,7 +134,7 @@ class Bench:
             def local(n=n, window=window, level=level):
                 q, k, v = self.qkv(n, window, h, hkv, hd)
                 self.compare("chunk_local_attention", f"decoder L{level} windows", [n, h, window, hd],
-                             lambda: causal_attention(q, k, v), lambda: pk.chunk_local_attention(q, k, v), (q, k, v))
+                             lambda: window_attention(q, k, v), lambda: pk.chunk_local_attention(q, k, v), (q, k, v))
 
             self.section(f"chunk_local_attention L{level}", reserve_s + 5, local)
 
@@ -186,18 +172,12 @@ class Bench:
 
         def decode(rows, capacity, per_row: bool, name):
             """The top encoder's cache at generation time: [rows, Hkv, capacity, hd] keys and values, one query per row,
-            per-row valid lengths (left padding) or one shared length; the torch path is `_encoder_step`'s."""
-            q = self.randn(rows, h, 1, hd)
+            per-row valid lengths (left padding) or one shared length; the torch path is the model's reference."""
+            q = self.randn(rows, h, hd)
             keys, values = self.randn(rows, hkv, capacity, hd), self.randn(rows, hkv, capacity, hd)
-            if per_row:
-                end = torch.randint(1, capacity + 1, (rows,), device=self.device)
-                mask = (torch.arange(capacity, device=self.device)[None, :] < end[:, None])[:, None, None, :]
-                index = torch.arange(rows, device=self.device)  # the model gathers a row subset: `_take`
-                torch_fn = lambda: cached_attention(q, keys.index_select(0, index), values.index_select(0, index), mask)
-                triton_fn = lambda: pk.decode_attention(q[:, :, 0], keys, values, 0, end, rows=index)[:, :, None]
-            else:
-                torch_fn = lambda: cached_attention(q, keys, values, None)
-                triton_fn = lambda: pk.decode_attention(q[:, :, 0], keys, values, 0, capacity)[:, :, None]
+            end = torch.randint(1, capacity + 1, (rows,), device=self.device) if per_row else capacity
+            torch_fn = lambda: cached_attention(q, keys, values, 0, end)
+            triton_fn = lambda: pk.decode_attention(q, keys, values, 0, end)
             self.compare("decode_attention", name, [rows, h, capacity, hd], torch_fn, triton_fn, backward=False)
 
         capacity = max(1, self.args.seq // cfg.tokens_per_unit[-1])
@@ -233,7 +213,7 @@ class Bench:
         reference = None
         for backend in ("torch", "auto", "triton"):
             needs = 10 if self.args.quick else 25
-            if self.budget.left() < needs:
+            if self.budget.remaining() < needs:
                 print(f"[skip] end to end, {backend}: budget", flush=True)
                 self.report["skipped"].append(f"end_to_end {backend}")
                 continue
@@ -263,18 +243,9 @@ class Bench:
 
     def loop_ms(self, fn) -> float:
         """Median of a few timed calls after one warm-up (device events on CUDA)."""
-        fn()
         if self.device.type != "cuda":
-            return self.time_ms(fn)
-        times = []
-        for _ in range(self.args.iters):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times)
+            return host_ms(fn, repeats=2, warmup=1)
+        return cuda_ms(fn, repeats=self.args.iters, warmup=1)
 
     def check_selection(self):
         """Every op "auto" sends to Triton must be at least as fast as PyTorch in every measured row."""
@@ -328,20 +299,11 @@ class Bench:
         self.section("kernels", 0, lambda: self.kernel_sections(reserve))
         self.section("end to end", 10 if self.args.quick else 25, self.end_to_end)
         self.section("selection check", 0, self.check_selection)
-        self.report["elapsed_s"] = time.perf_counter() - self.budget.start
+        self.report["elapsed_s"] = self.budget.elapsed()
         if self.args.out:
             with open(self.args.out, "w") as f:
                 json.dump(self.report, f, indent=1)
         print("\n" + self.table())
-
-
-def _triton_version() -> str:
-    try:
-        import triton
-
-        return triton.__version__
-    except ImportError:
-        return "not installed"
 
 
 def main(argv=None):
@@ -365,7 +327,7 @@ def main(argv=None):
     elif not torch.cuda.is_available():
         parser.error("no CUDA device: run on a GPU, or pass --quick for the CPU smoke test")
     torch.manual_seed(0)
-    Bench(args).run()
+    KernelBench(args).run()
 
 
 if __name__ == "__main__":

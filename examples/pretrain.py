@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import HfArgumentParser, TrainingArguments
 
-from photon_hf import PhotonForCausalLM
+from photon_hf import PHOTON_PRESETS, PhotonForCausalLM
 from photon_hf.data import load_text_corpus, load_tokenizer, pack_dataset
-from photon_hf.training import MODEL_SIZES, accelerator_available, build_trainer, model_config
+from photon_hf.training import accelerator_available, build_trainer, model_config
 
 
 @dataclass
@@ -40,7 +40,7 @@ class DataArguments:
 
 @dataclass
 class ModelArguments:
-    size: str = field(default="small", metadata={"help": f"one of {sorted(MODEL_SIZES)} or a photon-* preset"})
+    size: str = field(default="small", metadata={"help": f"a photon_hf.PHOTON_PRESETS shape: {list(PHOTON_PRESETS)}"})
 
 
 def main():

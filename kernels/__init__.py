@@ -8,14 +8,15 @@
   reference `latent_attention_ref`.
 - `decode_attention`: one query per row over a KV cache with per-row key ranges (generation); reference
   `decode_attention_ref`.
-- `resolve_backend` / `use_triton`: the `kernel_backend` config field resolved for a device and an op.
+- `OPS` / `AUTO_PREFERS_TORCH`: the ops the model can route to a kernel, and those its `kernel_backend="auto"`
+  keeps on PyTorch by measurement (the model resolves `kernel_backend` itself, in `photon_hf.attention_photon`).
 
 Triton is optional: without it this package still imports, the references work, and the kernels raise a clear
 RuntimeError. On CPU the kernels run in Triton's interpreter when TRITON_INTERPRET=1 is set before import.
 """
 
 from ._utils import HAS_TRITON, interpreting, poison_outputs, triton_unavailable_reason
-from .backend import AUTO_PREFERS_TORCH, KERNEL_BACKENDS, OPS, resolve_backend, use_triton
+from .backend import AUTO_PREFERS_TORCH, OPS
 from .chunk_compress import MAX_NORM_WIDTH, chunk_compress, chunk_compress_ref, rms_norm, rms_norm_ref
 from .chunk_local_attention import chunk_local_attention, chunk_local_attention_ref
 from .decode_attention import decode_attention, decode_attention_ref
@@ -24,7 +25,6 @@ from .latent_attention import latent_attention, latent_attention_ref
 __all__ = [
     "AUTO_PREFERS_TORCH",
     "HAS_TRITON",
-    "KERNEL_BACKENDS",
     "MAX_NORM_WIDTH",
     "OPS",
     "chunk_compress",
@@ -37,9 +37,7 @@ __all__ = [
     "latent_attention",
     "latent_attention_ref",
     "poison_outputs",
-    "resolve_backend",
     "rms_norm",
     "rms_norm_ref",
     "triton_unavailable_reason",
-    "use_triton",
 ]

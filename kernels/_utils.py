@@ -64,6 +64,18 @@ def check_runnable(*tensors: torch.Tensor) -> None:
         raise RuntimeError(f"photon_kernels: cannot run the Triton kernels: {reason}.")
 
 
+def check_attention_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """q [N, H, S, hd] and k, v [N, Hkv, S, hd] of one float dtype, H a multiple of Hkv, or a ValueError."""
+    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
+        raise ValueError(f"expected q [N, H, S, hd] and k, v [N, Hkv, S, hd]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:] or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"q {tuple(q.shape)} and k/v {tuple(k.shape)} disagree (GQA needs H % Hkv == 0)")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"q, k, v must share one dtype among float32/float16/bfloat16; got {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+
+
 # ---------------------------------------------------------------------------------------------- output buffers
 _POISON = False
 

@@ -35,10 +35,9 @@ MAX_NORM_WIDTH = 16384
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Reference RMSNorm, exactly `PhotonRMSNorm`: normalise in float32, cast back, scale. x: [..., K]."""
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
+    """Reference RMSNorm, the model's `PhotonRMSNorm`: one fused op that normalises in float32 for half inputs,
+    casts back and scales by the weight in x's dtype. x: [..., K] -> [..., K] in x's dtype."""
+    return torch.nn.functional.rms_norm(x, weight.shape, weight.to(x.dtype), eps)
 
 
 def chunk_compress_ref(

@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from ._utils import check_runnable, configs, dot_precision, empty, next_power_of_2, tl, triton
+from ._utils import check_attention_shapes, check_runnable, configs, dot_precision, empty, next_power_of_2, tl, triton
+from .latent_attention import latent_attention
 
 
 def chunk_local_attention_ref(
@@ -200,23 +201,10 @@ def chunk_local_attention(
     through `latent_attention` (a causal sequence per window).
     """
     check_runnable(q, k, v)
-    _check_shapes(q, k, v)
+    check_attention_shapes(q, k, v)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if q.shape[0] == 0:
         return q.new_empty(q.shape)
     if q.shape[2] > _largest_tile():
-        from .latent_attention import latent_attention
-
         return latent_attention(q, k, v, window=None, scale=scale)
     return ChunkLocalAttention.apply(q, k, v, scale)
-
-
-def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-    if q.dim() != 4 or k.shape != v.shape or k.dim() != 4:
-        raise ValueError(f"expected q [N, H, S, hd] and k, v [N, Hkv, S, hd]; got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:] or q.shape[1] % k.shape[1] != 0:
-        raise ValueError(f"q {tuple(q.shape)} and k/v {tuple(k.shape)} disagree (GQA needs H % Hkv == 0)")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"q, k, v must share one dtype among float32/float16/bfloat16; got {q.dtype}, {k.dtype}, "
-                         f"{v.dtype}")

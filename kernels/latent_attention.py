@@ -13,8 +13,7 @@ import math
 
 import torch
 
-from ._utils import check_runnable, configs, dot_precision, empty, next_power_of_2, tl, triton
-from .chunk_local_attention import _check_shapes
+from ._utils import check_attention_shapes, check_runnable, configs, dot_precision, empty, next_power_of_2, tl, triton
 
 
 def latent_attention_ref(
@@ -305,7 +304,7 @@ def latent_attention(
     `scale` defaults to 1 / sqrt(hd).
     """
     check_runnable(q, k, v)
-    _check_shapes(q, k, v)
+    check_attention_shapes(q, k, v)
     if window is not None and (not isinstance(window, int) or window < 1):
         raise ValueError(f"window must be None or an int >= 1, got {window!r}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale

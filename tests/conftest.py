@@ -1,5 +1,6 @@
 """Test-session setup: nothing may reach the network, `datasets` caches go to a throw-away folder, the Triton
-kernels run in Triton's CPU interpreter when there is no GPU, and every test starts from the same seed."""
+kernels run in Triton's CPU interpreter when there is no GPU, torch uses one CPU thread, and every test starts from
+the same seed."""
 
 import atexit
 import os
@@ -21,6 +22,10 @@ if "HF_DATASETS_CACHE" not in os.environ:  # read by `datasets` at import time
 # the kernels, i.e. when `photon_kernels` is first imported, so it is set here, before any test module imports it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The tests run tiny ops: one intra-op thread is several times faster than two that contend for a shared machine's
+# cores (the generation and modeling tests: 17 s instead of 120 s on a busy two-core machine).
+torch.set_num_threads(int(os.environ.get("PHOTON_TEST_THREADS", "1")))
 
 
 def _fix_interpreter_bf16_dot():

@@ -2,30 +2,25 @@
 
 import torch
 
-from photon_hf import PhotonConfig, PhotonForCausalLM
+from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset
 from photon_hf.modeling_photon import CACHE_NAME
 
 VOCAB = 61
 
 
 def tiny_config(**overrides) -> PhotonConfig:
-    """A PHOTON small enough for CPU tests: two encoder/decoder widths of GQA heads, odd vocabulary."""
+    """The registry's "tiny" shape for CPU tests, with what the tests need on top: GQA (2 KV heads for 4 query
+    heads), two-layer local decoders, an odd vocabulary (61) and pad id 0 without bos/eos."""
     fields = dict(
         vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_attention_heads=4,
         num_key_value_heads=2,
-        chunk_sizes=[4, 4],
-        converter_width=2,
-        num_encoder_layers=1,
         num_decoder_layers=2,
         pad_token_id=0,
         eos_token_id=None,
         bos_token_id=None,
     )
     fields.update(overrides)
-    return PhotonConfig(**fields)
+    return photon_preset("tiny", **fields)
 
 
 def tiny_model(seed: int = 0, **overrides) -> PhotonForCausalLM:

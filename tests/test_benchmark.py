@@ -1,17 +1,35 @@
-"""The generation benchmark harness, end to end on tiny CPU models (structure and arithmetic, never speed)."""
+"""The generation benchmark in bench/, end to end on tiny CPU models (structure and arithmetic, never speed).
+
+bench/ is not installed with the package: its modules are imported from the checkout."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from photon_hf import benchmark, kv_cache_bytes, llama_kv_cache_bytes, photon_preset
-from photon_hf.benchmark import GIB, MODELS, REQUIRED_FIELDS, decode_step_cost, parse_regime, search_batches
+from photon_hf import kv_cache_bytes, llama_kv_cache_bytes, photon_preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import generation_harness  # noqa: E402
+import generation_report  # noqa: E402
+import run_generation  # noqa: E402
+from bench_utils import GIB, Budget  # noqa: E402
+from generation_harness import search_batches, stock_generate  # noqa: E402
+from generation_protocol import MODELS, REQUIRED_FIELDS, Regime, parse_regime  # noqa: E402
 
 OOM_FROM = 3  # the simulated Llama runs out of memory from this batch size on
+
+
+def simulated_generate(name, model, input_ids, **kwargs):
+    """`generate` for the harness: stock, except that the Llama "runs out of memory" from batch OOM_FROM on."""
+    if name == "llama" and input_ids.shape[0] >= OOM_FROM:
+        raise torch.OutOfMemoryError("simulated out of memory")
+    return stock_generate(name, model, input_ids, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -19,53 +37,24 @@ def run_output(tmp_path_factory):
     """One short CPU run: PF on a fixed ladder, DE by batch search, profile and sweep; Llama "runs out of memory"
     (simulated) from batch 3, so the ladder stops and the search bisects."""
     out = tmp_path_factory.mktemp("bench")
-    original = benchmark.Bench.generate
-
-    def generate(self, name, ids, new_tokens, deadline):
-        if name == "llama" and ids.shape[0] >= OOM_FROM:
-            raise torch.OutOfMemoryError("simulated out of memory")
-        return original(self, name, ids, new_tokens, deadline)
-
+    options = run_generation.parse_args(
+        [
+            "--preset", "cpu-smoke", "--out-dir", str(out), "--budget-s", "900",
+            "--regime", "PF=32/4:1,2,4", "--regime", "DE=4/16", "--search-start", "1", "--max-batch", "8",
+            "--repeats", "2", "--sweep-contexts", "32,64", "--sweep-batch", "2", "--sweep-gen", "4",
+            "--profile-batch", "2", "--profile-steps", "4",
+        ]
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    benchmark.Bench.generate = generate
     try:
-        code = benchmark.main(
-            [
-                "--preset",
-                "cpu-smoke",
-                "--out-dir",
-                str(out),
-                "--budget-s",
-                "900",
-                "--regime",
-                "PF=32/4:1,2,4",
-                "--regime",
-                "DE=4/16",
-                "--search-start",
-                "1",
-                "--max-batch",
-                "8",
-                "--repeats",
-                "2",
-                "--sweep-contexts",
-                "32,64",
-                "--sweep-batch",
-                "2",
-                "--sweep-gen",
-                "4",
-                "--profile-batch",
-                "2",
-                "--profile-steps",
-                "4",
-            ]
-        )
+        path, results = generation_harness.run(options, generate=simulated_generate)
     finally:
-        benchmark.Bench.generate = original
         torch.set_num_threads(threads)
     files = sorted(out.glob("*.json"))
-    assert code == 0 and len(files) == 1, (code, files)
-    return files[0], json.loads(files[0].read_text())
+    assert files == [path], files
+    assert any(r.get("status") == "ok" for r in results["records"])
+    return path, json.loads(path.read_text())
 
 
 def _records(results, record_type):
@@ -76,6 +65,7 @@ def test_json_fields_and_types(run_output):
     _, results = run_output
     meta = results["meta"]
     assert meta["device"].startswith("CPU") and meta["dtype"] == "float32" and meta["shape"] == "tiny"
+    assert meta["photon_config"]["hidden_size"] == photon_preset("tiny").hidden_size
     assert {"torch", "transformers", "photon_hf"} <= set(meta["versions"])
     assert "--regime" in meta["command"] and meta["errors"] == []
     assert set(meta["sections"]) == {"PF", "DE", "profile", "sweep"}
@@ -114,7 +104,7 @@ def test_both_models_in_every_regime_and_oom_handling(run_output):
 
 def test_figures_follow_from_the_records(run_output):
     _, results = run_output
-    config = benchmark.tiny_config()
+    config = photon_preset("tiny")
     rows = _records(results, "generation") + _records(results, "sweep")
     by_id = {r["id"]: r for r in results["records"]}
     for r in rows:
@@ -186,7 +176,7 @@ def test_sweep_profile_plots_and_report(run_output, capsys):
         assert sorted(results["meta"]["plots"]) == [
             str(path.with_suffix("")) + s for s in ("_batch.png", "_context.png")
         ]
-    assert benchmark.report_main([str(path)]) == 0
+    assert generation_report.main([str(path)]) == 0
     text = capsys.readouterr().out
     assert "**ratio P/L**" in text and "PHOTON" in text and "Llama" in text and "Context sweep" in text
 
@@ -212,24 +202,22 @@ def test_search_finds_the_largest_batch():
 
 
 def test_parse_regime():
-    assert parse_regime("PF=2048/128") == benchmark.Regime("PF", 2048, 128, None)
-    assert parse_regime("DE-short=128/512:256,32") == benchmark.Regime("DE-short", 128, 512, (32, 256))
+    assert parse_regime("PF=2048/128") == Regime("PF", 2048, 128, None)
+    assert parse_regime("DE-short=128/512:256,32") == Regime("DE-short", 128, 512, (32, 256))
     for bad in ("PF", "PF=2048", "PF=2048/1", "PF=2048/128:", "PF=0/128", "=1/2"):
         with pytest.raises(ValueError, match="Bad regime"):
             parse_regime(bad)
 
 
-def test_decode_step_cost_at_600m():
-    config = photon_preset("photon-600m")
-    context = 2048
-    llama = decode_step_cost(config, "llama", context)
-    photon = decode_step_cost(config, "photon", context)
-    # Llama: every weight but the input embedding, once per step (bf16).
-    assert llama["weight_bytes"] == pytest.approx((610_915_968 - 32000 * 1664) * 2, rel=1e-3)
-    # Llama's per-sample bytes are its whole KV cache (plus the new entry) and the logits path.
-    logits = 32000 * (2 * 2 + 16) + 1664 * 2
-    assert llama["sample_bytes"] - logits == llama_kv_cache_bytes(config, context + 1, 1, torch.bfloat16)
-    # PHOTON reads far fewer bytes per sample and step, and fewer weights per step.
-    assert photon["weight_bytes"] < 0.5 * llama["weight_bytes"]
-    assert (llama["sample_bytes"] - logits) / (photon["sample_bytes"] - logits) > 50  # about 60 at 2K
-    assert photon["sample_flops"] < 0.6 * llama["sample_flops"] and photon["cache_copy_bytes"] == 0
+def test_budget_shares_by_weight():
+    budget = Budget(100.0, {"a": 1.0, "b": 3.0})
+    first = budget.deadline("a") - budget.start  # a quarter of the budget
+    assert first == pytest.approx(25.0, abs=1.0) and budget.pending == {"b": 3.0}
+    assert budget.deadline("b") - budget.start == pytest.approx(100.0, abs=1.0)  # the rest, all of it
+    assert 0 < budget.remaining() <= 100.0 and budget.elapsed() >= 0
+
+
+def test_the_package_holds_no_benchmark():
+    import importlib.util
+
+    assert importlib.util.find_spec("photon_hf.benchmark") is None

@@ -1,11 +1,11 @@
 """The `photon-hf` command line: help texts, info, a tiny train -> generate -> export round trip, resume, LoRA,
-the bench pass-through, the quickstart on a tiny budget, and errors that say what to change."""
+the quickstart on a tiny budget, and errors that say what to change (each mistake through the console script)."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ import torch
 from train_helpers import run_python
 
 from photon_hf import cli, kv_cache_bytes, llama_kv_cache_bytes
-from photon_hf.hub import format_bytes
+from photon_hf.memory import format_bytes
 from photon_hf.training import model_config
 
 COMMANDS = ("quickstart", "train", "generate", "export", "info")
@@ -26,8 +26,9 @@ def test_help_of_every_command(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for command in (*COMMANDS, "bench"):
+    for command in COMMANDS:
         assert command in text
+    assert "bench/run_generation.py" in text and "  bench " not in text  # the benchmarks are scripts, not commands
     assert "photon-hf quickstart" in text
     for command in COMMANDS:
         with pytest.raises(SystemExit) as exit_info:
@@ -38,12 +39,16 @@ def test_help_of_every_command(capsys):
     assert cli.main([]) == 2  # no command: the overview, and a usage exit code
 
 
-def test_console_script_and_module_entry_points():
+def _console_script() -> str:
     beside_python = Path(sys.executable).with_name("photon-hf")  # the venv's bin/, even when it is not on PATH
     executable = str(beside_python) if beside_python.exists() else shutil.which("photon-hf")
     if executable is None:
         pytest.fail("the photon-hf console script is not installed: pip install -e .")
-    result = subprocess.run([executable, "info", "--size", "tiny"], capture_output=True, text=True, timeout=120)
+    return executable
+
+
+def test_console_script_and_module_entry_points():
+    result = subprocess.run([_console_script(), "info", "--size", "tiny"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "parameters" in result.stdout
     result = run_python(
@@ -113,40 +118,103 @@ def test_train_generate_export_round_trip(tmp_path, capsys):
 
 
 def test_errors_say_what_to_change(tmp_path, capsys):
-    assert cli.main(["train", "--output-dir", str(tmp_path), "--lora-r", "4"]) == 1
+    assert cli.main(["train", "--output-dir", str(tmp_path), "--lora-r", "4"]) == 2
     assert "--model PATH" in capsys.readouterr().err
-    assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--resume", *TINY_TRAIN]) == 1
+    assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--resume", *TINY_TRAIN]) == 2
     assert "drop --resume" in capsys.readouterr().err
-    assert cli.main(["info", "--size", "tiny", "--set", "hidden_size"]) == 1
+    assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--block-size", "1"]) == 2  # TrainJob's check
+    assert "`block_size` must be an int >= 2, got 1" in capsys.readouterr().err
+    assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--model", str(tmp_path)]) == 2
+    assert "without a config.json" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert cli.main(["generate", "--model", str(tmp_path / "folder")]) == 2
+    assert "without a config.json" in capsys.readouterr().err
+    assert cli.main(["info", "--size", "tiny", "--set", "hidden_size"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
-    assert cli.main(["info", "--size", "tiny", "--set", "hidden_size=30"]) == 1  # a config error, explained
+    assert cli.main(["info", "--size", "tiny", "--set", "hidden_size=30"]) == 2  # a config error, explained
     assert "num_attention_heads" in capsys.readouterr().err
-    assert cli.main(["export", str(tmp_path / "missing"), str(tmp_path / "out"), "--push-to-hub"]) == 1
+    assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--set", "chunk_sizes=[]"]) == 2
+    assert "`chunk_sizes` must be a non-empty list" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path / "missing"), str(tmp_path / "out"), "--push-to-hub"]) == 2
     assert "--repo-id" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
+    assert "no such folder" in capsys.readouterr().err
 
 
-def test_bench_passes_its_arguments_through(monkeypatch, capsys):
-    received = []
-    fake = types.ModuleType("photon_hf.benchmark")
-    fake.main = lambda argv=None: received.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "photon_hf.benchmark", fake)
-    assert cli.main(["bench", "--help", "--batch", "8"]) == 0
-    assert received == [["--help", "--batch", "8"]]
+# Each mistake through the console script, as a user makes it; all of them are answered before a model is loaded
+# (the model name does not exist, so a check made after loading would fail differently). The processes start
+# together: most of their time is importing torch and transformers.
+MISTAKES = {
+    "hub_name_unreachable": (["generate", "--model", "no-such-model"], "could not be reached", {}),
+    "hub_name_offline": (["generate", "--model", "no-such-model"], "offline mode", {"HF_HUB_OFFLINE": "1"}),
+    "local_path": (["generate", "--model", "./runs/missing"], "'./runs/missing': no such folder", {}),
+    "info_name": (["info", "no-such-dir"], "'no-such-dir' is not a local folder", {}),
+    "num_beams": (["generate", "--model", "no-such-model", "--num-beams", "0"], "--num-beams: expected an integer", {}),
+    "max_new_tokens": (["generate", "--model", "x", "--max-new-tokens", "0"], "--max-new-tokens: expected an", {}),
+    "top_k": (["generate", "--model", "x", "--top-k", "-1"], "--top-k: expected an integer >= 0", {}),
+    "top_p": (["generate", "--model", "x", "--top-p", "1.5"], "--top-p: expected a number in (0, 1]", {}),
+    "temperature": (["generate", "--model", "x", "--temperature", "0"], "--temperature: expected a number > 0", {}),
+    "repetition_penalty": (["generate", "--model", "x", "--repetition-penalty", "-1"], "--repetition-penalty", {}),
+}
 
-    monkeypatch.setitem(sys.modules, "photon_hf.benchmark", None)  # as if the harness were not installed
-    assert cli.main(["bench"]) == 1
-    assert "photon_hf.benchmark" in capsys.readouterr().err
+
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("mistakes")
+    # No network in the tests: a Hub endpoint that refuses connections at once stands for "no network".
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(cwd / "hf")}
+    processes = {
+        name: subprocess.Popen([_console_script(), *argv], cwd=cwd, env={**env, **extra}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for name, (argv, _, extra) in MISTAKES.items()
+    }
+    return {name: (process.wait(timeout=300), *process.communicate()) for name, process in processes.items()}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_console_script_mistakes_get_one_clear_line(mistakes, case):
+    code, stdout, stderr = mistakes[case]
+    expected = MISTAKES[case][1]
+    assert code == 2, (code, stdout, stderr)
+    assert expected in stderr, stderr
+    assert "Traceback" not in stderr and stdout == ""
+    assert stderr.count("error:") == 1 and stderr.rstrip().splitlines()[-1].startswith("photon-hf ")
+
+
+def test_hub_answers_are_told_apart(monkeypatch):
+    """What the single Hub request answers decides the message: no such repository, or no network."""
+    import types
+
+    import huggingface_hub
+    from huggingface_hub import errors
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+    response = types.SimpleNamespace(status_code=404, headers={}, request=None)  # what the error reads of it
+    answers = {
+        "nor a model repository": errors.RepositoryNotFoundError("404 Repository Not Found", response=response),
+        "could not be reached": ConnectionError("[Errno -2] Name or service not known"),
+    }
+    for expected, error in answers.items():
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", fail)
+        with pytest.raises(cli.UsageError, match=expected):
+            cli.resolve_model("someone/no-such-model")
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *args, **kwargs: object())
+    assert cli.resolve_model("someone/a-model") == "someone/a-model"
 
 
 def test_quickstart_on_a_tiny_budget(tmp_path, capsys):
     out = tmp_path / "quick"
-    threads = torch.get_num_threads()  # the quickstart may settle on one thread for the rest of its process
-    try:
-        assert cli.main(["quickstart", "--output-dir", str(out), "--size", "tiny", "--minutes", "0.05",
-                         "--block-size", "64", "--batch-size", "4", "--max-new-tokens", "8"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    assert cli.main(["quickstart", "--output-dir", str(out), "--size", "tiny", "--minutes", "0.05",
+                     "--block-size", "64", "--batch-size", "4", "--max-new-tokens", "8"]) == 0
+    assert torch.get_num_threads() == threads  # the thread count it trained with was scoped to the training
     text = capsys.readouterr().out
     for marker in ("[1/4]", "[2/4]", "[3/4]", "[4/4]", "PhotonForCausalLM", "measured PhotonCache", "same-shape Llama"):
         assert marker in text, marker
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert not list(out.glob("checkpoint-*"))  # no optimizer state left behind unless asked
+    assert f"Wrote {out}" in text

@@ -15,7 +15,7 @@ def test_per_level_fields_broadcast():
     assert config.converter_width == [1, 2, 3]
     assert config.num_encoder_layers == [2, 2, 2]
     assert config.tokens_per_unit == [2, 6, 12]
-    assert config.encoder_embed_size == 16  # hidden 32 / C_1 2
+    assert config.encoder_embed_size == config.hidden_size // 2  # hidden / C_1
 
 
 def test_auto_classes_are_registered(tmp_path):
@@ -116,7 +116,8 @@ def test_level_geometry_is_derived_from_the_per_level_fields():
     assert [lv.tokens_per_unit for lv in levels] == [2, 6, 12]
     assert [lv.tokens_per_subunit for lv in levels] == [1, 2, 6]
     assert [lv.decoder_slots for lv in levels] == [1 + 2 - 1, 2 + 3 - 1, 3 + 2 - 1]
-    assert [lv.input_width for lv in levels] == [16, 32, 32]  # E = 32 / C_1 at the bottom
+    d = config.hidden_size
+    assert [lv.input_width for lv in levels] == [d // 2, d, d]  # E = D / C_1 at the bottom
     assert [lv.num_decoder_layers for lv in levels] == [1, 2, 1]
     assert [lv.encoder_window for lv in levels] == [None, 4, None]
     assert [lv.self_decoding for lv in levels] == [False, True, True]  # level 0 always reads tokens

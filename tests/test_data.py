@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -17,6 +18,7 @@ from photon_hf.data import (
     load_text_corpus,
     pack_dataset,
     stdlib_files,
+    token_id_dtype,
 )
 
 TRICKY = "héllo wörld 🎉\r\n\tdef f():  # <eos> <pad> literal\n\x00\x7f"
@@ -147,6 +149,29 @@ def test_pack_dataset_blocks_and_multiprocess(tmp_path):
     assert words["input_ids"][0] == [0, 1, 0, 3, 1]
     limited = pack_dataset(dataset, tokenizer, 32, max_blocks=5)
     assert len(limited) == 5 and limited["input_ids"][0] == packed["input_ids"][0]
+
+
+def test_packed_blocks_are_stored_narrow_and_collate_to_int64():
+    """Token ids are stored at the narrowest width that holds the vocabulary (2 bytes for the byte tokenizer's 259),
+    and still reach the model as int64."""
+    from transformers import default_data_collator
+
+    assert [token_id_dtype(n) for n in (256, 257, 65536, 65537)] == ["uint8", "uint16", "uint16", "uint32"]
+    docs = Dataset.from_dict({"text": ["\u00e9t\u00e9 " * 40, "<eos> as text " * 10]})
+    packed = pack_dataset(docs, byte_tokenizer(), 16)
+    assert packed.features["input_ids"].feature.dtype == "uint16"
+    assert packed.data.nbytes == len(packed) * 16 * 2 * 2  # two columns of 2-byte ids, nothing else
+    batch = default_data_collator([packed[0], packed[1]])
+    assert batch["input_ids"].dtype == torch.int64 and batch["labels"].dtype == torch.int64
+    assert 258 in [t for block in packed["input_ids"] for t in block]  # <eos> (258) does not fit a uint8
+
+
+def test_the_default_corpus_stays_in_memory():
+    """The standard library's files are read into memory, so neither the documents nor their blocks write to the
+    `datasets` cache."""
+    corpus = load_stdlib_corpus(max_files=3)
+    packed = pack_dataset(corpus["train"], byte_tokenizer(), 64)
+    assert corpus["train"].cache_files == [] and packed.cache_files == []
 
 
 def test_hub_dataset_splits(monkeypatch):

@@ -185,6 +185,14 @@ def test_measured_cache_size_equals_the_analytic_size():
         cache = cache_of(out)
         columns = cache.get_seq_length()
         assert cache.nbytes() == kv_cache_bytes(model.config, columns, batch_size=3, dtype=torch.float32)
+        # A static cache holds its final size from the prefill on: sized for max_cache_len columns.
+        static = PhotonCache(model.config, max_cache_len=45)
+        model(random_ids(3, 9), cache=static)
+        expected = kv_cache_bytes(model.config, 45, batch_size=3, dtype=torch.float32)
+        assert static.nbytes() == expected and static.is_compileable
+        for _ in range(45 - 9):
+            model(random_ids(3, 1), cache=static)
+        assert static.nbytes() == expected
 
 
 class TestCacheApi:

@@ -1,8 +1,11 @@
-"""Model checks that need a CUDA GPU (`pytest -m gpu`): exactness on the device and no host sync per step."""
+"""Model checks that need a CUDA GPU (`pytest -m gpu`): exactness on the device, no host sync per step, and the
+compiled decode step (generate's auto-compile, CUDA graphs) equal to eager decoding."""
 
 import pytest
 import torch
 from helpers import random_ids, tiny_config
+from torch._dynamo.utils import counters
+from transformers import CompileConfig
 
 from photon_hf import PhotonCache, PhotonForCausalLM
 
@@ -28,7 +31,7 @@ def test_generation_equals_full_forward_on_gpu(overrides):
     mask = torch.ones_like(ids)
     mask[1, :4] = 0
     out = model.generate(ids, attention_mask=mask, max_new_tokens=40, min_new_tokens=40, output_logits=True,
-                         return_dict_in_generate=True)
+                         return_dict_in_generate=True, disable_compile=True)
     full_mask = torch.cat([mask, torch.ones(3, 40, dtype=mask.dtype, device="cuda")], 1)
     full = model(out.sequences, attention_mask=full_mask, use_cache=False).logits[:, 10:-1]
     assert torch.allclose(torch.stack(out.logits, 1), full.float(), atol=1e-3)
@@ -37,7 +40,8 @@ def test_generation_equals_full_forward_on_gpu(overrides):
 def test_bf16_generation_tracks_the_full_forward():
     model = _model(torch.bfloat16)
     ids = random_ids(4, 16).cuda()
-    out = model.generate(ids, max_new_tokens=32, min_new_tokens=32, output_logits=True, return_dict_in_generate=True)
+    out = model.generate(ids, max_new_tokens=32, min_new_tokens=32, output_logits=True, return_dict_in_generate=True,
+                         disable_compile=True)
     full = model(out.sequences, use_cache=False).logits[:, 15:-1].float()
     step = torch.stack(out.logits, 1)
     assert (step - full).abs().max() < 0.1 * full.abs().max()
@@ -62,5 +66,38 @@ def test_decode_steps_never_synchronize(pads):
             for _ in range(2 * model.config.tokens_per_unit[-1] + 3):  # every level steps, several times
                 logits = model(token, cache=cache, use_cache=True).logits
                 token = logits[:, -1:].argmax(-1)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_compiled_generate_equals_eager_and_never_synchronizes():
+    """With a compileable cache (generate builds one) generate compiles the decode step on its own (CompileConfig's
+    default: inductor, mode="reduce-overhead", i.e. CUDA graphs): tokens equal eager decoding, no graph break, at
+    most P_L graphs; and once captured, decode steps run without a host-device sync."""
+    model = _model(torch.float32, chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None])
+    period = model.config.tokens_per_unit[-1]
+    ids = random_ids(3, 11).cuda()
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    kwargs = dict(attention_mask=mask, max_new_tokens=3 * period, min_new_tokens=3 * period, do_sample=False)
+    eager = model.generate(ids, disable_compile=True, **kwargs)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = model.generate(ids, **kwargs)
+    assert torch.equal(compiled, eager)
+    assert sum(counters["graph_break"].values()) == 0
+    assert 1 <= counters["stats"]["unique_graphs"] <= period
+
+    step = model.model.compiled_decode_column(CompileConfig())  # the same compiled step generate used
+    cache = PhotonCache(model.config, max_cache_len=ids.shape[1] + 4 * period)
+    with torch.no_grad():
+        token = model(ids, attention_mask=mask, cache=cache, logits_to_keep=1).logits[:, -1:].argmax(-1)
+        for _ in range(2 * period):  # every step variant is captured (or re-recorded for this cache's storage)
+            token = model(token, cache=cache, decode_step=step).logits[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(period + 1):
+                token = model(token, cache=cache, decode_step=step).logits[:, -1:].argmax(-1)
         finally:
             torch.cuda.set_sync_debug_mode("default")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from kernel_checks import check_kernel
 
-from photon_hf import PhotonConfig, PhotonForCausalLM
+from photon_hf import PhotonForCausalLM, photon_preset
 
 pytestmark = [
     pytest.mark.skipif(not pk.HAS_TRITON, reason="triton is not installed (pip install 'photon-hf[triton]')"),
@@ -154,42 +154,38 @@ def test_shape_and_dtype_errors():
         pk.chunk_compress(torch.randn(4, 8), torch.ones(7), torch.randn(3, 8), None)
 
 
-def test_resolve_backend(monkeypatch):
-    assert pk.resolve_backend("torch", "cpu") == "torch"
-    assert pk.resolve_backend("auto", "cpu") == "torch"  # auto: CUDA only
-    assert pk.resolve_backend("triton", "cpu") == "triton"  # the interpreter is on
-    with pytest.raises(ValueError, match="kernel_backend"):
-        pk.resolve_backend("cuda", "cpu")
-    # Pretend Triton can run on CUDA: "auto" takes every kernel except the ones measured slower (full causal).
-    backend = importlib.import_module("photon_kernels.backend")
-    monkeypatch.setattr(backend, "triton_unavailable_reason", lambda device: None)
-    backend._resolve.cache_clear()
-    try:
-        assert pk.resolve_backend("auto", "cuda") == "triton"
-        assert {op: pk.use_triton("auto", "cuda", op) for op in pk.OPS} == {
-            op: op not in pk.AUTO_PREFERS_TORCH for op in pk.OPS
-        }
-        assert all(pk.use_triton("triton", "cuda", op) for op in pk.OPS)
-        with pytest.raises(ValueError, match="unknown op"):
-            pk.use_triton("auto", "cuda", "attention")
-    finally:
-        backend._resolve.cache_clear()
+def test_kernel_dispatch(monkeypatch):
+    """photon_ops resolves every op once per forward: "torch" never takes a kernel, "auto" only on CUDA and not where
+    PyTorch measured faster, "triton" always; never for float64, never the (inference-only) decode kernel with
+    gradients on."""
+    from photon_hf.attention_photon import REFERENCE_OPS, photon_ops
+
+    def chosen(ops):  # op -> whether it runs its kernel
+        return {op: ops.chunk_compress if op == "chunk_compress" else getattr(ops, op) is not getattr(REFERENCE_OPS, op)
+                for op in pk.OPS}
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert photon_ops(_tiny_config(kernel_backend="torch"), cpu, torch.float32) is REFERENCE_OPS
+    assert photon_ops(_tiny_config(kernel_backend="auto"), cpu, torch.float32) is REFERENCE_OPS  # auto: CUDA only
+    triton = _tiny_config(kernel_backend="triton")  # the interpreter is on
+    with torch.no_grad():
+        assert all(chosen(photon_ops(triton, cpu, torch.float32)).values())
+        assert photon_ops(triton, cpu, torch.float64) is REFERENCE_OPS  # the kernels take 16- and 32-bit floats
+    assert chosen(photon_ops(triton, cpu, torch.bfloat16)) == {op: op != "decode_attention" for op in pk.OPS}
+    # Pretend Triton can run on CUDA: "auto" takes every kernel except the ones measured slower.
+    monkeypatch.setattr(pk, "triton_unavailable_reason", lambda device: None)
+    with torch.no_grad():
+        auto = chosen(photon_ops(_tiny_config(kernel_backend="auto"), cuda, torch.bfloat16))
+    assert auto == {op: op not in pk.AUTO_PREFERS_TORCH for op in pk.OPS}
 
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
-    backend = importlib.import_module("photon_kernels.backend")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    backend._resolve.cache_clear()
-    try:
-        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1 is not set"):
-            pk.resolve_backend("triton", "cpu")
-        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1 is not set"):
-            pk.chunk_local_attention(*_qkv(2, 2, 2, 5, 8))
-        model = PhotonForCausalLM(_tiny_config(kernel_backend="triton"))
-        with pytest.raises(RuntimeError, match="kernel_backend='triton' cannot run here"):
-            model(torch.randint(0, 64, (1, 8)))
-    finally:
-        backend._resolve.cache_clear()
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1 is not set"):
+        pk.chunk_local_attention(*_qkv(2, 2, 2, 5, 8))
+    model = PhotonForCausalLM(_tiny_config(kernel_backend="triton"))
+    with pytest.raises(RuntimeError, match="kernel_backend='triton' cannot run here.*TRITON_INTERPRET=1 is not set"):
+        model(torch.randint(0, 64, (1, 8)))
 
 
 def test_without_triton_installed():
@@ -198,23 +194,20 @@ def test_without_triton_installed():
 import sys
 sys.modules["triton"] = None  # import triton -> ImportError
 import torch, photon_kernels as pk
-from photon_hf import PhotonConfig, PhotonForCausalLM
+from photon_hf import PhotonForCausalLM, photon_preset
 assert not pk.HAS_TRITON
 q = torch.randn(2, 2, 5, 8)
 assert pk.chunk_local_attention_ref(q, q, q).shape == q.shape
-for call in (lambda: pk.chunk_local_attention(q, q, q), lambda: pk.resolve_backend("triton", "cpu")):
-    try:
-        call()
-    except RuntimeError as e:
-        assert "triton` package is not installed" in str(e), e
-    else:
-        raise AssertionError("no error")
-cfg = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4, chunk_sizes=[2, 2],
-           num_encoder_layers=1, num_decoder_layers=1)
-ids = torch.randint(0, 64, (1, 8))
-PhotonForCausalLM(PhotonConfig(**cfg))(ids)  # "auto" falls back to PyTorch
 try:
-    PhotonForCausalLM(PhotonConfig(kernel_backend="triton", **cfg))(ids)
+    pk.chunk_local_attention(q, q, q)
+except RuntimeError as e:
+    assert "triton` package is not installed" in str(e), e
+else:
+    raise AssertionError("no error")
+ids = torch.randint(0, 64, (1, 8))
+PhotonForCausalLM(photon_preset("tiny", chunk_sizes=[2, 2]))(ids)  # "auto" falls back to PyTorch
+try:
+    PhotonForCausalLM(photon_preset("tiny", chunk_sizes=[2, 2], kernel_backend="triton"))(ids)
 except RuntimeError as e:
     assert "cannot run here" in str(e), e
 else:
@@ -228,13 +221,14 @@ print("ok")
 
 # ------------------------------------------------------------------------------------------------ the model
 def _tiny_config(**overrides):
+    """The registry's tiny shape with odd chunks (2, 3), GQA, two-layer decoders and the bottom encoder windowed
+    (ring cache), the top one full causal; half its width, for the Triton interpreter's sake."""
     fields = dict(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2,
-        chunk_sizes=[2, 3], converter_width=2, num_encoder_layers=1, num_decoder_layers=2, kernel_backend="torch",
-        encoder_windows=[3, None],  # the bottom encoder windowed (ring cache), the top one full causal
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_key_value_heads=2, chunk_sizes=[2, 3],
+        num_decoder_layers=2, kernel_backend="torch", encoder_windows=[3, None],
     )
     fields.update(overrides)
-    return PhotonConfig(**fields)
+    return photon_preset("tiny", **fields)
 
 
 class _Calls:

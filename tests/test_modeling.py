@@ -161,12 +161,24 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(model.model.start_latents, loaded.model.start_latents)
 
 
+def test_float64_cast_and_float64_load_agree_exactly(tmp_path):
+    """RoPE angles are computed in float32 whatever the dtype, so `.double()` (which casts the inv_freq buffer) and
+    `from_pretrained(dtype=torch.float64)` (which rebuilds it in float32) give the same logits, bit for bit."""
+    model = tiny_model(chunk_sizes=[2, 3])
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    cast = model.double()
+    assert cast.model.rotary_emb.inv_freq.dtype != loaded.model.rotary_emb.inv_freq.dtype  # the case that drifted
+    ids = random_ids(2, 37)
+    assert torch.equal(cast(ids).logits, loaded(ids).logits)
+
+
 def test_start_latents_are_initialised_small_and_nonzero():
     model = tiny_model(chunk_sizes=[2, 2, 2], decoder_input="self")
     latents = model.model.start_latents
-    assert latents.shape == (3, 32)  # one per shifted level in "self" mode
+    assert latents.shape == (3, model.config.hidden_size)  # one per shifted level in "self" mode
     assert latents.abs().min() > 0 and latents.std() < 0.1
-    assert tiny_model().model.start_latents.shape == (1, 32)  # only the top stream is shifted by default
+    assert tiny_model().model.start_latents.shape == (1, model.config.hidden_size)  # only the top stream is shifted
 
 
 def test_tied_head_option():

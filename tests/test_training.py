@@ -16,9 +16,11 @@ from photon_hf.data import byte_tokenizer, load_text_corpus, pack_dataset
 from photon_hf.modeling_photon import PhotonBlock
 from photon_hf.training import (
     TimeBudgetCallback,
+    TrainJob,
     build_trainer,
     compute_perplexity,
     preprocess_logits_for_perplexity,
+    torch_threads,
     training_arguments,
 )
 
@@ -187,6 +189,44 @@ def test_perplexity_metrics_and_time_budget(tmp_path):
     assert trainer.state.global_step == 1
     with pytest.raises(ValueError, match="no labelled token"):
         compute_perplexity(type("P", (), {"predictions": np.zeros((2, 2))})())
+
+
+def test_train_job_checks_its_values_and_holds_the_defaults(tmp_path):
+    """A bad value is refused when the job is built, with the field named; `training_arguments` and a job's
+    arguments read the same defaults."""
+    bad = {
+        "block_size": 1, "batch_size": 0, "max_steps": -3, "learning_rate": 0.0, "lora_dropout": 1.0,
+        "validation_fraction": 1.5, "size": "huge", "eval_blocks": -1, "max_minutes": 0, "output_dir": "",
+    }
+    for field, value in bad.items():
+        with pytest.raises(ValueError, match=f"`{field}` must be"):
+            TrainJob(**{"output_dir": str(tmp_path), **{field: value}})
+    with pytest.raises(ValueError, match="--model PATH"):
+        TrainJob(output_dir=str(tmp_path), lora_r=4)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        TrainJob(output_dir=str(tmp_path), model=str(tmp_path), overrides={"hidden_size": 96})
+    with pytest.raises(ValueError, match="cannot resume"):
+        TrainJob(output_dir=str(tmp_path), max_minutes=1.0, resume="last")
+
+    job = TrainJob(output_dir=str(tmp_path))
+    plain = training_arguments(str(tmp_path))
+    from_job = job.training_arguments()
+    for name in ("learning_rate", "weight_decay", "adam_beta2", "warmup_steps", "max_grad_norm", "max_steps",
+                 "per_device_train_batch_size", "eval_steps", "save_steps", "save_total_limit", "logging_steps"):
+        assert getattr(from_job, name) == getattr(plain, name), name
+    assert plain.learning_rate == TrainJob.learning_rate and plain.warmup_steps == TrainJob.warmup
+    no_checkpoints = TrainJob(output_dir=str(tmp_path), save_checkpoints=False).training_arguments()
+    assert no_checkpoints.save_strategy == "no"
+
+
+def test_torch_threads_is_scoped():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("restored on errors too")
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.slow

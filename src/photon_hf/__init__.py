@@ -2,17 +2,18 @@
 
 Importing the package registers `PhotonConfig` (model_type "photon"), `PhotonModel` and `PhotonForCausalLM` with
 `AutoConfig`, `AutoModel` and `AutoModelForCausalLM`, and (when PEFT is installed) PHOTON's default LoRA target
-modules. Training helpers live in `photon_hf.data` and `photon_hf.training`; Hub export in `photon_hf.hub`; the
-`photon-hf` command line in `photon_hf.cli`.
+modules. Memory accounting lives in `photon_hf.memory`; training helpers in `photon_hf.data` and
+`photon_hf.training`; Hub export in `photon_hf.hub`; the `photon-hf` command line in `photon_hf.cli`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .cache_photon import PhotonCache, kv_cache_bytes, llama_kv_cache_bytes
+from .cache_photon import PhotonCache
 from .configuration_photon import PHOTON_PRESETS, PhotonConfig, photon_preset
 from .data import byte_tokenizer
 from .hub import export_for_hub
 from .lora import lora_target_modules, register_peft_defaults
+from .memory import kv_cache_bytes, llama_kv_cache_bytes
 from .modeling_photon import PhotonForCausalLM, PhotonModel, PhotonPreTrainedModel
 
 __version__ = "0.1.0"

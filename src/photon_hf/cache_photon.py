@@ -1,147 +1,392 @@
-"""The hierarchical PHOTON cache and its memory accounting.
+"""The hierarchical PHOTON cache (its analytic size is `memory.kv_cache_bytes`).
 
-A PHOTON model never keeps a per-token KV history. Per level l (0-based here, bottom-up) the cache holds
+A PHOTON model never keeps a per-token KV history. The cache is built the way transformers builds its own
+(`Cache(layers=[...])`): one `PhotonLevelCache` per level l (0-based here, bottom-up) owns
 
 * the context encoder's KV, one entry per level-l unit (every P_l tokens). Only the top level must grow with the
   context; a level with an `encoder_windows` entry keeps a ring of W entries;
-* the local decoder's KV for the unit being decoded (at most R_l + C_l - 1 entries, reset at every unit);
+* the local decoder's KV for the unit being decoded (R_l + C_l - 1 entries, rewritten at every unit);
 * the finished sub-units of the unfinished unit (token ids at level 0, encoder states above), which the chunker
   needs once the unit completes;
 * with `decoder_input="self"`, the decoder's own predictions for the current unit (and the last one before it).
 
-Rows of a left-padded batch keep their own chunk grid, which starts at their first real token, so all the
-bookkeeping is per row: `pads` (left pad columns) and the number of input columns consumed, `seen`. Which rows
-step which level at a given column is decided from a CPU copy of those counts, so a decode step never reads the
-GPU. The model (`modeling_photon.py`) does the arithmetic; this file only stores, selects and accounts.
+`PhotonCache` holds the levels and the per-row bookkeeping. Rows of a left-padded batch keep their own chunk grid,
+which starts at their first real token: `pads` (left pad columns, on the host) and the input columns consumed,
+`seen` (host), give each row's real-token count, kept on the device as `counts`. A decode column asks
+`begin_column()` which levels it runs (a `PhotonStep`, looked up on the host, so the step never reads the GPU);
+inside the step, `rows(level, counts, step)` says on the device which rows take part, and where rows differ every
+write is masked by it.
+With `max_cache_len` every tensor is allocated once, at the prefill, and never moves: the decode step is then a
+static-shape function that `torch.compile` (and CUDA graphs) can capture.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, CacheLayerMixin
 
-from .configuration_photon import PhotonConfig
-
-
-def _item_bytes(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()
+from .configuration_photon import PhotonConfig, PhotonLevelGeometry
 
 
-def kv_cache_bytes(
-    config: PhotonConfig, seq_len: int, batch_size: int = 1, dtype: torch.dtype = torch.bfloat16
-) -> int:
-    """Analytic size in bytes of a `PhotonCache` that has consumed `seq_len` tokens per row.
+class PhotonStep(NamedTuple):
+    """Which levels a decode column runs, bottom-up up to the highest level that some row reaches.
 
-    Counts exactly the tensors a `PhotonCache` sized for `seq_len` tokens allocates: encoder KV (one entry per
-    complete unit, or the window), local decoder KV (R + C - 1 entries), the unfinished-unit buffers (token ids
-    as int64), the decoder predictions kept with `decoder_input="self"`, and the per-row pad counts (int64).
-    """
-    item = _item_bytes(dtype)
-    kv_width = 2 * config.num_key_value_heads * config.head_dim  # key + value per layer and entry
-    total = 0
-    for level in config.levels:
-        units = seq_len // level.tokens_per_unit
-        entries = level.encoder_window if level.encoder_window is not None else units
-        total += entries * level.num_encoder_layers * kv_width * item
-        total += level.decoder_slots * level.num_decoder_layers * kv_width * item
-        total += level.chunk_size * (8 if level.index == 0 else config.hidden_size * item)
-        if level.self_decoding:
-            total += (level.chunk_size + 1) * config.hidden_size * item
-    total += 8  # the row's pad count
-    return total * batch_size
-
-
-def llama_kv_cache_bytes(
-    config: PhotonConfig, seq_len: int, batch_size: int = 1, dtype: torch.dtype = torch.bfloat16
-) -> int:
-    """KV-cache bytes of the same-shape Llama (same width and heads, as many layers as all PHOTON stacks)."""
-    layers = sum(config.num_encoder_layers) + sum(config.num_decoder_layers)
-    return seq_len * layers * 2 * config.num_key_value_heads * config.head_dim * _item_bytes(dtype) * batch_size
-
-
-class _Rows:
-    """Which rows of the batch take part in one operation of a decode step.
-
-    `index` is None when every row of the parent set takes part (then nothing is gathered), else a LongTensor of
-    positions within the parent set. `absolute` is the same set as positions in the whole batch (None = all rows).
-    `phase` is the position of the finished sub-unit inside its unit: an int when all rows agree, else a tensor.
+    `continuing[l]`: some row finished a sub-unit of level l whose unit goes on (a local-decoder step);
+    `closing[l]`: some row completed a level-l unit (chunker, encoder step, then the level above, then a new unit's
+    prefix); `every_row[l]`: every row of the batch takes the same path at level l, so no write needs a mask. A
+    column's step depends only on its phase in the meta-chunk (P_L columns) and the rows' padding, so a compiled
+    decode step has at most P_L variants, and at most L + 1 when every row has the same padding.
     """
 
-    __slots__ = ("index", "absolute", "count", "phase")
+    continuing: tuple[bool, ...]
+    closing: tuple[bool, ...]
+    every_row: tuple[bool, ...]
 
-    def __init__(self, index, absolute, count, phase):
-        self.index, self.absolute, self.count, self.phase = index, absolute, count, phase
 
+class PhotonRows(NamedTuple):
+    """Where every row stands at one level in the current decode column ([B] tensors, on the device).
 
-class PhotonCache(Cache):
-    """Hierarchical cache for `PhotonForCausalLM` (see the module docstring).
-
-    `generate()` builds one through `PhotonForCausalLM._prepare_cache_for_generation`; a direct
-    `model(input_ids, use_cache=True)` builds one too. `max_cache_len` (columns, pads included) sizes the growing
-    encoder caches once; without it they grow by doubling.
+    Masks, each None when every row of the batch takes the same path (`PhotonStep.every_row`): `arriving`, the row
+    finished a sub-unit of this level (every row at level 0; above, the rows that closed the level below);
+    `closing`, that sub-unit completes the row's unit; `continuing`, arriving but not closing. Positions: `phase`,
+    the sub-unit's index in its unit (0..C-1); `unit`, the index of the row's current unit (the one that closing
+    rows just completed).
     """
 
-    is_compileable = False
+    arriving: torch.Tensor | None
+    closing: torch.Tensor | None
+    continuing: torch.Tensor | None
+    phase: torch.Tensor
+    unit: torch.Tensor
 
-    def __init__(self, config: PhotonConfig, max_cache_len: int | None = None):
-        super().__init__(layers=[])
-        self.config = config
-        self.max_columns = max_cache_len
-        self.chunk_sizes = list(config.chunk_sizes)
-        self.tokens_per_unit = config.tokens_per_unit
-        self.num_levels = config.num_levels
-        self.self_decoding = config.decoder_input == "self" and config.num_levels > 1
+
+# Writes inside a decode step go through index_put_ / index_copy_ on whole tensors (never through views of a larger
+# one): inductor keeps those in place, where a scatter_ or a write through a view copies the whole buffer per step.
+def _write_rows(buffer: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
+    """In place: buffer[b, ..., index[b], ...] = values[b] (position `dim`) for the rows where mask[b] (all: None).
+
+    buffer: [B, ...]; index, mask: [B]; values: buffer's shape without dimension `dim`.
+    """
+    key = (torch.arange(buffer.shape[0], device=buffer.device),) + (slice(None),) * (dim - 1) + (index,)
+    values = values.to(buffer.dtype)
+    if mask is not None:
+        values = torch.where(mask.view(-1, *[1] * (values.dim() - 1)), values, buffer[key])
+    buffer[key] = values
+
+
+def _write_slots(buffer: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
+    """In place: the first n slots (dim 2) of buffer [B, Hkv, S, hd] take values [B, Hkv, n, hd] for the rows where
+    mask[b] (all: None)."""
+    slots = torch.arange(values.shape[2], device=buffer.device)
+    values = values.to(buffer.dtype)
+    if mask is not None:
+        values = torch.where(mask.view(-1, 1, 1, 1), values, buffer.index_select(2, slots))
+    buffer.index_copy_(2, slots, values)
+
+
+def _static(tensor: torch.Tensor) -> torch.Tensor:
+    """Tell dynamo that `tensor` keeps its address, so a compiled step writes it in place and CUDA graphs can
+    capture the writes (what transformers' `StaticLayer` does)."""
+    if not torch.compiler.is_compiling():
+        torch._dynamo.mark_static_address(tensor)
+    return tensor
+
+
+class PhotonLevelCache(CacheLayerMixin):
+    """The cached state of one PHOTON level, for every row of the batch.
+
+    - `encoder_keys`, `encoder_values`: per layer [B, Hkv, capacity, hd], the context encoder's KV, one entry per
+      unit; a ring of `window` entries when the level's encoder has a sliding window (unless recording for `crop`);
+    - `decoder_keys`, `decoder_values`: per layer [B, Hkv, R + C - 1, hd], the local decoder's KV of the current
+      unit;
+    - `pending`: the finished sub-units of the current unit, [B, C] token ids at level 0, [B, C, D] states above;
+    - `predictions` ("self" decoding, levels above 0): [B, C + 1, D], the previous unit's last prediction and the
+      current unit's C;
+    - `history` (recording only): [B, units, D], every encoder state, from which `crop` rebuilds.
+
+    Storage is allocated at the prefill (`lazy_initialization`). With `max_units` (a static cache) the encoder KV
+    holds that many units and nothing is ever reallocated; without it, it holds what the prompt needs and grows by
+    doubling.
+    """
+
+    is_sliding = False  # a windowed encoder keeps a ring; its bounds come from `encoder_bounds`, not from masks
+
+    def __init__(self, level: PhotonLevelGeometry, config: PhotonConfig, max_units: int | None = None):
+        super().__init__()
+        self.level = level
+        self.kv_heads, self.head_dim, self.hidden_size = config.num_key_value_heads, config.head_dim, config.hidden_size
+        self.max_units = max_units
         self.recording = False
-        self.reset()
+        self.units = 0  # units completed by the longest row (host)
+        self._drop_storage()
 
-    # ------------------------------------------------------------------ state
-    def reset(self):
-        """Forget everything: the next forward is a prefill."""
-        self.seen = 0  # input columns consumed, left pads included (what generate slices input_ids with)
-        self.pads: list[int] | None = None  # left pad columns per row (CPU)
-        self.pads_device: torch.Tensor | None = None
-        self.enc_keys: list[torch.Tensor] = []  # per level [layers, B, Hkv, capacity, hd]
-        self.enc_values: list[torch.Tensor] = []
-        self.dec_keys: list[torch.Tensor] = []  # per level [layers, B, Hkv, R + C - 1, hd]
-        self.dec_values: list[torch.Tensor] = []
-        self.pending: list[torch.Tensor] = []  # per level: finished sub-units of the unfinished unit
-        self.predictions: list[torch.Tensor | None] = []  # per level ("self" decoding, level > 0): [B, C + 1, D]
-        self.history_tokens: torch.Tensor | None = None  # recording only: [B, columns] input ids
-        self.history_streams: list[torch.Tensor] = []  # recording only: per level [B, units, D] encoder states
-        self.rebuild_pending = False  # set by crop(): the model rebuilds the local state on its next forward
-        self._plans: dict[int, list[tuple[_Rows, _Rows, _Rows]]] = {}
+    def _drop_storage(self):
+        self.encoder_keys = self.encoder_values = self.decoder_keys = self.decoder_values = None
+        self.pending = self.predictions = self.history = None
+        self.is_initialized = False
 
     @property
-    def is_initialized(self) -> bool:
-        return self.pads is not None
-
-    @property
-    def batch_size(self) -> int:
-        return -1 if self.pads is None else len(self.pads)
+    def is_compileable(self) -> bool:
+        """Static storage (sized by `max_units`) that no decode step reallocates."""
+        return self.max_units is not None and not self.recording
 
     @property
     def is_croppable(self) -> bool:
         return self.recording
 
     @property
+    def ring(self) -> bool:
+        """Whether the encoder KV is a ring of `window` entries."""
+        return self.level.encoder_window is not None and not self.recording
+
+    @property
+    def capacity(self) -> int:
+        return self.encoder_keys[0].shape[2]
+
+    def __repr__(self) -> str:
+        return f"PhotonLevelCache(level={self.level.index}, units={self.units})"
+
+    # ------------------------------------------------------------------------------------------ allocation
+    def lazy_initialization(self, batch_size: int, device: torch.device, dtype: torch.dtype, units: int = 0):
+        """Allocate the storage for `batch_size` rows, the longest of which has completed `units` units."""
+        level = self.level
+        if self.ring:
+            capacity = level.encoder_window
+        else:
+            capacity = max(units, self.max_units or 0, 1)
+        kv = (self.kv_heads, self.head_dim)
+
+        def zeros(*shape, dtype=dtype):
+            return self._placed(torch.zeros(*shape, device=device, dtype=dtype))
+
+        def per_layer(layers, slots):
+            return [zeros(batch_size, kv[0], slots, kv[1]) for _ in range(layers)]
+
+        self.encoder_keys = per_layer(level.num_encoder_layers, capacity)
+        self.encoder_values = per_layer(level.num_encoder_layers, capacity)
+        self.decoder_keys = per_layer(level.num_decoder_layers, level.decoder_slots)
+        self.decoder_values = per_layer(level.num_decoder_layers, level.decoder_slots)
+        if level.index == 0:
+            self.pending = zeros(batch_size, level.chunk_size, dtype=torch.long)
+        else:
+            self.pending = zeros(batch_size, level.chunk_size, self.hidden_size)
+        if level.self_decoding:
+            self.predictions = zeros(batch_size, level.chunk_size + 1, self.hidden_size)
+        if self.recording:
+            self.history = torch.zeros(batch_size, units, self.hidden_size, device=device, dtype=dtype)
+        self.units = units
+        self.is_initialized = True
+
+    def reserve(self, units: int):
+        """Make room for `units` encoder entries: a ring or a large enough cache does not move; a growing cache
+        doubles; a static one grows to `max_units` if that was raised, else (a step past its size) doubles too."""
+        self.units = units
+        if not self.is_initialized or self.ring or units <= self.capacity:
+            return
+        grown = max(units, self.max_units or 0) if self.is_compileable else max(units, 2 * self.capacity)
+        if self.max_units is not None:
+            self.max_units = max(self.max_units, grown)
+            grown = max(grown, self.max_units)
+        for store in (self.encoder_keys, self.encoder_values):
+            for layer, old in enumerate(store):
+                new = old.new_zeros(*old.shape[:2], grown, old.shape[3])
+                new[:, :, : old.shape[2]] = old
+                store[layer] = self._placed(new)
+
+    def nbytes(self) -> int:
+        tensors = [*(self.encoder_keys or []), *(self.encoder_values or []), *(self.decoder_keys or []),
+                   *(self.decoder_values or []), self.pending, self.predictions, self.history]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    # ------------------------------------------------------------------------------- the context encoder's KV
+    def store_prefill(self, kv: list[tuple[torch.Tensor, torch.Tensor]], units: torch.Tensor, rows: slice):
+        """Copy a prefill's encoder keys/values ([G, Hkv, M, hd] per layer) into the cache rows `rows`, whose rows
+        have completed `units` ([G]) units each."""
+        if not self.ring:
+            n = min(self.capacity, kv[0][0].shape[2])
+            for layer, (k, v) in enumerate(kv):
+                self.encoder_keys[layer][rows, :, :n] = k[:, :, :n]
+                self.encoder_values[layer][rows, :, :n] = v[:, :, :n]
+            return
+        # Ring of W slots: slot s holds the latest unit p < units with p = s (mod W).
+        window = self.level.encoder_window
+        count = units[:, None]
+        slots = torch.arange(window, device=units.device)[None, :]
+        latest = (count - 1 - ((count - 1 - slots) % window)).clamp(min=0)
+        index = latest[:, None, :, None].expand(-1, self.kv_heads, -1, self.head_dim)
+        for layer, (k, v) in enumerate(kv):
+            self.encoder_keys[layer][rows] = k.gather(2, index.clamp(max=k.shape[2] - 1))
+            self.encoder_values[layer][rows] = v.gather(2, index.clamp(max=v.shape[2] - 1))
+
+    def encoder_bounds(self, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder entries [start, end) that a query at `unit` ([B], its own entry written) attends to."""
+        window = self.level.encoder_window
+        if self.ring:  # the ring holds units unit - W + 1 .. unit once full
+            return torch.zeros_like(unit), torch.where(unit >= window - 1, window, unit + 1)
+        start = torch.zeros_like(unit) if window is None else (unit - window + 1).clamp(min=0)
+        return start, unit + 1
+
+    def write_encoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, unit: torch.Tensor,
+                      mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the keys/values [B, Hkv, 1, hd] of unit `unit` ([B]) for the rows in `mask`; return the layer's
+        whole encoder KV ([B, Hkv, capacity, hd] each), to be read within `encoder_bounds`."""
+        slot = unit % self.level.encoder_window if self.ring else unit
+        _write_rows(self.encoder_keys[layer], 2, slot, keys[:, :, 0], mask)
+        _write_rows(self.encoder_values[layer], 2, slot, values[:, :, 0], mask)
+        return self.encoder_keys[layer], self.encoder_values[layer]
+
+    def store_history(self, rows: slice, states: torch.Tensor):
+        """Recording, at the prefill: the encoder states [G, units, D] of the cache rows `rows`."""
+        self.history[rows, : states.shape[1]] = states
+
+    def record(self, unit: torch.Tensor, state: torch.Tensor, mask: torch.Tensor | None):
+        """Recording: keep the encoder state [B, D] of unit `unit` for the rows in `mask`."""
+        if self.history.shape[1] < self.units:
+            grow = self.history.new_zeros(self.history.shape[0], self.units - self.history.shape[1], self.hidden_size)
+            self.history = torch.cat([self.history, grow], dim=1)
+        _write_rows(self.history, 1, unit.clamp(max=self.history.shape[1] - 1), state, mask)
+
+    # ---------------------------------------------------------------------------- the local decoder's state
+    def write_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
+                      mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the keys/values [B, Hkv, 1, hd] at window slot `slot` ([B]) for the rows in `mask`; return the
+        layer's local KV ([B, Hkv, R + C - 1, hd] each)."""
+        _write_rows(self.decoder_keys[layer], 2, slot, keys[:, :, 0], mask)
+        _write_rows(self.decoder_values[layer], 2, slot, values[:, :, 0], mask)
+        return self.decoder_keys[layer], self.decoder_values[layer]
+
+    def reset_unit(self, layer: int, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
+        """Start a new unit for the rows in `mask`: its prefix keys/values [B, Hkv, R, hd] fill slots 0..R-1."""
+        _write_slots(self.decoder_keys[layer], keys, mask)
+        _write_slots(self.decoder_values[layer], values, mask)
+
+    def write_pending(self, phase: torch.Tensor, items: torch.Tensor, mask: torch.Tensor | None):
+        """Keep the finished sub-unit `items` ([B] token ids or [B, D] states) at `phase` for the rows in `mask`."""
+        _write_rows(self.pending, 1, phase, items, mask)
+
+    def prediction(self, index: torch.Tensor) -> torch.Tensor:
+        """"self" decoding: each row's kept prediction at `index` ([B], 0 = the previous unit's last) -> [B, D]."""
+        gather = index.view(-1, 1, 1).expand(-1, 1, self.hidden_size)
+        return self.predictions.gather(1, gather)[:, 0]
+
+    def write_predictions(self, predictions: torch.Tensor, mask: torch.Tensor | None):
+        """"self" decoding: replace the kept predictions ([B, C + 1, D]) of the rows in `mask`."""
+        predictions = predictions.to(self.predictions.dtype)
+        if mask is not None:
+            predictions = torch.where(mask.view(-1, 1, 1), predictions, self.predictions)
+        self.predictions.copy_(predictions)
+
+    def store_local(self, rows: slice, pending: torch.Tensor, predictions: torch.Tensor | None = None):
+        """Prefill / rebuild: set the pending sub-units (and "self" predictions) of the cache rows `rows`."""
+        self.pending[rows] = pending
+        if predictions is not None:
+            self.predictions[rows] = predictions
+
+    def store_decoder(self, layer: int, rows: slice, keys: torch.Tensor, values: torch.Tensor):
+        """Prefill / rebuild: set the local KV ([G, Hkv, R + C - 1, hd]) of the cache rows `rows`."""
+        self.decoder_keys[layer][rows] = keys
+        self.decoder_values[layer][rows] = values
+
+    # ------------------------------------------------------------------------------------------ batch reshaping
+    def _map_rows(self, fn):
+        """Replace every row-major tensor (batch first) t by fn(t)."""
+        for store in (self.encoder_keys, self.encoder_values, self.decoder_keys, self.decoder_values):
+            store[:] = [fn(t) for t in store]
+        self.pending = fn(self.pending)
+        self.predictions = None if self.predictions is None else fn(self.predictions)
+        self.history = None if self.history is None else fn(self.history)
+
+    def reorder(self, index: torch.Tensor):
+        """Row i takes the state of row index[i], in place (the storage keeps its address)."""
+        self._map_rows(lambda t: t.copy_(t.index_select(0, index.to(t.device))))
+
+    def select(self, index: torch.Tensor):
+        """Keep only the rows `index`."""
+        self._map_rows(lambda t: self._placed(t.index_select(0, index.to(t.device))))
+
+    def repeat(self, repeats: int):
+        """Repeat every row `repeats` times (row order a, a, b, b, ...)."""
+        self._map_rows(lambda t: self._placed(t.repeat_interleave(repeats, dim=0)))
+
+    def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
+        return _static(tensor) if self.is_compileable else tensor
+
+    def crop(self, units: int):
+        """Keep the recorded encoder states of the first `units` units (the local state is rebuilt from them)."""
+        self.units = units
+        if self.history is not None:
+            self.history = self.history[:, :units]
+
+    def reset(self):
+        self._drop_storage()
+        self.units = 0
+
+    # ----------------------------------------------------------------------- CacheLayerMixin's generic API
+    def update(self, key_states, value_states, *args, **kwargs):
+        raise NotImplementedError("A PHOTON level is written through write_encoder / write_decoder / reset_unit.")
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return (self.capacity if self.is_initialized else 0), 0
+
+    def get_seq_length(self) -> int:
+        """Units completed by the longest row."""
+        return self.units
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class PhotonCache(Cache):
+    """Hierarchical cache for `PhotonForCausalLM` (see the module docstring): one `PhotonLevelCache` per level in
+    `layers`, plus the rows' bookkeeping.
+
+    `generate()` builds one through `PhotonForCausalLM._prepare_cache_for_generation`; a direct
+    `model(input_ids, use_cache=True)` builds one too. With `max_cache_len` (columns, pads included) all storage is
+    allocated once at the prefill and the cache `is_compileable`; without it, the encoder caches grow by doubling.
+    """
+
+    def __init__(self, config: PhotonConfig, max_cache_len: int | None = None):
+        levels = config.levels
+        sizes = [None if max_cache_len is None else max(max_cache_len // level.tokens_per_unit, 1) for level in levels]
+        super().__init__(layers=[PhotonLevelCache(lvl, config, size) for lvl, size in zip(levels, sizes, strict=True)])
+        self.config = config
+        self.max_columns = max_cache_len  # columns (pads included) the static storage holds; None: it grows
+        self.period = levels[-1].tokens_per_unit  # P_L: steps repeat with the meta-chunk
+        self.recording = False
+        self._reset_rows()
+
+    def _reset_rows(self):
+        self.seen = 0  # input columns consumed, left pads included (what generate slices input_ids with)
+        self.pads: list[int] | None = None  # left pad columns per row (host)
+        self.counts: torch.Tensor | None = None  # [B] real tokens consumed per row (device)
+        self.history_tokens: torch.Tensor | None = None  # recording only: [B, columns] input ids
+        self._stale = False  # after crop(), until the model has rebuilt the local state (`pending_rebuild`)
+        self._steps: dict[int, PhotonStep] = {}
+
+    def reset(self):
+        """Forget everything: the next forward is a prefill."""
+        super().reset()
+        self._reset_rows()
+
+    # -------------------------------------------------------------------------------------------- properties
+    @property
+    def batch_size(self) -> int:
+        return -1 if self.pads is None else len(self.pads)
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.pads is not None
+
+    @property
     def is_sliding(self) -> list[bool]:
-        return [False]
-
-    @property
-    def is_linear(self) -> list[bool]:
-        return [False]
-
-    @property
-    def is_dummy(self) -> list[bool]:
-        return [False]
-
-    def __len__(self) -> int:
-        return self.num_levels
+        return [False] * len(self.layers)
 
     def __repr__(self) -> str:
         return (
-            f"PhotonCache(levels={self.num_levels}, batch_size={self.batch_size}, seen={self.seen}, "
-            f"bytes={self.nbytes()})"
+            f"PhotonCache(levels={len(self.layers)}, batch_size={self.batch_size}, seen={self.seen}, "
+            f"max_columns={self.max_columns}, bytes={self.nbytes()})"
         )
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -151,190 +396,142 @@ class PhotonCache(Cache):
     def get_max_length(self, layer_idx: int | None = None) -> int:
         return -1
 
-    def real_tokens(self, seen: int | None = None) -> list[int]:
-        """Real (non-pad) tokens consumed by each row."""
-        seen = self.seen if seen is None else seen
-        return [seen - p for p in self.pads]
+    def real_tokens(self) -> list[int]:
+        """Real (non-pad) tokens consumed by each row (host)."""
+        return [self.seen - p for p in self.pads]
 
     def nbytes(self) -> int:
-        """Measured size: bytes of every tensor the cache holds."""
-        tensors = [*self.enc_keys, *self.enc_values, *self.dec_keys, *self.dec_values, *self.pending]
-        tensors += [p for p in self.predictions if p is not None]
-        tensors += [*self.history_streams]
-        if self.history_tokens is not None:
-            tensors.append(self.history_tokens)
-        if self.pads_device is not None:
-            tensors.append(self.pads_device)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        """Measured size: bytes of every tensor the cache holds. A static cache is sized for `max_columns` columns
+        from the prefill on, so it equals `kv_cache_bytes(config, max_columns)` per row (the top level's entries
+        come in units of P_L tokens, so after generate, whose `max_columns` is the last column consumed, this is
+        also `kv_cache_bytes(config, get_seq_length())` for unpadded rows)."""
+        total = sum(layer.nbytes() for layer in self.layers)
+        for tensor in (self.counts, self.history_tokens):
+            if tensor is not None:
+                total += tensor.numel() * tensor.element_size()
+        return total
 
-    # ------------------------------------------------------------- allocation
-    def allocate(self, pads: list[int], device: torch.device, dtype: torch.dtype):
-        """Create the (empty) storage for a batch whose rows carry `pads` left pad columns."""
-        cfg = self.config
-        batch, kv_heads, head_dim, hidden = len(pads), cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
-        self._set_pads(list(pads), device)
-        for level, chunk in enumerate(self.chunk_sizes):
-            capacity = self._capacity(level, 1)
-            shape = (cfg.num_encoder_layers[level], batch, kv_heads, capacity, head_dim)
-            self.enc_keys.append(torch.zeros(shape, device=device, dtype=dtype))
-            self.enc_values.append(torch.zeros(shape, device=device, dtype=dtype))
-            local = cfg.converter_width[level] + chunk - 1
-            shape = (cfg.num_decoder_layers[level], batch, kv_heads, local, head_dim)
-            self.dec_keys.append(torch.zeros(shape, device=device, dtype=dtype))
-            self.dec_values.append(torch.zeros(shape, device=device, dtype=dtype))
-            if level == 0:
-                self.pending.append(torch.zeros(batch, chunk, dtype=torch.long, device=device))
-            else:
-                self.pending.append(torch.zeros(batch, chunk, hidden, device=device, dtype=dtype))
-            self.predictions.append(
-                torch.zeros(batch, chunk + 1, hidden, device=device, dtype=dtype)
-                if level > 0 and self.self_decoding
-                else None
-            )
-            if self.recording:
-                self.history_streams.append(torch.zeros(batch, 0, hidden, device=device, dtype=dtype))
+    def reserve_columns(self, max_cache_len: int):
+        """Size a static cache for `max_cache_len` columns (a returned cache that generate continues further)."""
+        if self.max_columns is None or max_cache_len <= self.max_columns:
+            return
+        self.max_columns = max_cache_len
+        for layer in self.layers:
+            layer.max_units = max(max_cache_len // layer.level.tokens_per_unit, 1)
+            layer.reserve(layer.units)
+
+    # -------------------------------------------------------------------------------------------- the prefill
+    def begin_prefill(self, pads: list[int], columns: int, device: torch.device, dtype: torch.dtype):
+        """Allocate the storage for a batch whose rows carry `pads` left pad columns, `columns` columns in all."""
+        self.pads = list(pads)
+        self.seen = columns
+        counts = self.real_tokens()
+        self.counts = torch.tensor(counts, dtype=torch.long, device=device)
+        if self.is_compileable:
+            _static(self.counts)
+        for layer in self.layers:
+            layer.lazy_initialization(len(pads), device, dtype, max(counts) // layer.level.tokens_per_unit)
         if self.recording:
-            self.history_tokens = torch.zeros(batch, 0, dtype=torch.long, device=device)
-        self._plans = {}
+            self.history_tokens = torch.zeros(len(pads), 0, dtype=torch.long, device=device)
+        self._steps = {}
 
-    def _set_pads(self, pads: list[int], device: torch.device):
-        """Per-row left padding, on the CPU and the device, with the two facts a decode step reads from it."""
-        self.pads = pads
-        self.pads_device = torch.tensor(pads, dtype=torch.long, device=device)
-        self.min_pad = min(pads)  # the longest row (sizes the encoder caches)
-        self.uniform_pads = len(set(pads)) == 1  # then every row is at the same unit index: ints, not tensors
+    # ---------------------------------------------------------------------------------------- decode columns
+    def begin_column(self) -> PhotonStep:
+        """The host side of consuming one more column: count it and say which levels the step runs."""
+        self.seen += 1
+        longest = self.seen - min(self.pads)
+        for layer in self.layers:
+            layer.reserve(longest // layer.level.tokens_per_unit)
+        if not self._steps:
+            self._steps = {phase: self._step_at(phase) for phase in range(self.period)}
+        return self._steps[self.seen % self.period]
 
-    def is_ring(self, level: int) -> bool:
-        """Whether a level's encoder cache is a ring of `window` entries (not while recording: crop needs all)."""
-        return self.config.window(level) is not None and not self.recording
-
-    def _capacity(self, level: int, units: int) -> int:
-        if self.is_ring(level):
-            return self.config.window(level)
-        if self.max_columns is not None:
-            return max(units, self.max_columns // self.tokens_per_unit[level], 1)
-        return max(units, 1)
-
-    def ensure_capacity(self, level: int, units: int):
-        """Grow a (non-ring) encoder cache so that it holds `units` entries (doubling, to amortise)."""
-        if self.is_ring(level):
-            return
-        capacity = self.enc_keys[level].shape[3]
-        if units <= capacity:
-            return
-        new_capacity = max(units, 2 * capacity) if self.max_columns is None else max(units, capacity)
-        for store in (self.enc_keys, self.enc_values):
-            old = store[level]
-            grown = old.new_zeros(*old.shape[:3], new_capacity, old.shape[4])
-            grown[:, :, :, :capacity] = old
-            store[level] = grown
-
-    def encoder_slots(self, level: int, positions):
-        """Where unit `positions` of a level lives in its encoder cache (ring slot or the position itself)."""
-        return positions % self.config.window(level) if self.is_ring(level) else positions
-
-    # ------------------------------------------------------------ step plans
-    def plan(self, seen_after: int) -> list[tuple[_Rows, _Rows, _Rows]]:
-        """Which rows do what at each level when the column that brings `seen` to `seen_after` is consumed.
-
-        One triple per level, bottom-up, until no row reaches further: `arriving` (rows that finished a sub-unit
-        of this level: every row at level 0, the rows that closed the level below otherwise), `continuing` and
-        `closing` (indexed within `arriving`: rows whose unit goes on, rows whose unit is now complete). Plans
-        repeat with period P_L; `prepare_plans` makes all of them (and their index tensors) after a prefill, so
-        a decode step only looks one up.
-        """
-        if not self._plans:
-            self.prepare_plans()
-        return self._plans[seen_after % self.tokens_per_unit[-1]]
-
-    def prepare_plans(self):
-        period = self.tokens_per_unit[-1]
-        self._plans = {(self.seen + k) % period: self._make_plan(self.seen + k) for k in range(1, period + 1)}
-
-    def _make_plan(self, seen_after: int) -> list[tuple[_Rows, _Rows, _Rows]]:
-        device = self.pads_device.device
-        counts = self.real_tokens(seen_after)
-        batch = len(counts)
-
-        def tensor(values):
-            return torch.tensor(values, dtype=torch.long, device=device)
-
-        def phase_of(phases):
-            return phases[0] if len(set(phases)) == 1 else tensor(phases)
-
-        def subset(selected, parent, phases):
-            position = {row: i for i, row in enumerate(parent)}
-            index = None if len(selected) == len(parent) else tensor([position[r] for r in selected])
-            absolute = None if len(selected) == batch else tensor(selected)
-            return _Rows(index, absolute, len(selected), phase_of(phases) if phases else 0)
-
-        plan = []
-        arriving = list(range(batch))
-        for level, chunk in enumerate(self.chunk_sizes):
-            below = 1 if level == 0 else self.tokens_per_unit[level - 1]
-            phases = [(counts[r] // below - 1) % chunk for r in arriving]
-            cont = [(r, p) for r, p in zip(arriving, phases, strict=True) if p != chunk - 1]
-            close = [r for r, p in zip(arriving, phases, strict=True) if p == chunk - 1]
-            plan.append(
-                (
-                    subset(arriving, arriving, phases),
-                    subset([r for r, _ in cont], arriving, [p for _, p in cont]),
-                    subset(close, arriving, [chunk - 1] * len(close)),
-                )
-            )
-            if not close:
+    def _step_at(self, phase: int) -> PhotonStep:
+        """The step of every column that brings `seen` to `phase` (mod P_L), from the rows' distinct paddings."""
+        # Real-token counts mod P_L, as 1..P_L (a multiple of P_L completes a unit at every level).
+        counts = {(phase - pad) % self.period or self.period for pad in set(self.pads)}
+        continuing, closing, every_row = [], [], []
+        arriving = counts
+        for level in self.config.levels:
+            arrived = {c for c in arriving if c % level.tokens_per_subunit == 0}
+            closed = {c for c in arrived if c % level.tokens_per_unit == 0}
+            continuing.append(bool(arrived - closed))
+            closing.append(bool(closed))
+            every_row.append(arrived == counts and closed in (arrived, set()))
+            if not closed:
                 break
-            arriving = close
-        return plan
+            arriving = closed
+        return PhotonStep(tuple(continuing), tuple(closing), tuple(every_row))
 
-    # ------------------------------------------------------- batch reshaping
-    def _batch_tensors(self) -> list[tuple[list, int, int]]:
-        """(list, index, batch dim) of every row-major tensor, for reorder/select/repeat."""
-        entries = []
-        for store in (self.enc_keys, self.enc_values, self.dec_keys, self.dec_values):
-            entries += [(store, i, 1) for i in range(len(store))]
-        for store in (self.pending, self.predictions, self.history_streams):
-            entries += [(store, i, 0) for i in range(len(store)) if store[i] is not None]
-        return entries
+    def advance(self) -> torch.Tensor:
+        """The device side of consuming one column (inside the step): count it; returns the counts [B]."""
+        self.counts.add_(1)
+        return self.counts
 
-    def _apply_rows(self, fn_tensor, new_pads: list[int]):
-        for store, i, dim in self._batch_tensors():
-            store[i] = fn_tensor(store[i], dim)
-        if self.history_tokens is not None:
-            self.history_tokens = fn_tensor(self.history_tokens, 0)
-        if new_pads != self.pads:  # beams of one prompt share their padding: plans usually survive a reorder
-            self._set_pads(new_pads, self.pads_device.device)
-            self._plans = {}
+    def rows(self, level: int, counts: torch.Tensor, step: PhotonStep) -> PhotonRows:
+        """Where each row stands at `level` once it has consumed `counts` ([B]) real tokens, in column `step`."""
+        geometry = self.layers[level].level
+        below = geometry.tokens_per_subunit
+        phase = (counts // below - 1) % geometry.chunk_size
+        unit = counts // geometry.tokens_per_unit - 1
+        if step.every_row[level]:
+            return PhotonRows(None, None, None, phase, unit)
+        arriving = counts % below == 0
+        closing = counts % geometry.tokens_per_unit == 0
+        return PhotonRows(arriving, closing, arriving & ~closing, phase, unit)
+
+    def record_tokens(self, tokens: torch.Tensor):
+        """Recording: append input columns [B, n] to the token history."""
+        self.history_tokens = torch.cat([self.history_tokens, tokens], dim=1)
+
+    # ------------------------------------------------------------------------------------------ batch reshaping
+    def _new_pads(self, pads: list[int], counts: torch.Tensor):
+        self.counts = _static(counts) if self.is_compileable else counts
+        if pads != self.pads:  # beams of one prompt share their padding: the step table usually survives a reorder
+            self.pads = pads
+            self._steps = {}
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
-        """Beam search: row i takes the state of row beam_idx[i]."""
+        """Beam search: row i takes the state of row beam_idx[i] (in place)."""
         if self.pads is None:
             return
-        index = beam_idx.to(self.pads_device.device)
-        new_pads = self.pads if self.uniform_pads else [self.pads[i] for i in beam_idx.tolist()]
-        self._apply_rows(lambda t, dim: t.index_select(dim, index), new_pads)
+        index = beam_idx.to(self.counts.device)
+        for layer in self.layers:
+            layer.reorder(index)
+        if self.history_tokens is not None:
+            self.history_tokens = self.history_tokens.index_select(0, index)
+        if len(set(self.pads)) > 1:
+            self.pads = [self.pads[i] for i in beam_idx.tolist()]
+            self._steps = {}
+        self.counts.copy_(self.counts.index_select(0, index))
 
     def batch_select_indices(self, indices: torch.Tensor):
         """Keep only the rows `indices`."""
         if self.pads is None:
             return
-        index = torch.as_tensor(indices, device=self.pads_device.device)
-        new_pads = [self.pads[i] for i in index.tolist()]
-        self._apply_rows(lambda t, dim: t.index_select(dim, index), new_pads)
+        index = torch.as_tensor(indices, device=self.counts.device)
+        for layer in self.layers:
+            layer.select(index)
+        if self.history_tokens is not None:
+            self.history_tokens = self.history_tokens.index_select(0, index)
+        self._new_pads([self.pads[i] for i in index.tolist()], self.counts.index_select(0, index))
 
     def batch_repeat_interleave(self, repeats: int):
         """Repeat every row `repeats` times (row order a, a, b, b, ...)."""
         if self.pads is None:
             return
-        new_pads = [p for p in self.pads for _ in range(repeats)]
-        self._apply_rows(lambda t, dim: t.repeat_interleave(repeats, dim=dim), new_pads)
+        for layer in self.layers:
+            layer.repeat(repeats)
+        if self.history_tokens is not None:
+            self.history_tokens = self.history_tokens.repeat_interleave(repeats, dim=0)
+        self._new_pads([p for p in self.pads for _ in range(repeats)], self.counts.repeat_interleave(repeats))
 
-    # ------------------------------------------------------ rolling back
+    # ------------------------------------------------------------------------------------------- rolling back
     def activate_past_recording(self):
         """Keep what `crop` needs to roll back: the token ids and every level's encoder states.
 
         Call it before the prefill (generate does, for assisted decoding). Windowed encoders then keep their
-        whole history instead of a ring.
+        whole history instead of a ring, and the cache is no longer compileable (it grows).
         """
         if self.is_initialized and not self.recording:
             raise RuntimeError(
@@ -342,6 +539,8 @@ class PhotonCache(Cache):
                 "states a later crop would need are already gone."
             )
         self.recording = True
+        for layer in self.layers:
+            layer.recording = True
 
     def is_recording_past(self, layer_idx: int = 0) -> bool:
         return self.recording
@@ -350,7 +549,8 @@ class PhotonCache(Cache):
         """Forget the last `-tokens_to_remove` columns (`crop(0)` does nothing).
 
         Encoder entries of units that become unfinished are dropped; the local decoder state of the new last
-        units is rebuilt from the recorded token ids and encoder states by the model on its next forward.
+        units is stale until the model rebuilds it from the recorded token ids and encoder states, which it asks
+        for (`pending_rebuild`) first thing in its next forward.
         """
         tokens_to_remove = int(tokens_to_remove)  # generate may hand over a 0-d tensor
         if tokens_to_remove > 0:
@@ -372,10 +572,23 @@ class PhotonCache(Cache):
                 f"(seen={self.seen}, largest left padding={max(self.pads)})."
             )
         self.seen -= remove
+        self.counts.sub_(remove)
         self.history_tokens = self.history_tokens[:, : self.seen]
-        counts = self.real_tokens()
-        for level in range(self.num_levels):
-            units = max(counts) // self.tokens_per_unit[level]
-            self.history_streams[level] = self.history_streams[level][:, :units]
-        self.rebuild_pending = True
-        self._plans = {}
+        longest = self.seen - min(self.pads)
+        for layer in self.layers:
+            layer.crop(longest // layer.level.tokens_per_unit)
+        self._stale = True
+        self._steps = {}
+
+    def pending_rebuild(self) -> tuple[list[torch.Tensor], torch.Tensor, list[int]] | None:
+        """After `crop`, once: what the unfinished units' local state must be rebuilt from, as (encoder states
+        [B, units, D] per level, token ids [B, columns] shifted so that each row starts at its first real token,
+        real-token counts per row). None when nothing is stale."""
+        if not self._stale:
+            return None
+        self._stale = False
+        length = self.history_tokens.shape[1]
+        pads = torch.tensor(self.pads, device=self.history_tokens.device)
+        source = (torch.arange(length, device=pads.device)[None, :] + pads[:, None]).clamp(max=length - 1)
+        tokens = self.history_tokens.gather(1, source)
+        return [layer.history for layer in self.layers], tokens, self.real_tokens()

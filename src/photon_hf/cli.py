@@ -1,14 +1,20 @@
-"""The `photon-hf` command line: quickstart, train, generate, export, info, bench.
+"""The `photon-hf` command line: quickstart, train, generate, export, info.
 
 Run `photon-hf --help`, or `photon-hf COMMAND --help` for one command. Every command is a thin layer over the
-library (`photon_hf.data`, `photon_hf.training`, `photon_hf.hub`) and stock transformers / datasets / peft.
+library (`photon_hf.training`, `photon_hf.data`, `photon_hf.hub`, `photon_hf.memory`) and stock transformers /
+datasets / peft: `train` parses its flags into a `photon_hf.training.TrainJob` and runs it.
+
+Exit codes: 0 on success, 2 for a mistake in the command line (a bad value, a model that does not resolve), which
+is reported in one line before any model is loaded, 1 for an error during the work.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -23,6 +29,9 @@ examples:
   photon-hf export runs/small hub/photon-small --repo-id me/photon-small
   photon-hf info --size photon-600m --context-lengths 2048,32768
   torchrun --nproc_per_node 2 -m photon_hf train --output-dir runs/ddp    data parallel (CPU or GPU)
+
+The generation benchmark and the kernel benchmark are scripts in a source checkout, not commands:
+  python bench/run_generation.py --help, python bench/bench_kernels.py --help
 """
 
 
@@ -30,20 +39,32 @@ class UsageError(Exception):
     """A mistake in the command line; the message says what to change."""
 
 
-# ------------------------------------------------------------------------------------------------ helpers
-def _parse_overrides(pairs: list[str] | None) -> dict:
-    """["hidden_size=96", "chunk_sizes=[4,2]"] -> {"hidden_size": 96, "chunk_sizes": [4, 2]} (JSON values, else
-    strings)."""
-    overrides = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--set takes KEY=VALUE (e.g. --set hidden_size=96), got {pair!r}.")
+# ------------------------------------------------------------------------------------------- argument types
+def _int_at_least(minimum: int, note: str = ""):
+    def parse(text: str) -> int:
         try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{note}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float = math.inf, *, low_open: bool = True, what: str = ""):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        inside = (value > low if low_open else value >= low) and value <= high
+        if not inside:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
 def _int_list(text: str) -> list[int]:
@@ -65,34 +86,93 @@ def _dtype(name: str):
     return dtypes[name]
 
 
-def _describe_source(source: str | None, corpus) -> tuple[str, str]:
-    """(short dataset name, one-paragraph description) of a training corpus, for the model card."""
-    train, validation = len(corpus["train"]), len(corpus["validation"])
-    if source in (None, "stdlib"):
-        version = ".".join(map(str, sys.version_info[:2]))
-        return (
-            f"Python {version} standard library source",
-            f"The Python {sys.version.split()[0]} standard library's own source files (the embedded default corpus "
-            f"of photon_hf, read from the local installation): {train} files for training and {validation} held-out "
-            "files for validation, split by a hash of each file's relative path.",
+def _parse_overrides(pairs: list[str] | None) -> dict:
+    """["hidden_size=96", "chunk_sizes=[4,2]"] -> {"hidden_size": 96, "chunk_sizes": [4, 2]} (JSON values, else
+    strings)."""
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set takes KEY=VALUE (e.g. --set hidden_size=96), got {pair!r}.")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+# ------------------------------------------------------------------------------------------ model resolution
+def _looks_local(name: str) -> bool:
+    """Whether a model name can only mean a local path (not a Hub id `name` or `owner/name`)."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/") or name.count("/") > 1:
+        return True
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def resolve_model(name: str, what: str = "--model", hub: bool = True) -> str:
+    """Check that `name` names a saved model before anything loads it: a local folder with a `config.json`, or (with
+    `hub`) a Hugging Face Hub repository that is in the local cache or answers one request (no retries). Raises a
+    `UsageError` that says which of these failed."""
+    path = Path(name).expanduser()
+    saved_by = "a folder saved by `photon-hf train` (or save_pretrained)"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{what} {name!r} is a folder without a config.json, not a saved model; pass {saved_by}.")
+        return str(path)
+    if path.exists():
+        raise UsageError(f"{what} {name!r} is a file, not a model folder; pass {saved_by}.")
+    if not hub or _looks_local(name):
+        raise UsageError(f"{what} {name!r}: no such folder; pass {saved_by}.")
+    _check_hub_model(name, what)
+    return name
+
+
+def _check_hub_model(repo_id: str, what: str):
+    """A Hub model id resolves when its config.json is cached or the Hub says it exists: one request, so that a
+    machine without network gets an answer at once instead of after the download retries."""
+    from huggingface_hub import constants, errors, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    not_local = f"{what} {repo_id!r} is not a local folder"
+    if constants.HF_HUB_OFFLINE:
+        raise UsageError(
+            f"{not_local}, and offline mode (HF_HUB_OFFLINE=1) forbids looking it up on the Hugging Face Hub (it is "
+            "not in the local Hub cache)."
         )
-    return source, f"`{source}`: {train} training documents and {validation} validation documents."
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"))
+    except errors.GatedRepoError:
+        raise UsageError(
+            f"{not_local}; the Hub repository is gated: accept its terms and log in (`hf auth login`)."
+        ) from None
+    except errors.RepositoryNotFoundError:
+        raise UsageError(
+            f"{not_local} nor a model repository on the Hugging Face Hub (a private one needs `hf auth login`)."
+        ) from None
+    except errors.EntryNotFoundError:
+        raise UsageError(f"{not_local}; the Hub repository {repo_id!r} has no config.json: no model.") from None
+    except Exception as error:  # no network, DNS, proxy, timeout, Hub down
+        reason = str(error).splitlines()[0] if str(error) else ""
+        raise UsageError(
+            f"{not_local}, and the Hugging Face Hub could not be reached to look it up (no network?): "
+            f"{type(error).__name__}: {reason}"
+        ) from None
 
 
-def _is_hub_name(source: str) -> bool:
-    """Whether a --dataset value names a Hub dataset (not the embedded corpus, a local path or a glob)."""
-    import glob
-    import os
-
-    return source != "stdlib" and not os.path.exists(source) and not glob.has_magic(source)
-
-
+# --------------------------------------------------------------------------------------------- shared output
 def _print_cache_table(config, context_lengths, dtype, batch_size: int = 1):
-    from .hub import cache_table, format_bytes
+    from .memory import cache_table, format_bytes, llama_layers
 
-    layers = sum(config.num_encoder_layers) + sum(config.num_decoder_layers)
     name = str(dtype).replace("torch.", "")
-    print(f"KV cache for {batch_size} sequence(s), {name}, vs a Llama of the same width and depth ({layers} layers):")
+    print(f"KV cache for {batch_size} sequence(s), {name}, vs a Llama of the same width and depth "
+          f"({llama_layers(config)} layers):")
     print(f"  {'context':>10}  {'PHOTON':>12}  {'same-shape Llama':>16}  {'ratio':>7}")
     for n, photon, llama in cache_table(config, context_lengths, dtype):
         photon, llama = photon * batch_size, llama * batch_size
@@ -115,11 +195,15 @@ def _config_summary(config, parameters: int) -> list[str]:
     ]
 
 
+def _folder_size(folder: str) -> int:
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
 # ------------------------------------------------------------------------------------------------- train
-def _add_data_arguments(parser):
+def _add_data_arguments(parser, job):
     group = parser.add_argument_group("data")
     group.add_argument(
-        "--dataset", default="stdlib", metavar="SOURCE",
+        "--dataset", default=job.dataset, metavar="SOURCE",
         help="'stdlib' (default: the Python standard library's source, no download), a local .txt/.jsonl/.json "
              "file, a folder of them or a glob, or a Hugging Face dataset name (needs the Hub)",
     )
@@ -130,71 +214,33 @@ def _add_data_arguments(parser):
         "--validation-data", metavar="SOURCE",
         help="separate local validation files (default: the dataset's validation split, else held-out documents)",
     )
-    group.add_argument("--text-column", default="text", help="column / JSON field holding the text (default: text)")
+    group.add_argument("--text-column", default=job.text_column, help="column / JSON field holding the text")
     group.add_argument(
-        "--validation-fraction", type=float, default=0.05,
-        help="share of documents held out when the source has no validation split (default: 0.05)",
+        "--validation-fraction", type=float, default=job.validation_fraction,
+        help="share of documents held out when the source has no validation split "
+             f"(default: {job.validation_fraction})",
     )
     group.add_argument("--max-files", type=int, metavar="N", help="stdlib corpus only: use the first N files per split")
-    group.add_argument("--block-size", type=int, default=256, help="tokens per training block (default: 256)")
     group.add_argument(
-        "--eval-blocks", type=int, default=64,
-        help="validation blocks per evaluation, evenly spread over the split; 0 = all (default: 64)",
+        "--block-size", type=int, default=job.block_size, help=f"tokens per training block (default: {job.block_size})"
     )
     group.add_argument(
-        "--tokenizer", default="bytes",
+        "--eval-blocks", type=int, default=job.eval_blocks,
+        help=f"validation blocks per evaluation, evenly spread over the split; 0 = all (default: {job.eval_blocks})",
+    )
+    group.add_argument(
+        "--tokenizer", default=job.tokenizer,
         help="'bytes' (default: built-in byte-level tokenizer, no download) or an AutoTokenizer name or folder; "
              "ignored with --model, which brings its own",
     )
     group.add_argument("--num-proc", type=int, help="processes for tokenizing (datasets.map num_proc)")
 
 
-def _add_model_arguments(parser, default_size: str):
-    from .configuration_photon import PHOTON_PRESETS
-    from .training import MODEL_SIZES
-
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model", metavar="PATH",
-        help="continue from a saved PHOTON model (a folder from `photon-hf train` or save_pretrained); default: a "
-             "new model of --size",
-    )
-    group.add_argument(
-        "--size", default=default_size, choices=[*MODEL_SIZES, *PHOTON_PRESETS],
-        help=f"shape of a new model (default: {default_size}); tiny/small/base suit CPUs, photon-* are the paper's",
-    )
-    group.add_argument(
-        "--set", action="append", metavar="KEY=VALUE",
-        help="override a PhotonConfig field of a new model, e.g. --set hidden_size=96 --set chunk_sizes=[4,2]",
-    )
-
-
-def _add_optimisation_arguments(parser, *, max_steps, batch_size, learning_rate):
-    group = parser.add_argument_group("optimisation")
-    group.add_argument("--max-steps", type=int, default=max_steps, help=f"optimizer steps (default: {max_steps})")
-    group.add_argument(
-        "--max-minutes", type=float,
-        help="also stop after this many minutes of training; the learning rate then decays by time or steps, "
-             "whichever runs out first",
-    )
-    group.add_argument(
-        "--batch-size", type=int, default=batch_size, help=f"blocks per device and step (default: {batch_size})"
-    )
-    group.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps (default: 1)")
-    group.add_argument(
-        "--learning-rate", type=float, default=learning_rate, help=f"peak learning rate (default: {learning_rate})"
-    )
-    group.add_argument("--warmup", type=float, default=0.05, help="warmup steps, or a fraction of --max-steps if < 1")
-    group.add_argument("--weight-decay", type=float, default=0.1)
-    group.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
-    group.add_argument(
-        "--bf16", action=argparse.BooleanOptionalAction, default=None,
-        help="bf16 mixed precision (default: on where the GPU supports it)",
-    )
-    group.add_argument("--seed", type=int, default=0)
-
-
 def _add_train_parser(subparsers):
+    from .configuration_photon import PHOTON_PRESETS
+    from .training import TrainJob
+
+    job = TrainJob  # the defaults of every flag below
     parser = subparsers.add_parser(
         "train",
         help="pretrain or fine-tune PHOTON with transformers.Trainer",
@@ -207,19 +253,76 @@ def _add_train_parser(subparsers):
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output-dir", required=True, help="folder for checkpoints and the final model")
-    _add_data_arguments(parser)
-    _add_model_arguments(parser, default_size="small")
+    _add_data_arguments(parser, job)
+
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model", metavar="PATH",
+        help="continue from a saved PHOTON model (a folder from `photon-hf train` or save_pretrained); default: a "
+             "new model of --size",
+    )
+    group.add_argument(
+        "--size", default=job.size, choices=list(PHOTON_PRESETS),
+        help=f"shape of a new model (default: {job.size}); tiny/small/base suit CPUs, photon-* are the paper's",
+    )
+    group.add_argument(
+        "--set", action="append", metavar="KEY=VALUE",
+        help="override a PhotonConfig field of a new model, e.g. --set hidden_size=96 --set chunk_sizes=[4,2]",
+    )
+
     group = parser.add_argument_group("LoRA (fine-tuning a saved --model)")
-    group.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0 (default) trains all weights")
+    group.add_argument("--lora-r", type=int, default=job.lora_r, help="LoRA rank; 0 (default) trains all weights")
     group.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: 2 x rank)")
-    group.add_argument("--lora-dropout", type=float, default=0.0)
+    group.add_argument("--lora-dropout", type=float, default=job.lora_dropout)
     group.add_argument("--lora-chunker", action="store_true", help="also adapt each level's chunker")
     group.add_argument("--lora-converter", action="store_true", help="also adapt each level's converter")
-    _add_optimisation_arguments(parser, max_steps=1000, batch_size=16, learning_rate=2e-3)
+
+    group = parser.add_argument_group("optimisation")
+    group.add_argument(
+        "--max-steps", type=int, default=job.max_steps, help=f"optimizer steps (default: {job.max_steps})"
+    )
+    group.add_argument(
+        "--max-minutes", type=float,
+        help="also stop after this many minutes of training; the learning rate then decays by time or steps, "
+             "whichever runs out first",
+    )
+    group.add_argument(
+        "--batch-size", type=int, default=job.batch_size, help=f"blocks per device and step (default: {job.batch_size})"
+    )
+    group.add_argument(
+        "--grad-accum", type=int, default=job.grad_accum,
+        help=f"gradient accumulation steps (default: {job.grad_accum})",
+    )
+    group.add_argument(
+        "--learning-rate", type=float, default=job.learning_rate,
+        help=f"peak learning rate (default: {job.learning_rate})",
+    )
+    group.add_argument(
+        "--warmup", type=float, default=job.warmup,
+        help=f"warmup steps, or a fraction of --max-steps if < 1 (default: {job.warmup})",
+    )
+    group.add_argument(
+        "--weight-decay", type=float, default=job.weight_decay, help=f"(default: {job.weight_decay})"
+    )
+    group.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
+    group.add_argument(
+        "--bf16", action=argparse.BooleanOptionalAction, default=job.bf16,
+        help="bf16 mixed precision (default: on where the GPU supports it)",
+    )
+    group.add_argument("--seed", type=int, default=job.seed)
+
     group = parser.add_argument_group("evaluation and checkpoints")
-    group.add_argument("--eval-steps", type=int, default=100, help="evaluate every N steps (default: 100)")
-    group.add_argument("--save-steps", type=int, default=500, help="checkpoint every N steps (default: 500)")
-    group.add_argument("--logging-steps", type=int, default=10)
+    group.add_argument(
+        "--eval-steps", type=int, default=job.eval_steps, help=f"evaluate every N steps (default: {job.eval_steps})"
+    )
+    group.add_argument(
+        "--save-steps", type=int, default=job.save_steps, help=f"checkpoint every N steps (default: {job.save_steps})"
+    )
+    group.add_argument(
+        "--save-checkpoints", action=argparse.BooleanOptionalAction, default=job.save_checkpoints,
+        help="keep checkpoint-* folders (weights and optimizer state) in --output-dir to resume from (default: on)",
+    )
+    group.add_argument("--logging-steps", type=int, default=job.logging_steps)
     group.add_argument(
         "--resume", nargs="?", const="last", metavar="CHECKPOINT",
         help="resume from a checkpoint folder, or (no value) from the last checkpoint in --output-dir",
@@ -227,171 +330,38 @@ def _add_train_parser(subparsers):
     parser.set_defaults(handler=_cmd_train)
 
 
-def _load_model_and_tokenizer(args):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _train_job(args):
+    """The `TrainJob` of `photon-hf train ARGS` (flags and fields share their names; --set gives `overrides`)."""
+    from .training import TrainJob
 
-    from .data import load_tokenizer
-    from .training import model_config
-
+    names = {field.name for field in dataclasses.fields(TrainJob)}
+    values = {name: value for name, value in vars(args).items() if name in names}
+    values["overrides"] = _parse_overrides(args.set)
     if args.model:
-        if not Path(args.model).is_dir():
-            raise UsageError(f"--model {args.model!r} is not a folder; pass a folder saved by `photon-hf train`.")
-        if args.set:
-            raise UsageError("--set changes the shape of a new model; it cannot be combined with --model.")
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(args.model)
-        return model, tokenizer
-    from .modeling_photon import PhotonForCausalLM
-
-    tokenizer = load_tokenizer(args.tokenizer)
-    overrides = _parse_overrides(args.set)
-    overrides.setdefault("max_position_embeddings", max(args.block_size, 2048))
-    config = model_config(args.size, tokenizer, **overrides)
-    return PhotonForCausalLM(config), tokenizer
-
-
-def _apply_lora(model, args):
-    if args.lora_r <= 0:
-        return model
-    if not args.model:
-        raise UsageError("LoRA adapts a trained model: pass --model PATH (a folder saved by `photon-hf train`).")
+        values["model"] = resolve_model(args.model, hub=False)
     try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as error:
-        raise UsageError(
-            "--lora-r needs PEFT: install the training extras (pip install '.[train]' in a photon_hf checkout, or "
-            "pip install peft)."
-        ) from error
-    from .lora import lora_target_modules
-
-    config = LoraConfig(
-        task_type="CAUSAL_LM",
-        r=args.lora_r,
-        lora_alpha=args.lora_alpha if args.lora_alpha is not None else 2 * args.lora_r,
-        lora_dropout=args.lora_dropout,
-        target_modules=lora_target_modules(args.lora_chunker, args.lora_converter),
-    )
-    model = get_peft_model(model, config)
-    model.print_trainable_parameters()
-    return model
-
-
-def _resume_checkpoint(args) -> str | None:
-    if args.resume is None:
-        return None
-    if args.resume != "last":
-        if not Path(args.resume).is_dir():
-            raise UsageError(f"--resume {args.resume!r} is not a checkpoint folder.")
-        return args.resume
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    if last is None:
-        raise UsageError(
-            f"--resume found no checkpoint-* folder in {args.output_dir!r}; drop --resume to start afresh, or pass "
-            "the checkpoint folder to resume from."
-        )
-    return last
-
-
-def _prepare_data(args, tokenizer, training_args):
-    from .data import load_text_corpus, pack_dataset
-
-    with training_args.main_process_first(desc="preparing the dataset"):
-        corpus = load_text_corpus(
-            args.dataset,
-            name=args.dataset_config,
-            validation_source=args.validation_data,
-            text_column=args.text_column,
-            validation_fraction=args.validation_fraction,
-            max_files=args.max_files,
-            num_proc=args.num_proc,
-        )
-        train = pack_dataset(
-            corpus["train"], tokenizer, args.block_size, text_column=args.text_column, num_proc=args.num_proc
-        )
-        validation = pack_dataset(
-            corpus["validation"], tokenizer, args.block_size, text_column=args.text_column, num_proc=args.num_proc,
-            max_blocks=args.eval_blocks or None,
-        )
-    return corpus, train, validation
-
-
-def run_training(args, callbacks: list | None = None) -> dict:
-    """The body of `photon-hf train` (and of the quickstart's training): returns the final evaluation metrics."""
-    from .hub import TRAINING_INFO_FILE
-    from .training import TimeBudgetCallback, TimeBudgetSchedule, build_trainer, training_arguments
-
-    if args.max_minutes and args.resume:
-        raise UsageError("--max-minutes starts a new time budget and cannot resume one: resume with --max-steps only.")
-    resume = _resume_checkpoint(args)
-    model, tokenizer = _load_model_and_tokenizer(args)
-    meta = model.config.tokens_per_unit[-1]
-    if args.block_size % meta:
-        print(f"note: --block-size {args.block_size} is not a multiple of {meta} tokens (one top-level unit); "
-              "each block is padded inside the model, which wastes compute.")
-    model = _apply_lora(model, args)
-    training_args = training_arguments(
-        args.output_dir,
-        bf16=args.bf16,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size,
-        gradient_accumulation_steps=args.grad_accum,
-        learning_rate=args.learning_rate,
-        warmup_steps=args.warmup,
-        weight_decay=args.weight_decay,
-        max_steps=args.max_steps,
-        eval_steps=args.eval_steps,
-        save_steps=args.save_steps,
-        logging_steps=args.logging_steps,
-        gradient_checkpointing=args.gradient_checkpointing,
-        seed=args.seed,
-    )
-    corpus, train, validation = _prepare_data(args, tokenizer, training_args)
-    callbacks = list(callbacks or [])
-    if args.max_minutes:
-        callbacks.append(TimeBudgetCallback(args.max_minutes))
-    trainer = build_trainer(model, training_args, train, validation, tokenizer, callbacks=callbacks)
-    if args.max_minutes:
-        from torch.optim.lr_scheduler import LambdaLR
-
-        trainer.create_optimizer()
-        warmup = training_args.get_warmup_steps(args.max_steps)
-        schedule = TimeBudgetSchedule(args.max_minutes * 60, args.max_steps, warmup)
-        trainer.lr_scheduler = LambdaLR(trainer.optimizer, schedule)
-    trainer.train(resume_from_checkpoint=resume)
-    metrics = trainer.evaluate()
-    trainer.save_metrics("eval", metrics)
-    if trainer.is_world_process_zero():
-        final = trainer.model
-        if args.lora_r > 0:  # keep the adapter, and save the merged model as the run's model
-            final.save_pretrained(Path(args.output_dir) / "adapter")
-            final = final.merge_and_unload()
-        final.save_pretrained(args.output_dir)
-        tokenizer.save_pretrained(args.output_dir)
-        dataset_name, description = _describe_source(args.dataset, corpus)
-        info = {
-            "dataset_name": dataset_name,
-            "training_data": description,
-            "datasets": [args.dataset] if _is_hub_name(args.dataset) else [],
-            "train_steps": trainer.state.global_step,
-            "block_size": args.block_size,
-        }
-        (Path(args.output_dir) / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-    return metrics
+        return TrainJob(**values)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _cmd_train(args) -> int:
     from accelerate import PartialState
 
-    metrics = run_training(args)
+    from .training import resume_checkpoint, run_training
+
+    job = _train_job(args)
+    try:
+        resume_checkpoint(job)  # a --resume with nothing to resume is a command-line mistake: say so before any work
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    metrics = run_training(job)
     if not PartialState().is_main_process:
         return 0
     print(
         f"\nvalidation loss {metrics['eval_loss']:.4f}, perplexity {metrics['eval_perplexity']:.3f}. Saved to "
-        f"{args.output_dir}.\nnext: photon-hf generate --model {args.output_dir} --prompt 'def ' --sample\n"
-        f"      photon-hf export {args.output_dir} {args.output_dir}-hub"
+        f"{job.output_dir}.\nnext: photon-hf generate --model {job.output_dir} --prompt 'def ' --sample\n"
+        f"      photon-hf export {job.output_dir} {job.output_dir}-hub"
     )
     return 0
 
@@ -403,17 +373,29 @@ def _add_generate_parser(subparsers):
         help="generate text with a saved PHOTON model",
         description="Load a saved PHOTON model with AutoModelForCausalLM and continue each prompt with generate(). "
                     "Greedy by default; --sample draws tokens instead. With one prompt the text streams as it is "
-                    "generated.",
+                    "generated. Every value is checked before the model is loaded.",
         epilog="example: photon-hf generate --model runs/small --prompt 'import os' --sample --max-new-tokens 200",
     )
     parser.add_argument("--model", required=True, metavar="PATH", help="model folder (or Hub id, when reachable)")
     parser.add_argument("--prompt", action="append", help="prompt text; repeat for a batch (default: 'def ')")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument(
+        "--max-new-tokens", type=_int_at_least(1), default=128, help="tokens to generate (default: 128)"
+    )
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=0.8, help="with --sample (default: 0.8)")
-    parser.add_argument("--top-k", type=int, default=40, help="with --sample (default: 40)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="with --sample (default: 1.0)")
-    parser.add_argument("--num-beams", type=int, default=1, help="beam search width (default: 1)")
+    parser.add_argument(
+        "--temperature", type=_float_in(0, what="a number > 0"), default=0.8, help="with --sample (default: 0.8)"
+    )
+    parser.add_argument(
+        "--top-k", type=_int_at_least(0, " (0 turns top-k off)"), default=40, help="with --sample (default: 40)"
+    )
+    parser.add_argument(
+        "--top-p", type=_float_in(0, 1, what="a number in (0, 1]"), default=1.0, help="with --sample (default: 1.0)"
+    )
+    parser.add_argument(
+        "--repetition-penalty", type=_float_in(0, what="a number > 0 (1.0 = none)"), default=1.0,
+        help="divide the scores of tokens already in the text by this (default: 1.0, none)",
+    )
+    parser.add_argument("--num-beams", type=_int_at_least(1), default=1, help="beam search width (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_cmd_generate)
 
@@ -432,15 +414,21 @@ def generate_text(model, tokenizer, prompts: list[str], *, stream: bool = False,
 
 
 def _cmd_generate(args) -> int:
+    name = resolve_model(args.model)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(name)
+    tokenizer = AutoTokenizer.from_pretrained(name)
     tokenizer.padding_side = "left"
     prompts = args.prompt or ["def "]
-    kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.sample)
+    kwargs = dict(
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        do_sample=args.sample,
+        repetition_penalty=args.repetition_penalty,
+    )
     if args.sample:
         kwargs.update(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     stream = len(prompts) == 1 and args.num_beams == 1
@@ -479,19 +467,18 @@ def _add_export_parser(subparsers):
 
 
 def _cmd_export(args) -> int:
+    if args.push_to_hub and not args.repo_id:
+        raise UsageError("--push-to-hub needs --repo-id USER/NAME.")
+    folder = resolve_model(args.model, what="model", hub=False)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .hub import export_for_hub, push_folder_to_hub, read_training_info
 
-    if args.push_to_hub and not args.repo_id:
-        raise UsageError("--push-to-hub needs --repo-id USER/NAME.")
-    if not Path(args.model).is_dir():
-        raise UsageError(f"{args.model!r} is not a folder; pass a folder saved by `photon-hf train`.")
-    model = AutoModelForCausalLM.from_pretrained(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    info = read_training_info(args.model)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    info = read_training_info(folder)
     eval_results = {k: v for k, v in info.items() if k.startswith("eval_")}
-    folder = export_for_hub(
+    output = export_for_hub(
         model,
         args.output,
         tokenizer,
@@ -503,17 +490,19 @@ def _cmd_export(args) -> int:
         eval_results=eval_results or None,
         context_lengths=args.context_lengths,
     )
-    print(f"Wrote {folder}: " + ", ".join(sorted(p.name for p in folder.iterdir())))
+    print(f"Wrote {output}: " + ", ".join(sorted(p.name for p in output.iterdir())))
     if not eval_results:
         print("note: no eval_results.json in the model folder, so the card has no evaluation loss.")
     if args.push_to_hub:
-        commit = push_folder_to_hub(folder, args.repo_id, private=args.private or None)
+        commit = push_folder_to_hub(output, args.repo_id, private=args.private or None)
         print(f"Uploaded to {getattr(commit, 'commit_url', args.repo_id)}")
     return 0
 
 
 # -------------------------------------------------------------------------------------------------- info
 def _add_info_parser(subparsers):
+    from .configuration_photon import PHOTON_PRESETS
+
     parser = subparsers.add_parser(
         "info",
         help="show a config, its parameter count and its KV cache beside a same-shape Llama",
@@ -522,39 +511,40 @@ def _add_info_parser(subparsers):
                     "--size (with optional --set overrides) for a shape.",
         epilog="example: photon-hf info --size photon-600m --context-lengths 2048,8192,32768 --batch-size 8",
     )
-    from .configuration_photon import PHOTON_PRESETS
-    from .training import MODEL_SIZES
-
     parser.add_argument("model", nargs="?", help="saved model folder (or Hub id); default: --size")
-    parser.add_argument(
-        "--size", default="small", choices=[*MODEL_SIZES, *PHOTON_PRESETS], help="shape (default: small)"
-    )
+    parser.add_argument("--size", default="small", choices=list(PHOTON_PRESETS), help="shape (default: small)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a PhotonConfig field")
     parser.add_argument(
         "--context-lengths", type=_int_list, default=[1024, 4096, 32768, 131072],
         help="comma-separated context lengths (default: 1024,4096,32768,131072)",
     )
     parser.add_argument("--dtype", type=_dtype, default="bf16", help="cache dtype: bf16 (default), fp16 or fp32")
-    parser.add_argument("--batch-size", type=int, default=1, help="sequences held in the cache (default: 1)")
+    parser.add_argument(
+        "--batch-size", type=_int_at_least(1), default=1, help="sequences held in the cache (default: 1)"
+    )
     parser.set_defaults(handler=_cmd_info)
 
 
 def _cmd_info(args) -> int:
+    if args.model and args.set:
+        raise UsageError("--set applies to --size shapes, not to a saved model.")
+    name = resolve_model(args.model, what="model") if args.model else None
     import torch
     from transformers import AutoConfig
 
     from .modeling_photon import PhotonForCausalLM
     from .training import model_config
 
-    if args.model:
-        if args.set:
-            raise UsageError("--set applies to --size shapes, not to a saved model.")
-        config = AutoConfig.from_pretrained(args.model)
+    if name:
+        config = AutoConfig.from_pretrained(name)
         if config.model_type != "photon":
             raise UsageError(f"{args.model!r} holds a {config.model_type!r} model, not a PHOTON one.")
         title = args.model
     else:
-        config = model_config(args.size, **_parse_overrides(args.set))
+        try:
+            config = model_config(args.size, **_parse_overrides(args.set))
+        except ValueError as error:  # a --set value the config refuses
+            raise UsageError(str(error)) from None
         title = f"size {args.size}" + (f" with {', '.join(args.set)}" if args.set else "")
     with torch.device("meta"):  # counts parameters without allocating them
         parameters = sum(p.numel() for p in PhotonForCausalLM(config).parameters())
@@ -565,120 +555,83 @@ def _cmd_info(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------- bench
-def _add_bench_parser(subparsers):
-    parser = subparsers.add_parser(
-        "bench",
-        help="run the benchmark harness (photon_hf.benchmark); `photon-hf bench --help` shows its options",
-        add_help=False,
-        description="Pass every argument to photon_hf.benchmark.main.",
-    )
-    parser.add_argument("bench_args", nargs=argparse.REMAINDER)
-    parser.set_defaults(handler=_cmd_bench)
-
-
-def _cmd_bench(args) -> int:
-    import importlib
-
-    try:
-        benchmark = importlib.import_module("photon_hf.benchmark")
-    except ModuleNotFoundError as error:
-        if error.name != "photon_hf.benchmark":  # the harness exists but one of its imports is missing
-            raise
-        raise UsageError(
-            "The benchmark harness (photon_hf.benchmark) is not part of this installation. Install a photon_hf "
-            "version that ships it, or run the scripts under bench/ in a source checkout."
-        ) from error
-    result = benchmark.main(args.bench_args)
-    return result if isinstance(result, int) else 0
-
-
 # -------------------------------------------------------------------------------------------- quickstart
 def _add_quickstart_parser(subparsers):
+    from .configuration_photon import PHOTON_PRESETS
+    from .training import QUICKSTART_DEFAULTS as defaults
+
     parser = subparsers.add_parser(
         "quickstart",
         help="train a small PHOTON for a few minutes on the Python stdlib, reload it, generate, compare caches",
         description="The whole loop on this machine, no download: pack the Python standard library's source into "
                     "byte-level blocks, train a small PHOTON with transformers.Trainer for --minutes, save it in "
                     "Hugging Face format, load it back with AutoModelForCausalLM, generate text with generate(), and "
-                    "print its KV-cache memory beside a Llama of the same shape.",
+                    "print its KV-cache memory beside a Llama of the same shape. Writes only the model folder "
+                    "(7.4 MB for the small shape); the packed data stays in memory.",
         epilog="example: photon-hf quickstart --minutes 5 --output-dir photon-quickstart",
     )
     parser.add_argument("--output-dir", default="photon-quickstart", help="where to save (default: photon-quickstart)")
-    parser.add_argument("--minutes", type=float, default=3.0, help="training time budget (default: 3)")
-    from .training import MODEL_SIZES
-
-    parser.add_argument("--size", default="small", choices=list(MODEL_SIZES), help="model shape (default: small)")
-    parser.add_argument("--block-size", type=int, default=256, help="tokens per block (default: 256)")
-    parser.add_argument("--batch-size", type=int, default=16, help="blocks per step (default: 16)")
-    parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate (default: 3e-3)")
+    parser.add_argument(
+        "--minutes", type=_float_in(0, what="a number of minutes > 0"), default=defaults["minutes"],
+        help=f"training time budget (default: {defaults['minutes']:g})",
+    )
+    parser.add_argument(
+        "--size", default=defaults["size"], choices=[n for n in PHOTON_PRESETS if not n.startswith("photon-")],
+        help=f"model shape (default: {defaults['size']})",
+    )
+    parser.add_argument(
+        "--block-size", type=_int_at_least(2), default=defaults["block_size"],
+        help=f"tokens per block (default: {defaults['block_size']})",
+    )
+    parser.add_argument(
+        "--batch-size", type=_int_at_least(1), default=defaults["batch_size"],
+        help=f"blocks per step (default: {defaults['batch_size']})",
+    )
+    parser.add_argument(
+        "--learning-rate", type=_float_in(0, what="a number > 0"), default=defaults["learning_rate"],
+        help=f"peak learning rate (default: {defaults['learning_rate']:g})",
+    )
+    parser.add_argument(
+        "--save-checkpoints", action="store_true",
+        help="also keep the final checkpoint-* folder (weights and optimizer state, about 3x the model) to resume "
+             "from with `photon-hf train --resume`",
+    )
     parser.add_argument("--prompt", default="def ", help="prompt for the generation (default: 'def ')")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--max-new-tokens", type=_int_at_least(1), default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_cmd_quickstart)
 
 
-def _plan_steps(args, seconds: float) -> tuple[int, int]:
-    """Time a few training steps of a throwaway model of the quickstart's shape; on a CPU with torch's default
-    thread count and with one thread (on a machine busy with other work, one thread can be many times faster).
-    Returns (thread count, steps that fit in `seconds`) for the faster setting, which stays set."""
-    import torch
-
-    from .data import byte_tokenizer
-    from .modeling_photon import PhotonForCausalLM
-    from .training import model_config
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the Trainer will train
-    model = PhotonForCausalLM(model_config(args.size, byte_tokenizer(), max_position_embeddings=2048)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters())
-    ids = torch.randint(0, model.config.vocab_size, (args.batch_size, args.block_size), device=device)
-
-    def seconds_per_step(threads: int) -> float:
-        torch.set_num_threads(threads)
-        timings = []
-        for _ in range(4):
-            started = time.perf_counter()
-            model(ids, labels=ids).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            if device == "cuda":
-                torch.cuda.synchronize()
-            timings.append(time.perf_counter() - started)
-        return sorted(timings[1:])[1]  # median of the warm steps
-
-    default_threads = torch.get_num_threads()
-    options = {default_threads: seconds_per_step(default_threads)}
-    if default_threads > 1 and device == "cpu":
-        options[1] = seconds_per_step(1)
-    threads = min(options, key=options.get)
-    torch.set_num_threads(threads)
-    return threads, max(20, int(seconds / options[threads]))
-
-
 def _cmd_quickstart(args) -> int:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 
-    from .hub import format_bytes
+    from .memory import format_bytes, llama_kv_cache_bytes
+    from .training import TrainJob, run_training, steps_in_time, torch_threads
 
     started = time.monotonic()
+    job = TrainJob(
+        output_dir=args.output_dir,
+        size=args.size,
+        block_size=args.block_size,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        max_minutes=args.minutes,
+        save_checkpoints=args.save_checkpoints,
+        seed=args.seed,
+    )
     torch.manual_seed(args.seed)
     device = "GPU" if torch.cuda.is_available() else "CPU"
     print(f"[1/4] Planning: timing a few training steps of a '{args.size}' PHOTON on this {device}...")
-    threads, steps = _plan_steps(args, args.minutes * 60 * 0.9)  # leave room for the evaluations
+    threads, steps = steps_in_time(job, args.minutes * 60 * 0.9)  # leave room for the evaluations
+    job = dataclasses.replace(
+        job, max_steps=steps, eval_steps=max(1, steps // 4), logging_steps=max(1, steps // 20), save_steps=steps
+    )
     print(f"      about {steps} steps of {args.batch_size} x {args.block_size} tokens fit in {args.minutes:g} minutes "
           f"({threads} CPU thread{'s' if threads > 1 else ''}).")
-    train_args = argparse.Namespace(
-        output_dir=args.output_dir, dataset="stdlib", dataset_config=None, validation_data=None, text_column="text",
-        validation_fraction=0.05, max_files=None, block_size=args.block_size, eval_blocks=64, tokenizer="bytes",
-        num_proc=None, model=None, size=args.size, set=None, lora_r=0, lora_alpha=None, lora_dropout=0.0,
-        lora_chunker=False, lora_converter=False, max_steps=steps, max_minutes=args.minutes,
-        batch_size=args.batch_size, grad_accum=1, learning_rate=args.learning_rate, warmup=0.05, weight_decay=0.1,
-        gradient_checkpointing=False, bf16=None, seed=args.seed, eval_steps=max(1, steps // 4),
-        save_steps=steps, logging_steps=max(1, steps // 20), resume=None,
-    )
     print("[2/4] Training on the Python standard library's source (held-out files for validation)...")
-    metrics = run_training(train_args)
+    with torch_threads(threads):
+        metrics = run_training(job)
     print(f"      validation loss {metrics['eval_loss']:.3f} nats/byte (perplexity {metrics['eval_perplexity']:.2f}); "
           f"an untrained model scores ln(259) = {math.log(259):.3f}.")
 
@@ -687,8 +640,6 @@ def _cmd_quickstart(args) -> int:
     tokenizer = AutoTokenizer.from_pretrained(args.output_dir)
     print(f"      {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters\n")
     inputs = tokenizer([args.prompt], return_tensors="pt")
-    from transformers import TextStreamer
-
     print(args.prompt, end="", flush=True)
     with torch.no_grad():
         output = model.generate(
@@ -700,13 +651,13 @@ def _cmd_quickstart(args) -> int:
     length = output.sequences.shape[1]
     print("\n[4/4] Cache memory:")
     if cache is not None:
-        from .cache_photon import llama_kv_cache_bytes
-
         llama = llama_kv_cache_bytes(model.config, length, dtype=model.dtype)
         print(f"      measured PhotonCache after those {length} tokens: {format_bytes(cache.nbytes())} (allocated for "
               f"the whole generation) vs {format_bytes(llama)} for a same-shape Llama's KV cache")
     _print_cache_table(model.config, [1024, 4096, 32768, 131072], torch.bfloat16)
-    print(f"\nDone in {(time.monotonic() - started) / 60:.1f} minutes. The model is in {args.output_dir}; try\n"
+    print(f"\nDone in {(time.monotonic() - started) / 60:.1f} minutes. Wrote {args.output_dir}{os.sep} "
+          f"({format_bytes(_folder_size(args.output_dir))}: the model, its tokenizer and evaluation results"
+          f"{', and a checkpoint with optimizer state' if args.save_checkpoints else ''}). Try\n"
           f"  photon-hf generate --model {args.output_dir} --prompt 'import ' --sample\n"
           f"  photon-hf export {args.output_dir} {args.output_dir}-hub")
     return 0
@@ -729,29 +680,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(subparsers)
     _add_export_parser(subparsers)
     _add_info_parser(subparsers)
-    _add_bench_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `photon-hf` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv and argv[0] == "bench":  # everything after `bench` belongs to the benchmark, --help included
-        args = argparse.Namespace(command="bench", bench_args=argv[1:], traceback=False, handler=_cmd_bench)
-    else:
-        args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return args.handler(args)
-    except (UsageError, ValueError, FileNotFoundError, ImportError) as error:
+    except UsageError as error:
         if args.traceback:
             raise
         print(f"photon-hf {args.command}: error: {error}", file=sys.stderr)
-        if not isinstance(error, UsageError):
-            print("(run `photon-hf --traceback ...` for the full traceback)", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, ImportError) as error:  # OSError: files, downloads and from_pretrained's errors
+        if args.traceback:
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"photon-hf {args.command}: error: {message}", file=sys.stderr)
+        print("(run `photon-hf --traceback ...` for the full traceback)", file=sys.stderr)
         return 1
 
 

@@ -164,7 +164,7 @@ def stdlib_files(split: str | None = None, validation_fraction: float = 0.05) ->
 
 
 def _stdlib_documents(root: str, paths: list[str]):
-    """Generator for `Dataset.from_generator`: one {"text", "path"} record per UTF-8 file."""
+    """One {"text", "path"} record per UTF-8 file."""
     for relative in paths:
         try:
             text = (Path(root) / relative).read_bytes().decode("utf-8")
@@ -174,24 +174,22 @@ def _stdlib_documents(root: str, paths: list[str]):
             yield {"text": text, "path": relative}
 
 
-def load_stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = None, cache_dir: str | None = None):
+def load_stdlib_corpus(validation_fraction: float = 0.05, max_files: int | None = None):
     """The embedded default corpus as a `DatasetDict` ("train", "validation"; columns "text" and "path").
 
-    `max_files` keeps the first files of each split (in path order), for quick runs.
+    The files are read into memory (about 30 MB, a second or two) rather than into the `datasets` cache: re-reading
+    them is cheaper than keeping a copy on disk, and what is built from an in-memory dataset (`pack_dataset`) stays
+    in memory too. `max_files` keeps the first files of each split (in path order), for quick runs.
     """
     datasets = _require_datasets()
     root = str(stdlib_root())
+    features = datasets.Features({"text": datasets.Value("string"), "path": datasets.Value("string")})
     splits = {}
     for split in ("train", "validation"):
         paths = stdlib_files(split, validation_fraction)
         if max_files is not None:
             paths = paths[:max_files]
-        splits[split] = datasets.Dataset.from_generator(
-            _stdlib_documents,
-            gen_kwargs={"root": root, "paths": paths},
-            features=datasets.Features({"text": datasets.Value("string"), "path": datasets.Value("string")}),
-            cache_dir=cache_dir,
-        )
+        splits[split] = datasets.Dataset.from_list(list(_stdlib_documents(root, paths)), features=features)
     return datasets.DatasetDict(splits)
 
 
@@ -290,13 +288,13 @@ def load_text_corpus(
         validation_fraction: the share of documents (files for the default corpus) held out for validation.
         max_files: default corpus only: keep the first files of each split.
         num_proc: worker processes for `datasets.map`.
-        cache_dir: `datasets` cache folder.
+        cache_dir: `datasets` cache folder (local files and Hub datasets; the default corpus stays in memory).
     """
     datasets = _require_datasets()
     if source in (None, DEFAULT_CORPUS):
         if validation_source is not None:
             raise ValueError("The default corpus brings its own validation files; drop `validation_source`.")
-        return load_stdlib_corpus(validation_fraction, max_files=max_files, cache_dir=cache_dir)
+        return load_stdlib_corpus(validation_fraction, max_files=max_files)
     if max_files is not None:
         raise ValueError("`max_files` applies to the default corpus only; select rows of your dataset instead.")
     files = _local_files(source)
@@ -353,14 +351,28 @@ def is_byte_tokenizer(tokenizer: PreTrainedTokenizerBase) -> bool:
     return model.get("vocab") == {alphabet[b]: b for b in range(256)}
 
 
+def token_id_dtype(vocab_size: int) -> str:
+    """The narrowest unsigned integer type that holds every token id below `vocab_size` ("uint8", "uint16" or
+    "uint32"): packed blocks are stored with it (2 bytes a token for the byte tokenizer's 259 ids instead of 8)."""
+    for dtype in ("uint8", "uint16", "uint32"):
+        if vocab_size - 1 <= np.iinfo(dtype).max:
+            return dtype
+    return "int64"
+
+
 def _pack_documents(
-    batch: dict, tokenizer: PreTrainedTokenizerBase, text_column: str, block_size: int, byte_level: bool
+    batch: dict,
+    tokenizer: PreTrainedTokenizerBase,
+    text_column: str,
+    block_size: int,
+    byte_level: bool,
+    dtype: str = "int64",
 ) -> dict:
     """Tokenize a batch of documents, put the end-of-sequence token after each, concatenate them and cut the
-    stream into blocks of `block_size` tokens (the remainder of the batch is dropped). `labels` are the inputs
-    (the model shifts them). Special-token strings inside the text (e.g. a literal "<eos>") are tokenized as
-    text."""
-    eos = np.array([tokenizer.eos_token_id], dtype=np.int64)
+    stream into blocks of `block_size` tokens of type `dtype` (the remainder of the batch is dropped). `labels`
+    are the inputs (the model shifts them). Special-token strings inside the text (e.g. a literal "<eos>") are
+    tokenized as text."""
+    eos = np.array([tokenizer.eos_token_id], dtype=dtype)
     if byte_level:
         ids = [np.frombuffer(text.encode("utf-8"), dtype=np.uint8) for text in batch[text_column]]
     else:
@@ -368,7 +380,7 @@ def _pack_documents(
         ids = [np.asarray(x, dtype=np.int64) for x in encoded["input_ids"]]
     if not ids:
         return {"input_ids": [], "labels": []}
-    stream = np.concatenate([part for x in ids for part in (x.astype(np.int64), eos)])
+    stream = np.concatenate([part for x in ids for part in (x.astype(dtype), eos)])
     usable = len(stream) // block_size * block_size
     blocks = stream[:usable].reshape(-1, block_size)
     return {"input_ids": blocks, "labels": blocks}
@@ -386,10 +398,12 @@ def pack_dataset(
 ):
     """Tokenize the documents of a `Dataset` (or every split of a `DatasetDict`) and pack them into blocks.
 
-    Returns the same kind of object with two columns, `input_ids` and `labels`, of `block_size` tokens each.
-    Documents are separated by the end-of-sequence token. Up to `block_size - 1` tokens at the end of each
-    `map_batch_size` documents are dropped. `max_blocks` keeps that many blocks (of each split), evenly spaced
-    over the corpus.
+    Returns the same kind of object with two columns, `input_ids` and `labels`, of `block_size` tokens each, stored
+    as the narrowest integer type that holds the vocabulary (`token_id_dtype`; rows read back as Python ints and
+    `default_data_collator` makes int64 tensors of them). Documents are separated by the end-of-sequence token. Up
+    to `block_size - 1` tokens at the end of each `map_batch_size` documents are dropped. `max_blocks` keeps that
+    many blocks (of each split), evenly spaced over the corpus. The blocks go to the `datasets` cache when
+    `dataset` has cache files, and stay in memory when it is in memory (as the default corpus is).
     """
     datasets = _require_datasets()
     if not isinstance(block_size, int) or block_size < 2:
@@ -416,17 +430,21 @@ def pack_dataset(
     if num_proc is not None and num_proc > 1:
         # A forked worker must not reuse the parent's tokenizer thread pool.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    dtype = token_id_dtype(max(len(tokenizer), tokenizer.vocab_size))
+    ids = datasets.Sequence(datasets.Value(dtype), length=block_size)
     packed = dataset.map(
         _pack_documents,
         batched=True,
         batch_size=map_batch_size,
         num_proc=num_proc,
         remove_columns=dataset.column_names,
+        features=datasets.Features({"input_ids": ids, "labels": ids}),
         fn_kwargs={
             "tokenizer": tokenizer,
             "text_column": text_column,
             "block_size": block_size,
             "byte_level": is_byte_tokenizer(tokenizer),
+            "dtype": dtype,
         },
         desc=f"Tokenizing and packing into blocks of {block_size}",
     )

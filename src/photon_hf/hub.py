@@ -25,12 +25,10 @@ import math
 import os
 from pathlib import Path
 
-import torch
 from transformers import GenerationConfig
 from transformers.utils import logging
 
-from .cache_photon import kv_cache_bytes, llama_kv_cache_bytes
-from .configuration_photon import PhotonConfig
+from .memory import DEFAULT_CONTEXT_LENGTHS, cache_table, format_bytes
 from .modeling_photon import PhotonForCausalLM, PhotonModel, PhotonPreTrainedModel
 
 logger = logging.get_logger(__name__)
@@ -41,30 +39,9 @@ AUTO_MAP = {
     "AutoModel": "modeling_photon.PhotonModel",
     "AutoModelForCausalLM": "modeling_photon.PhotonForCausalLM",
 }
-DEFAULT_CONTEXT_LENGTHS = (1024, 4096, 32768)
 TRAINING_INFO_FILE = "photon_training.json"  # written by `photon-hf train`, read by `photon-hf export`
 
 _MISSING = object()
-
-
-def format_bytes(count: float) -> str:
-    """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(count) < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
-
-
-def cache_table(
-    config: PhotonConfig, context_lengths=DEFAULT_CONTEXT_LENGTHS, dtype: torch.dtype = torch.bfloat16
-) -> list[tuple[int, int, int]]:
-    """(context length, PHOTON cache bytes, same-shape Llama KV-cache bytes) per context length, for one
-    sequence (`kv_cache_bytes` / `llama_kv_cache_bytes`)."""
-    return [
-        (n, kv_cache_bytes(config, n, dtype=dtype), llama_kv_cache_bytes(config, n, dtype=dtype))
-        for n in context_lengths
-    ]
 
 
 @contextlib.contextmanager

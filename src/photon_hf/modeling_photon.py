@@ -15,24 +15,24 @@ own unit below with zero lag; with "self" the decoders read their own outputs an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import GenerationMixin, PreTrainedModel
+from transformers import CompileConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import logging
 
-from .cache_photon import PhotonCache, _Rows
+from .attention_photon import REFERENCE_OPS, PhotonOps, photon_kernels, photon_ops, rms_norm
+from .cache_photon import PhotonCache, PhotonLevelCache, PhotonRows, PhotonStep
 from .configuration_photon import PhotonConfig
 
-try:  # optional Triton kernels (package `photon_kernels`); the PyTorch paths below are the reference
-    import photon_kernels
-except ImportError:  # pragma: no cover - depends on the environment
-    photon_kernels = None
+logger = logging.get_logger(__name__)
 
 # transformers 5.24 renamed the cache argument and output field from `past_key_values` to `cache`.
 CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -49,104 +49,33 @@ class PhotonRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # One fused op (statistics in float32 for half inputs): a third of a decode step's kernels are norms.
-        return F.rms_norm(hidden_states, self.weight.shape, self.weight.to(hidden_states.dtype), self.variance_epsilon)
+        return rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
 
 class PhotonRotaryEmbedding(nn.Module):
-    """RoPE over integer positions: unit indices in the encoders, window slots in the decoders."""
+    """RoPE over integer positions: unit indices in the encoders, window slots in the decoders. The angles are
+    computed in float32 whatever the model's dtype (as Llama does), so a model cast with `.double()` and one loaded
+    with `dtype=torch.float64` compute the same table."""
 
     def __init__(self, config: PhotonConfig):
         super().__init__()
         self.head_dim = config.head_dim
         self.base = config.rope_theta
         self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
-        self._tables: dict = {}  # (length, device, dtype) -> cos, sin of positions 0..length-1 (decoder windows)
 
     def compute_inv_freq(self) -> torch.Tensor:
         return 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Integer positions of any shape [...] -> cos, sin: [..., hd]."""
-        freqs = positions.to(torch.float32)[..., None] * self.inv_freq
+        freqs = positions.to(torch.float32)[..., None] * self.inv_freq.to(torch.float32)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
-
-    def table(self, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of positions 0..length-1 ([length, hd]), computed once per device and dtype."""
-        key = (length, torch.device(device), dtype)
-        if key not in self._tables:
-            with torch.inference_mode(False), torch.no_grad():  # usable later by autograd, whatever mode made it
-                self._tables[key] = self(torch.arange(length, device=device), dtype)
-        return self._tables[key]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
-
-
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None) -> torch.Tensor:
-    """Causal self-attention, optionally over a sliding window of `window` keys (the query's own included).
-
-    q: [N, H, S, hd]; k, v: [N, Hkv, S, hd] -> [N, H, S, hd].
-    """
-    gqa = q.shape[1] != k.shape[1]
-    seq = q.shape[2]
-    if window is None or window >= seq:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=gqa)
-    pos = torch.arange(seq, device=q.device)
-    distance = pos[:, None] - pos[None, :]
-    mask = (distance >= 0) & (distance < window)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-
-
-def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention of new queries over cached keys. q: [n, H, s, hd]; k, v: [n, Hkv, K, hd]; mask: [n, 1, s, K]."""
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
-
-
-# ------------------------------------------------------------------------------------ kernel selection (Triton)
-def use_kernel(config: PhotonConfig, tensor: torch.Tensor, op: str) -> bool:
-    """Whether `config.kernel_backend` runs `op` (one of `photon_kernels.OPS`) through its Triton kernel for
-    `tensor`'s device; "triton" where the kernels cannot run raises a RuntimeError saying why."""
-    if config.kernel_backend == "torch":
-        return False
-    if photon_kernels is None:
-        if config.kernel_backend == "triton":
-            raise RuntimeError(
-                "kernel_backend='triton' needs the `photon_kernels` package and Triton (pip install "
-                "'photon-hf[triton]'); use kernel_backend='auto' or 'torch'."
-            )
-        return False
-    return photon_kernels.use_triton(config.kernel_backend, tensor.device, op)
-
-
-def _common_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Cast the inputs of a Triton kernel to one dtype: autocast's when it is on (what SDPA would compute in),
-    else their promoted dtype. Under autocast, RoPE in float32 and a bfloat16 projection give mixed q, k, v."""
-    device_type = tensors[0].device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dtype = tensors[0].dtype
-        for t in tensors[1:]:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return tuple(t.to(dtype) for t in tensors)
-
-
-def window_attention(config: PhotonConfig, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal attention inside each local-decoder window. q: [N, H, W, hd]; k, v: [N, Hkv, W, hd]."""
-    if use_kernel(config, q, "chunk_local_attention"):
-        return photon_kernels.chunk_local_attention(*_common_dtype(q, k, v))
-    return causal_attention(q, k, v)
-
-
-def stream_attention(config: PhotonConfig, q, k, v, window: int | None) -> torch.Tensor:
-    """Causal attention over a context encoder's units, optionally windowed. Shapes as `causal_attention`."""
-    windowed = window is not None and window < q.shape[2]
-    if use_kernel(config, q, "latent_attention" if windowed else "latent_attention_full"):
-        return photon_kernels.latent_attention(*_common_dtype(q, k, v), window)
-    return causal_attention(q, k, v, window)
 
 
 def _plain(module: nn.Module, cls: type) -> bool:
@@ -225,47 +154,42 @@ class PhotonStack(nn.Module):
 
 
 class PhotonLevel(nn.Module):
-    """One level of the hierarchy: chunker, context encoder, converter and local decoder."""
+    """One level of the hierarchy: chunker, context encoder, converter and local decoder (shape: `geometry`)."""
 
     def __init__(self, config: PhotonConfig, level: int):
         super().__init__()
-        chunk = config.chunk_sizes[level]
-        width = config.encoder_embed_size if level == 0 else config.hidden_size
-        self.config = config
-        self.chunk_size = chunk
-        self.converter_width = config.converter_width[level]
+        self.geometry = geometry = config.levels[level]
         self.hidden_size = config.hidden_size
+        width = geometry.chunk_size * geometry.input_width
         # Level 0 concatenates token embeddings (a projection only when C_0 * E != D); above, RMSNorm + Linear.
-        self.chunker_norm = PhotonRMSNorm(chunk * width, eps=config.rms_norm_eps) if level > 0 else None
-        needs_projection = level > 0 or chunk * width != config.hidden_size
-        self.chunker = nn.Linear(chunk * width, config.hidden_size, bias=True) if needs_projection else None
-        self.encoder = PhotonStack(config, config.num_encoder_layers[level])
-        self.converter = nn.Linear(config.hidden_size, self.converter_width * config.hidden_size, bias=True)
-        self.decoder = PhotonStack(config, config.num_decoder_layers[level])
+        self.chunker_norm = PhotonRMSNorm(width, eps=config.rms_norm_eps) if level > 0 else None
+        needs_projection = level > 0 or width != config.hidden_size
+        self.chunker = nn.Linear(width, config.hidden_size, bias=True) if needs_projection else None
+        self.encoder = PhotonStack(config, geometry.num_encoder_layers)
+        self.converter = nn.Linear(config.hidden_size, geometry.converter_width * config.hidden_size, bias=True)
+        self.decoder = PhotonStack(config, geometry.num_decoder_layers)
 
-    def chunk(self, units: torch.Tensor) -> torch.Tensor:
+    def chunk(self, units: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
         """[..., C, width] units of the level below -> [..., D] one unit of this level."""
         x = units.flatten(-2)
-        if self._norm_kernel(x):
-            norm, linear = self.chunker_norm, self.chunker
+        norm, linear = self.chunker_norm, self.chunker
+        if ops.chunk_compress and norm is not None and self._kernel_fits(norm, x):
             if _plain(linear, nn.Linear) and linear.weight.dtype == x.dtype:  # norm and projection in one kernel
                 return photon_kernels.chunk_compress(x, norm.weight, linear.weight, linear.bias, norm.variance_epsilon)
             return linear(photon_kernels.rms_norm(x, norm.weight, norm.variance_epsilon))  # e.g. LoRA: runs itself
-        if self.chunker_norm is not None:
-            x = self.chunker_norm(x)
-        return self.chunker(x) if self.chunker is not None else x
+        if norm is not None:
+            x = norm(x)
+        return linear(x) if linear is not None else x
 
-    def _norm_kernel(self, x: torch.Tensor) -> bool:
-        """Whether this chunker's RMSNorm runs in a Triton kernel (`kernel_backend`; a plain norm of x's dtype)."""
-        norm = self.chunker_norm
-        if norm is None or not use_kernel(self.config, x, "chunk_compress"):
-            return False
+    @staticmethod
+    def _kernel_fits(norm: nn.Module, x: torch.Tensor) -> bool:
+        """The fused norm reads the norm's weight (a plain `PhotonRMSNorm` of x's dtype) and holds a row."""
         fits = x.shape[-1] <= photon_kernels.MAX_NORM_WIDTH
         return _plain(norm, PhotonRMSNorm) and norm.weight.dtype == x.dtype and fits
 
     def prefix(self, cond: torch.Tensor) -> torch.Tensor:
         """[..., D] conditioning latents -> [..., R, D] converter prefixes."""
-        return self.converter(cond).unflatten(-1, (self.converter_width, self.hidden_size))
+        return self.converter(cond).unflatten(-1, (self.geometry.converter_width, self.hidden_size))
 
 
 # ------------------------------------------------------------------------------------------------- base classes
@@ -322,21 +246,6 @@ def _gather_units(stream: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _gather_rows(padded, index.clamp(min=0, max=stream.shape[1]))
 
 
-def _take(x: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    return x if index is None else x.index_select(0, index)
-
-
-def _merge(parts: list[tuple[_Rows, torch.Tensor]], count: int) -> torch.Tensor:
-    """Put per-subset results back in the order of their parent set."""
-    if len(parts) == 1 and parts[0][0].index is None:
-        return parts[0][1]
-    first = parts[0][1]
-    out = first.new_empty(count, *first.shape[1:])
-    for rows, values in parts:
-        out[rows.index if rows.index is not None else slice(None)] = values
-    return out
-
-
 # ------------------------------------------------------------------------------------------------------ the model
 class PhotonModel(PhotonPreTrainedModel):
     """The PHOTON hierarchy: encoder token embedding, levels, start latent(s) and decoder token embedding.
@@ -349,12 +258,9 @@ class PhotonModel(PhotonPreTrainedModel):
 
     def __init__(self, config: PhotonConfig):
         super().__init__(config)
-        self.num_levels = config.num_levels
-        self.chunk_sizes = list(config.chunk_sizes)
-        self.tokens_per_unit = config.tokens_per_unit
-        self.self_decoding = config.decoder_input == "self" and config.num_levels > 1
         self.embed_enc = nn.Embedding(config.vocab_size, config.encoder_embed_size)
         self.levels = nn.ModuleList([PhotonLevel(config, i) for i in range(config.num_levels)])
+        self.self_decoding = any(level.self_decoding for level in config.levels)
         # One start latent for the shifted top stream; with "self" decoding every level is shifted and has one.
         self.start_latents = nn.Parameter(
             torch.zeros(config.num_levels if self.self_decoding else 1, config.hidden_size)
@@ -362,6 +268,7 @@ class PhotonModel(PhotonPreTrainedModel):
         self.embed_dec = nn.Embedding(config.vocab_size, config.hidden_size)
         self.rotary_emb = PhotonRotaryEmbedding(config)
         self.gradient_checkpointing = False
+        self._compiled_column: tuple[str, Callable] | None = None  # (compile options, compiled decode_column)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -371,33 +278,40 @@ class PhotonModel(PhotonPreTrainedModel):
         self.embed_dec = value
 
     # ------------------------------------------------------------------------------------------- small helpers
-    def _window_rope(self, length: int, device, dtype):
-        cos, sin = self.rotary_emb.table(length, device, dtype)
-        return cos[None, None], sin[None, None]  # [1, 1, S, hd]
+    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for one query per row at `positions` ([B]): [B, 1, 1, hd]."""
+        cos, sin = self.rotary_emb(positions, dtype)
+        return cos[:, None, None], sin[:, None, None]
+
+    def _window_rope(self, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of positions 0..length-1: [1, 1, length, hd]."""
+        cos, sin = self.rotary_emb(torch.arange(length, device=device), dtype)
+        return cos[None, None], sin[None, None]
 
     def _start(self, level: int) -> torch.Tensor:
         """The start latent that precedes the shifted stream of a level: [D]."""
         return self.start_latents[level if self.self_decoding else -1]
 
     # --------------------------------------------------------------------------------------------- full passes
-    def encode(self, tokens: torch.Tensor, capture: list | None = None) -> list[torch.Tensor]:
+    def encode(self, tokens: torch.Tensor, ops: PhotonOps, capture: list | None = None) -> list[torch.Tensor]:
         """Bottom-up pass. tokens: [B, T] with T a multiple of P_{L-1} -> streams X_i: [B, M_i, D] per level.
 
         With `capture` (a list), each level appends its per-layer (key, value) pairs: [B, Hkv, M_i, hd].
         """
         x = self.embed_enc(tokens)
         streams = []
-        for i, level in enumerate(self.levels):
-            units = level.chunk(x.unflatten(1, (-1, self.chunk_sizes[i])))
-            cos, sin = self.rotary_emb(torch.arange(units.shape[1], device=units.device), units.dtype)
-            cos, sin = cos[None, None], sin[None, None]
-            window = self.config.window(i)
+        for level in self.levels:
+            geometry = level.geometry
+            units = level.chunk(x.unflatten(1, (-1, geometry.chunk_size)), ops)
+            cos, sin = self._window_rope(units.shape[1], units.device, units.dtype)
             kv = []
 
-            def attend(q, k, v, layer_idx, window=window, kv=kv):
+            def attend(q, k, v, layer_idx, window=geometry.encoder_window, kv=kv):
                 if capture is not None:
                     kv.append((k, v))
-                return stream_attention(self.config, q, k, v, window)
+                if window is not None and window < q.shape[2]:
+                    return ops.latent_attention(q, k, v, window)
+                return ops.latent_attention_full(q, k, v)
 
             x = level.encoder(units, cos, sin, attend)
             if capture is not None:
@@ -405,7 +319,7 @@ class PhotonModel(PhotonPreTrainedModel):
             streams.append(x)
         return streams
 
-    def decode_windows(self, level: int, cond: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    def decode_windows(self, level: int, cond: torch.Tensor, inputs: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
         """Teacher-forced local decoding of every unit of a level.
 
         cond: [B, M, D] conditioning latents; inputs: [B, M * C, D] decoder inputs of the sub-units.
@@ -413,43 +327,44 @@ class PhotonModel(PhotonPreTrainedModel):
         """
         lvl = self.levels[level]
         b, m, d = cond.shape
-        chunk, width = lvl.chunk_size, lvl.converter_width
+        chunk, width = lvl.geometry.chunk_size, lvl.geometry.converter_width
         windows = torch.cat([lvl.prefix(cond), inputs.view(b, m, chunk, d)[:, :, : chunk - 1]], dim=2)
-        cos, sin = self._window_rope(width + chunk - 1, cond.device, cond.dtype)
-        out = lvl.decoder(windows.flatten(0, 1), cos, sin, lambda q, k, v, _: window_attention(self.config, q, k, v))
+        cos, sin = self._window_rope(lvl.geometry.decoder_slots, cond.device, cond.dtype)
+        out = lvl.decoder(windows.flatten(0, 1), cos, sin, lambda q, k, v, _: ops.chunk_local_attention(q, k, v))
         return out[:, width - 1 :].reshape(b, m * chunk, d)
 
-    def unroll(self, level: int, cond: torch.Tensor) -> torch.Tensor:
+    def unroll(self, level: int, cond: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
         """Self-recursive decoding ("self" mode): cond [..., D] -> the C predictions [..., C, D], each fed back."""
         lvl = self.levels[level]
         lead = cond.shape[:-1]
         window = lvl.prefix(cond.reshape(-1, cond.shape[-1]))
         outputs = []
-        for _ in range(lvl.chunk_size):  # the recursion is sequential by definition (C steps)
+        for _ in range(lvl.geometry.chunk_size):  # the recursion is sequential by definition (C steps)
             cos, sin = self._window_rope(window.shape[1], cond.device, cond.dtype)
-            h = lvl.decoder(window, cos, sin, lambda q, k, v, _: window_attention(self.config, q, k, v))[:, -1]
+            h = lvl.decoder(window, cos, sin, lambda q, k, v, _: ops.chunk_local_attention(q, k, v))[:, -1]
             outputs.append(h)
             window = torch.cat([window, h[:, None]], dim=1)
-        return torch.stack(outputs, dim=1).reshape(*lead, lvl.chunk_size, cond.shape[-1])
+        return torch.stack(outputs, dim=1).reshape(*lead, lvl.geometry.chunk_size, cond.shape[-1])
 
     def _shift(self, stream: torch.Tensor, level: int, keep: int) -> torch.Tensor:
         """[start ; stream] truncated to `keep` units: each unit is conditioned on the one before it."""
         start = self._start(level).to(stream.dtype).expand(stream.shape[0], 1, -1)
         return torch.cat([start, stream], dim=1)[:, :keep]
 
-    def self_chain(self, top: torch.Tensor, units: int) -> list[torch.Tensor | None]:
+    def self_chain(self, top: torch.Tensor, units: int, ops: PhotonOps) -> list[torch.Tensor | None]:
         """"self" decoding of the latent levels for the first `units` top units (top: [B, >= units - 1, D]).
 
         Returns predictions[i] (i >= 1): [B, units * C_{L-1} * ... * C_i, D], decoder i's own outputs.
         """
-        predictions: list[torch.Tensor | None] = [None] * self.num_levels
-        cond = self._shift(top, self.num_levels - 1, units)
-        for i in reversed(range(1, self.num_levels)):
-            predictions[i] = self.unroll(i, cond).flatten(1, 2)
+        top_level = len(self.levels) - 1
+        predictions: list[torch.Tensor | None] = [None] * len(self.levels)
+        cond = self._shift(top, top_level, units)
+        for i in reversed(range(1, len(self.levels))):
+            predictions[i] = self.unroll(i, cond, ops).flatten(1, 2)
             cond = self._shift(predictions[i], i - 1, predictions[i].shape[1])
         return predictions
 
-    def decode(self, streams: list[torch.Tensor], tokens: torch.Tensor):
+    def decode(self, streams: list[torch.Tensor], tokens: torch.Tensor, ops: PhotonOps):
         """Top-down teacher-forced pass over whole streams (T tokens, M_i units per level).
 
         Returns the token states [B, T, D] and predictions[i] (i >= 1) = Xhat_{i-1}: [B, M_{i-1}, D], what
@@ -457,14 +372,14 @@ class PhotonModel(PhotonPreTrainedModel):
         """
         top = streams[-1]
         if self.self_decoding:
-            predictions = self.self_chain(top, top.shape[1])
+            predictions = self.self_chain(top, top.shape[1], ops)
             cond = self._shift(predictions[1], 0, predictions[1].shape[1])
         else:
-            predictions = [None] * self.num_levels
-            cond = self._shift(top, self.num_levels - 1, top.shape[1])
-            for i in reversed(range(1, self.num_levels)):
-                predictions[i] = cond = self.decode_windows(i, cond, streams[i - 1])
-        return self.decode_windows(0, cond, self.embed_dec(tokens)), predictions
+            predictions = [None] * len(self.levels)
+            cond = self._shift(top, len(self.levels) - 1, top.shape[1])
+            for i in reversed(range(1, len(self.levels))):
+                predictions[i] = cond = self.decode_windows(i, cond, streams[i - 1], ops)
+        return self.decode_windows(0, cond, self.embed_dec(tokens), ops), predictions
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(
@@ -479,6 +394,7 @@ class PhotonModel(PhotonPreTrainedModel):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
+        decode_step: Callable | None = None,
         **kwargs,
     ) -> PhotonModelOutputWithPast:
         r"""
@@ -491,6 +407,8 @@ class PhotonModel(PhotonPreTrainedModel):
                 `cache` from transformers 5.24 on). An empty cache is filled by a prefill; a filled one is extended.
             logits_to_keep (`int` or `torch.Tensor`): compute the states of the last `k` positions only (0: all),
                 or of the given positions.
+            decode_step (`Callable`, *optional*): a compiled `decode_column` (from `compiled_decode_column`), which
+                extends a compileable cache; what generate's auto-compile passes (`get_compiled_call`).
         """
         if inputs_embeds is not None:
             raise ValueError(
@@ -534,18 +452,37 @@ class PhotonModel(PhotonPreTrainedModel):
 
         extras = {}
         if cache is None:
-            hidden, extras = self._full_forward(input_ids, attention_mask, logits_to_keep)
+            ops = photon_ops(self.config, input_ids.device, self.embed_dec.weight.dtype)
+            hidden, extras = self._full_forward(input_ids, attention_mask, logits_to_keep, ops)
         elif not cache.is_initialized:
-            hidden = self._prefill(cache, input_ids, attention_mask, logits_to_keep)
+            ops = photon_ops(self.config, input_ids.device, self.embed_dec.weight.dtype)
+            hidden = self._prefill(cache, input_ids, attention_mask, logits_to_keep, ops)
         else:
-            if cache.rebuild_pending:
-                self._rebuild_from_history(cache)
             if batch != cache.batch_size:
                 raise ValueError(f"The cache holds {cache.batch_size} rows but `input_ids` has {batch}.")
+            if decode_step is not None and not cache.is_compileable:
+                logger.warning_once(
+                    "PHOTON decodes eagerly: this PhotonCache is not compileable (it records the past for assisted "
+                    "decoding, or was built without max_cache_len and grows)."
+                )
+                decode_step = None
+            ops = REFERENCE_OPS if decode_step is not None else photon_ops(
+                self.config, input_ids.device, self.embed_dec.weight.dtype
+            )
+            stale = cache.pending_rebuild()
+            if stale is not None:  # after crop(): the unfinished units' local state is rebuilt from the history
+                with torch.no_grad():
+                    self._rebuild(cache, *stale, ops)
+            run = decode_step or self.decode_column
             # Extending a filled cache by several columns (continuing a generation, verifying assisted
             # candidates) takes one exact decode step per column.
-            hidden = torch.stack([self._step(cache, input_ids[:, t]) for t in range(length)], dim=1)
-            hidden = _keep(hidden, logits_to_keep)
+            columns = []
+            for t in range(length):
+                step = cache.begin_column()
+                if cache.recording:
+                    cache.record_tokens(input_ids[:, t : t + 1])
+                columns.append(run(cache, input_ids[:, t], step, ops))
+            hidden = _keep(torch.stack(columns, dim=1), logits_to_keep)
         return PhotonModelOutputWithPast(
             last_hidden_state=hidden,
             hidden_states=(hidden,) if output_hidden_states else None,
@@ -589,18 +526,18 @@ class PhotonModel(PhotonPreTrainedModel):
         on the right to a multiple of P_{L-1} with room for one more token (whose prediction the last column
         needs). Returns (tokens [B, T'], pads [B])."""
         length = input_ids.shape[1]
-        meta = self.tokens_per_unit[-1]
+        meta = self.levels[-1].geometry.tokens_per_unit
         padded = -(-(length + 1) // meta) * meta
         pos = torch.arange(padded, device=input_ids.device)
         pad_t = torch.tensor(pads, device=input_ids.device)
         source = (pos[None, :] + pad_t[:, None]).clamp(max=length - 1)
         return input_ids.gather(1, source), pad_t
 
-    def _full_forward(self, input_ids, attention_mask, logits_to_keep):
+    def _full_forward(self, input_ids, attention_mask, logits_to_keep, ops: PhotonOps):
         pads = self._row_pads(attention_mask, input_ids, for_cache=False)
         tokens, pad_t = self._aligned(input_ids, pads)
-        streams = self.encode(tokens)
-        hidden, predictions = self.decode(streams, tokens)
+        streams = self.encode(tokens, ops)
+        hidden, predictions = self.decode(streams, tokens, ops)
         extras = dict(encoder_streams=streams, decoder_predictions=predictions, real_lengths=input_ids.shape[1] - pad_t)
         return self._to_columns(hidden, pad_t, input_ids.shape[1], logits_to_keep), extras
 
@@ -615,59 +552,35 @@ class PhotonModel(PhotonPreTrainedModel):
         return _gather_rows(hidden, aligned)
 
     # ------------------------------------------------------------------------------------ cache: prefill/rebuild
-    def _prefill(self, cache: PhotonCache, input_ids, attention_mask, logits_to_keep) -> torch.Tensor:
+    def _prefill(self, cache: PhotonCache, input_ids, attention_mask, logits_to_keep, ops: PhotonOps) -> torch.Tensor:
         """Fill an empty cache from a prompt. Rows are processed in groups of about `prefill_group_tokens` tokens,
         so the prefill's activations stay bounded and do not grow with the batch."""
         length = input_ids.shape[1]
         pads = self._row_pads(attention_mask, input_ids, for_cache=True)
         tokens, pad_t = self._aligned(input_ids, pads)
-        cache.allocate(pads, input_ids.device, self.embed_enc.weight.dtype)
-        cache.seen = length
+        cache.begin_prefill(pads, length, input_ids.device, self.embed_enc.weight.dtype)
         counts = cache.real_tokens()
-        for i, per_unit in enumerate(self.tokens_per_unit):
-            cache.ensure_capacity(i, max(counts) // per_unit)
         if cache.recording:
-            cache.history_tokens = input_ids.clone()
+            cache.record_tokens(input_ids)
         group_rows = max(1, self.prefill_group_tokens // tokens.shape[1])
-        outputs, history = [], []
+        outputs = []
         for start in range(0, tokens.shape[0], group_rows):
             group = slice(start, start + group_rows)
             capture: list = []
-            streams = self.encode(tokens[group], capture)
-            for i, kv in enumerate(capture):
-                self._store_encoder(cache, i, kv, [c // self.tokens_per_unit[i] for c in counts[group]], group)
+            streams = self.encode(tokens[group], ops, capture)
+            for layer, kv in zip(cache.layers, capture, strict=True):
+                units = torch.tensor(counts[group], device=input_ids.device) // layer.level.tokens_per_unit
+                layer.store_prefill(kv, units, group)
             if cache.recording:
-                history.append([s[:, : max(counts) // p] for s, p in zip(streams, self.tokens_per_unit, strict=True)])
-            last = self._rebuild(cache, streams, tokens[group], counts[group], group)
+                for layer, stream in zip(cache.layers, streams, strict=True):
+                    layer.store_history(group, stream[:, : layer.units])
+            last = self._rebuild(cache, streams, tokens[group], counts[group], ops, group)
             if isinstance(logits_to_keep, int) and logits_to_keep == 1:
                 outputs.append(last[:, None])
             else:
-                hidden, _ = self.decode(streams, tokens[group])
+                hidden, _ = self.decode(streams, tokens[group], ops)
                 outputs.append(self._to_columns(hidden, pad_t[group], length, logits_to_keep))
-        if cache.recording:
-            cache.history_streams = [torch.cat(level, dim=0) for level in zip(*history, strict=True)]
-        cache.prepare_plans()
         return torch.cat(outputs, dim=0)
-
-    def _store_encoder(self, cache: PhotonCache, level: int, kv: list, units: list[int], group: slice):
-        """Copy a level's prefill keys/values ([G, Hkv, M, hd] per layer) into the cache rows `group`."""
-        keys, values = cache.enc_keys[level], cache.enc_values[level]
-        if not cache.is_ring(level):
-            n = min(keys.shape[3], kv[0][0].shape[2])
-            for layer, (k, v) in enumerate(kv):
-                keys[layer, group, :, :n] = k[:, :, :n]
-                values[layer, group, :, :n] = v[:, :, :n]
-            return
-        # Ring of W slots: slot s holds the latest unit p < units with p = s (mod W).
-        window = cache.config.window(level)
-        device = kv[0][0].device
-        count = torch.tensor(units, device=device)[:, None]
-        slots = torch.arange(window, device=device)[None, :]
-        latest = count - 1 - ((count - 1 - slots) % window)
-        index = latest.clamp(min=0)[:, None, :, None].expand(-1, keys.shape[2], -1, keys.shape[4])
-        for layer, (k, v) in enumerate(kv):
-            keys[layer, group] = k.gather(2, index.clamp(max=k.shape[2] - 1))
-            values[layer, group] = v.gather(2, index.clamp(max=v.shape[2] - 1))
 
     def _rebuild(
         self,
@@ -675,6 +588,7 @@ class PhotonModel(PhotonPreTrainedModel):
         streams: list[torch.Tensor],
         tokens: torch.Tensor,
         counts: list[int],
+        ops: PhotonOps,
         group: slice = slice(None),
     ) -> torch.Tensor:
         """Rebuild the unfinished-unit state (pending sub-units, local decoder KV, "self" predictions) of the cache
@@ -687,17 +601,17 @@ class PhotonModel(PhotonPreTrainedModel):
         count = torch.tensor(counts, device=device)
         batch = count.shape[0]
         rows = torch.arange(batch, device=device)
-        top = self.num_levels - 1
         if self.self_decoding:
-            predictions = self.self_chain(streams[-1], max(counts) // self.tokens_per_unit[-1] + 1)
+            top_units = max(counts) // self.levels[-1].geometry.tokens_per_unit + 1
+            predictions = self.self_chain(streams[-1], top_units, ops)
         cond = None
-        for i in reversed(range(self.num_levels)):
-            lvl = self.levels[i]
-            chunk, width = lvl.chunk_size, lvl.converter_width
-            below = 1 if i == 0 else self.tokens_per_unit[i - 1]
-            unit = count // self.tokens_per_unit[i]  # the unfinished unit of each row
-            done = (count // below) % chunk  # its finished sub-units
-            if i == top:
+        for i in reversed(range(len(self.levels))):
+            lvl, layer = self.levels[i], cache.layers[i]
+            geometry = lvl.geometry
+            chunk, width = geometry.chunk_size, geometry.converter_width
+            unit = count // geometry.tokens_per_unit  # the unfinished unit of each row
+            done = (count // geometry.tokens_per_subunit) % chunk  # its finished sub-units
+            if geometry.is_top:
                 previous = _gather_units(streams[i], (unit - 1)[:, None])[:, 0]
                 start = self._start(i).to(previous.dtype).expand(batch, -1)
                 cond = torch.where((unit > 0)[:, None], previous, start)
@@ -707,247 +621,144 @@ class PhotonModel(PhotonPreTrainedModel):
                 inputs = self.embed_dec(pending)
             else:
                 pending = inputs = _gather_units(streams[i - 1], subunits)
-            cache.pending[i][group] = pending
-            if i > 0 and self.self_decoding:
+            if geometry.self_decoding:
                 pred = predictions[i]  # [B, >= M_{i-1}, D] predictions of the level below
                 slots = unit[:, None] * chunk - 1 + torch.arange(chunk + 1, device=device)[None, :]
                 window_pred = _gather_rows(pred, slots.clamp(min=0, max=pred.shape[1] - 1))
                 start = self._start(i - 1).to(pred.dtype)
                 first = torch.where((slots[:, :1, None] < 0), start.expand(batch, 1, -1), window_pred[:, :1])
                 window_pred = torch.cat([first, window_pred[:, 1:]], dim=1)
-                cache.predictions[i][group] = window_pred
+                layer.store_local(group, pending, window_pred)
                 cond = window_pred[rows, done]
                 continue
+            layer.store_local(group, pending)
             window = torch.cat([lvl.prefix(cond), inputs[:, : chunk - 1]], dim=1)
-            cos, sin = self._window_rope(width + chunk - 1, device, window.dtype)
-            keys, values = cache.dec_keys[i], cache.dec_values[i]
+            cos, sin = self._window_rope(geometry.decoder_slots, device, window.dtype)
 
-            def attend(q, k, v, layer_idx, keys=keys, values=values):
-                keys[layer_idx, group] = k
-                values[layer_idx, group] = v
-                return window_attention(self.config, q, k, v)
+            def attend(q, k, v, layer_idx, layer=layer):
+                layer.store_decoder(layer_idx, group, k, v)
+                return ops.chunk_local_attention(q, k, v)
 
             out = lvl.decoder(window, cos, sin, attend)
             cond = out[rows, width - 1 + done]
         return cond
 
-    def _rebuild_from_history(self, cache: PhotonCache):
-        """After `crop`: rebuild the unfinished-unit state from the recorded token ids and encoder states."""
-        counts = cache.real_tokens()
-        tokens, _ = self._aligned(cache.history_tokens, cache.pads)
-        with torch.no_grad():
-            self._rebuild(cache, cache.history_streams, tokens, counts)
-        cache.rebuild_pending = False
-        cache.prepare_plans()
-
     # -------------------------------------------------------------------------------------------- decode step
-    def _step(self, cache: PhotonCache, tokens: torch.Tensor) -> torch.Tensor:
-        """Consume one column of token ids [B] and return the states that predict the next column: [B, D]."""
-        cache.seen += 1
-        plan = cache.plan(cache.seen)
-        if cache.recording:
-            cache.history_tokens = torch.cat([cache.history_tokens, tokens[:, None]], dim=1)
-        return self._consume(cache, plan, 0, tokens)
+    def decode_column(self, cache: PhotonCache, tokens: torch.Tensor, step: PhotonStep, ops: PhotonOps) -> torch.Tensor:
+        """One decode step: consume a column of token ids [B] (`step` = `cache.begin_column()`), return the states
+        that predict the next column: [B, D].
 
-    def _consume(self, cache: PhotonCache, plan, level: int, items: torch.Tensor) -> torch.Tensor:
-        """Rows of plan[level].arriving finished a sub-unit: token ids [n] at level 0, encoder states [n, D]
-        above. Returns what conditions each row's next sub-unit: [n, D] (the token state at level 0)."""
-        arriving, continuing, closing = plan[level]
-        lvl = self.levels[level]
-        _write(cache.pending[level], arriving.absolute, arriving.phase, items)
-        parts = []
-        if continuing.count:
-            x = _take(items, continuing.index)
-            if level > 0 and self.self_decoding:
-                preds = _take(cache.predictions[level], continuing.absolute)
-                out = _pick(preds, continuing.phase + 1)
+        Tensor code only, with static shapes over a static cache: every level that `step` runs is computed for all
+        rows and its writes are masked to the rows that take part, so the function's structure depends on `step`
+        alone and `torch.compile` captures one graph per distinct step.
+        """
+        counts = cache.advance()
+        return self._consume(cache, step, 0, tokens, counts, ops)
+
+    def _consume(self, cache: PhotonCache, step: PhotonStep, level: int, items: torch.Tensor, counts: torch.Tensor,
+                 ops: PhotonOps) -> torch.Tensor:
+        """The rows arriving at `level` hand over a finished sub-unit: token ids [B] at level 0, encoder states
+        [B, D] above (other rows' entries are ignored). Returns what conditions each row's next sub-unit, [B, D]
+        (the token state at level 0), valid for the arriving rows."""
+        lvl, layer = self.levels[level], cache.layers[level]
+        rows = cache.rows(level, counts, step)
+        layer.write_pending(rows.phase, items, rows.arriving)
+        continuing = closing = None
+        if step.continuing[level]:
+            if lvl.geometry.self_decoding:
+                continuing = layer.prediction(rows.phase + 1)
             else:
-                out = self._decoder_step(cache, level, continuing, self.embed_dec(x) if level == 0 else x)
-            parts.append((continuing, out))
-        if closing.count:
-            pending = _take(cache.pending[level], closing.absolute)
-            units = lvl.chunk(self.embed_enc(pending) if level == 0 else pending)
-            state = self._encoder_step(cache, level, closing, units)
-            if level == self.num_levels - 1:
+                x = self.embed_dec(items) if level == 0 else items
+                continuing = self._decoder_step(level, layer, rows, x, ops)
+        if step.closing[level]:
+            units = lvl.chunk(self.embed_enc(layer.pending) if level == 0 else layer.pending, ops)
+            state = self._encoder_step(level, layer, rows, units, ops)
+            if lvl.geometry.is_top:
                 cond = state  # the top stream is shifted: the unit just finished conditions the next one
             else:
-                cond = self._consume(cache, plan, level + 1, state)
-            if level > 0 and self.self_decoding:
-                out = self._predict_unit(cache, level, closing, cond)
+                cond = self._consume(cache, step, level + 1, state, counts, ops)
+            if lvl.geometry.self_decoding:
+                closing = self._predict_unit(level, layer, rows, cond, ops)
             else:
-                out = self._decoder_prefix(cache, level, closing, cond)
-            parts.append((closing, out))
-        return _merge(parts, arriving.count)
+                closing = self._decoder_prefix(level, layer, rows, cond, ops)
+        if closing is None or continuing is None:
+            return closing if continuing is None else continuing
+        return torch.where(rows.closing[:, None], closing, continuing)
 
-    def _unit_positions(self, cache: PhotonCache, level: int, rows: _Rows):
-        """Index of the unit each row of `rows` just finished at `level`: an int if all rows agree, else [n]."""
-        per_unit = self.tokens_per_unit[level]
-        if cache.uniform_pads:
-            return (cache.seen - cache.min_pad) // per_unit - 1
-        pads = _take(cache.pads_device, rows.absolute)
-        return (cache.seen - pads) // per_unit - 1
-
-    def _encoder_step(self, cache: PhotonCache, level: int, rows: _Rows, units: torch.Tensor) -> torch.Tensor:
-        """One context-encoder step for `rows`: units [n, D] -> states [n, D]; appends to the encoder cache."""
-        lvl = self.levels[level]
-        position = self._unit_positions(cache, level, rows)
-        newest = (cache.seen - cache.min_pad) // self.tokens_per_unit[level]  # units of the longest row
-        cache.ensure_capacity(level, newest)
-        keys_all, values_all = cache.enc_keys[level], cache.enc_values[level]
-        window = cache.config.window(level)
-        ring = cache.is_ring(level)
-        capacity = keys_all.shape[3]
-        if isinstance(position, int):
-            cos, sin = self.rotary_emb(torch.arange(position, position + 1, device=units.device), units.dtype)
-            cos, sin = cos[None, None], sin[None, None]
-            slot = position % capacity if ring else position
-            if ring:
-                span = slice(0, capacity if position >= window - 1 else position + 1)
-            else:
-                span = slice(0 if window is None else max(0, position - window + 1), position + 1)
-            mask, bounds = None, (span.start, span.stop)
-        else:
-            cos, sin = self.rotary_emb(position, units.dtype)
-            cos, sin = cos[:, None, None], sin[:, None, None]
-            slot = position % capacity if ring else position
-            span = slice(0, capacity if ring else newest)
-            key_pos = torch.arange(span.stop, device=units.device)[None, :]
-            if ring:
-                valid = (key_pos <= position[:, None]) | (position[:, None] >= window - 1)
-            else:
-                valid = key_pos <= position[:, None]
-                if window is not None:
-                    valid &= key_pos > position[:, None] - window
-            mask = valid[:, None, None, :]
-            if ring:  # the same key ranges as `mask`, for the kernel
-                bounds = (0, torch.where(position >= window - 1, capacity, position + 1))
-            else:
-                bounds = (0 if window is None else (position - window + 1).clamp(min=0), position + 1)
-        in_place = not torch.is_grad_enabled() and use_kernel(self.config, units, "decode_attention")
+    def _encoder_step(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, units: torch.Tensor,
+                      ops: PhotonOps) -> torch.Tensor:
+        """One context-encoder step at each row's current unit: units [B, D] -> states [B, D]; the closing rows'
+        keys and values enter the encoder cache."""
+        position = rows.unit.clamp(min=0)  # rows that do not close: any valid position (their writes are masked)
+        cos, sin = self._rope(position, units.dtype)
+        start, end = layer.encoder_bounds(position)
 
         def attend(q, k, v, layer_idx):
-            keys, values = keys_all[layer_idx], values_all[layer_idx]
-            _write_kv(keys, rows.absolute, slot, k)
-            _write_kv(values, rows.absolute, slot, v)
-            if in_place:  # Triton reads the cache rows in place (no gathered copy, no mask)
-                query = q[:, :, 0].to(keys.dtype)
-                out = photon_kernels.decode_attention(query, keys, values, *bounds, rows=rows.absolute)
-                return out[:, :, None]
-            k_all = _take(keys, rows.absolute)[:, :, span]
-            v_all = _take(values, rows.absolute)[:, :, span]
-            return cached_attention(q, k_all, v_all, mask)
+            keys, values = layer.write_encoder(layer_idx, k, v, position, rows.closing)
+            return ops.decode_attention(q[:, :, 0], keys, values, start, end)[:, :, None]
 
-        state = lvl.encoder(units[:, None], cos, sin, attend)[:, 0]
-        if cache.recording:
-            self._record_stream(cache, level, rows, position, state)
+        state = self.levels[level].encoder(units[:, None], cos, sin, attend)[:, 0]
+        if layer.recording:
+            layer.record(position, state, rows.closing)
         return state
 
-    def _record_stream(self, cache: PhotonCache, level: int, rows: _Rows, position, state: torch.Tensor):
-        history = cache.history_streams[level]
-        needed = (cache.seen - cache.min_pad) // self.tokens_per_unit[level]
-        if history.shape[1] < needed:
-            history = torch.cat([history, history.new_zeros(history.shape[0], needed - history.shape[1],
-                                                            history.shape[2])], dim=1)
-        row_index = torch.arange(history.shape[0], device=state.device) if rows.absolute is None else rows.absolute
-        pos = position if not isinstance(position, int) else torch.full_like(row_index, position)
-        history[row_index, pos] = state
-        cache.history_streams[level] = history
-
-    def _decoder_prefix(self, cache: PhotonCache, level: int, rows: _Rows, cond: torch.Tensor) -> torch.Tensor:
-        """Start a new unit for `rows`: run the converter prefix (slots 0..R-1) through the local decoder, reset its
-        cache, and return the output at slot R-1 (what conditions sub-unit 0): [n, D]."""
+    def _decoder_prefix(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, cond: torch.Tensor,
+                        ops: PhotonOps) -> torch.Tensor:
+        """Start a new unit for the closing rows: run the converter prefix (slots 0..R-1) of `cond` [B, D] through
+        the local decoder and return the output at slot R-1 (what conditions sub-unit 0): [B, D]."""
         lvl = self.levels[level]
-        width = lvl.converter_width
         prefix = lvl.prefix(cond)
-        cos, sin = self._window_rope(width, cond.device, cond.dtype)
-        keys_all, values_all = cache.dec_keys[level], cache.dec_values[level]
+        cos, sin = self._window_rope(lvl.geometry.converter_width, cond.device, cond.dtype)
 
         def attend(q, k, v, layer_idx):
-            _write_kv(keys_all[layer_idx], rows.absolute, slice(0, width), k)
-            _write_kv(values_all[layer_idx], rows.absolute, slice(0, width), v)
-            return window_attention(self.config, q, k, v)
+            layer.reset_unit(layer_idx, k, v, rows.closing)
+            return ops.chunk_local_attention(q, k, v)
 
         return lvl.decoder(prefix, cos, sin, attend)[:, -1]
 
-    def _decoder_step(self, cache: PhotonCache, level: int, rows: _Rows, x: torch.Tensor) -> torch.Tensor:
-        """Feed the input of finished sub-unit j (rows.phase) at slot R + j of the local decoder: x [n, D] ->
-        the output there, which conditions sub-unit j + 1: [n, D]."""
-        lvl = self.levels[level]
-        slot = lvl.converter_width + rows.phase
-        keys_all, values_all = cache.dec_keys[level], cache.dec_values[level]
-        window = lvl.converter_width + lvl.chunk_size - 1
-        cos_table, sin_table = self.rotary_emb.table(window, x.device, x.dtype)
-        if isinstance(slot, int):
-            cos, sin = cos_table[slot][None, None, None], sin_table[slot][None, None, None]
-            span, mask = slice(0, slot + 1), None
-        else:
-            cos, sin = cos_table[slot][:, None, None], sin_table[slot][:, None, None]
-            span = slice(0, window)
-            mask = (torch.arange(window, device=x.device)[None, :] <= slot[:, None])[:, None, None, :]
-        in_place = not torch.is_grad_enabled() and use_kernel(self.config, x, "decode_attention")
+    def _decoder_step(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, x: torch.Tensor,
+                      ops: PhotonOps) -> torch.Tensor:
+        """Feed the input of finished sub-unit j (rows.phase) at slot R + j of the local decoder: x [B, D] -> the
+        output there, which conditions sub-unit j + 1: [B, D]."""
+        geometry = self.levels[level].geometry
+        slot = geometry.converter_width + rows.phase.clamp(max=geometry.chunk_size - 2)  # closing rows: unused
+        cos, sin = self._rope(slot, x.dtype)
 
         def attend(q, k, v, layer_idx):
-            keys, values = keys_all[layer_idx], values_all[layer_idx]
-            _write_kv(keys, rows.absolute, slot, k)
-            _write_kv(values, rows.absolute, slot, v)
-            if in_place:  # keys 0 .. slot of each row, read in place
-                query = q[:, :, 0].to(keys.dtype)
-                out = photon_kernels.decode_attention(query, keys, values, 0, slot + 1, rows=rows.absolute)
-                return out[:, :, None]
-            k_rows, v_rows = _take(keys, rows.absolute)[:, :, span], _take(values, rows.absolute)[:, :, span]
-            return cached_attention(q, k_rows, v_rows, mask)
+            keys, values = layer.write_decoder(layer_idx, k, v, slot, rows.continuing)
+            return ops.decode_attention(q[:, :, 0], keys, values, torch.zeros_like(slot), slot + 1)[:, :, None]
 
-        return lvl.decoder(x[:, None], cos, sin, attend)[:, 0]
+        return self.levels[level].decoder(x[:, None], cos, sin, attend)[:, 0]
 
-    def _predict_unit(self, cache: PhotonCache, level: int, rows: _Rows, cond: torch.Tensor) -> torch.Tensor:
-        """"self" decoding: predict all C sub-units of the new unit at once, keep them, and return the carry (the
-        last prediction of the unit before), which conditions sub-unit 0."""
-        preds = cache.predictions[level]
-        carry = _take(preds, rows.absolute)[:, -1:]
-        new = torch.cat([carry, self.unroll(level, cond)], dim=1)  # copies the carry before preds is overwritten
-        if rows.absolute is None:
-            preds.copy_(new)
-        else:
-            preds[rows.absolute] = new
+    def _predict_unit(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, cond: torch.Tensor,
+                      ops: PhotonOps) -> torch.Tensor:
+        """"self" decoding: predict all C sub-units of the closing rows' new unit at once, keep them, and return the
+        carry (the last prediction of the unit before), which conditions sub-unit 0: [B, D]."""
+        new = torch.cat([layer.predictions[:, -1:], self.unroll(level, cond, ops)], dim=1)  # copies the carry
+        layer.write_predictions(new, rows.closing)
         return new[:, 0]
+
+    # ---------------------------------------------------------------------------------------- compiled steps
+    def compiled_decode_column(self, compile_config: CompileConfig) -> Callable:
+        """`decode_column` through `torch.compile` with `compile_config`'s options (made once per config).
+
+        Its graphs specialise on the `PhotonStep` (at most P_L of them, L + 1 when all rows share their padding)
+        and on the cache's shapes, never on the sequence length; dynamo's recompile limit is raised to fit them.
+        """
+        options = compile_config.to_dict()
+        key = f"{id(self)}:{sorted(options.items())!r}"  # a deep copy of the model compiles its own
+        if self._compiled_column is None or self._compiled_column[0] != key:
+            variants = 2 * min(self.levels[-1].geometry.tokens_per_unit, 3 ** len(self.levels)) + 8
+            dynamo = torch._dynamo.config
+            dynamo.recompile_limit = max(dynamo.recompile_limit, variants)  # 2x: static, then dynamic batch shapes
+            self._compiled_column = (key, torch.compile(self.decode_column, **options))
+        return self._compiled_column[1]
 
 
 def _keep(hidden: torch.Tensor, logits_to_keep) -> torch.Tensor:
     if isinstance(logits_to_keep, int):
         return hidden[:, -logits_to_keep:] if logits_to_keep > 0 else hidden
     return hidden[:, logits_to_keep]
-
-
-def _pick(x: torch.Tensor, index) -> torch.Tensor:
-    """x: [n, S, D]; index: int or [n] -> [n, D]."""
-    if isinstance(index, int):
-        return x[:, index]
-    return x[torch.arange(x.shape[0], device=x.device), index]
-
-
-def _write(buffer: torch.Tensor, rows, index, values: torch.Tensor):
-    """buffer[rows, index] = values, with rows None (all) and index an int or a per-row tensor."""
-    if rows is None and isinstance(index, int):
-        buffer[:, index] = values
-        return
-    if rows is None:
-        rows = torch.arange(buffer.shape[0], device=buffer.device)
-    buffer[rows, index] = values
-
-
-def _write_kv(buffer: torch.Tensor, rows, slot, kv: torch.Tensor):
-    """buffer [B, Hkv, S, hd]; kv [n, Hkv, s, hd]; slot an int, a slice, or a per-row tensor (s == 1)."""
-    if isinstance(slot, int):
-        slot = slice(slot, slot + 1)
-    if isinstance(slot, slice):
-        if rows is None:
-            buffer[:, :, slot] = kv
-        else:
-            buffer[rows, :, slot] = kv
-        return
-    if rows is None:
-        rows = torch.arange(buffer.shape[0], device=buffer.device)
-    buffer[rows, :, slot] = kv[:, :, 0]
 
 
 class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
@@ -995,6 +806,7 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_dict: bool | None = None,
+        decode_step: Callable | None = None,
         **kwargs,
     ) -> PhotonCausalLMOutputWithPast:
         r"""
@@ -1014,6 +826,7 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             logits_to_keep=logits_to_keep,
+            decode_step=decode_step,
         )
         logits = self.lm_head(outputs.last_hidden_state)
         loss = recursive = None
@@ -1044,7 +857,7 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
         target = outputs.encoder_streams[level].detach()
         units = min(pred.shape[1], target.shape[1])
         distance = 1 - F.cosine_similarity(pred[:, :units].float(), target[:, :units].float(), dim=-1)
-        per_unit = self.config.tokens_per_unit[level]
+        per_unit = self.config.levels[level].tokens_per_unit
         valid = torch.arange(units, device=labels.device)[None, :] < (outputs.real_lengths // per_unit)[:, None]
         total = (distance * valid).sum() * per_unit
         if num_items_in_batch is None:
@@ -1054,6 +867,38 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
         return total / num_items_in_batch
 
     # ------------------------------------------------------------------------------------------- generation
+    def get_compiled_call(self, compile_config: CompileConfig | None) -> Callable:
+        """generate()'s auto-compile hook, called when the cache `is_compileable` (a `PhotonCache` with
+        `max_cache_len`, as generate builds it) on a GPU, or when `compile_config` forces compilation; skipped with
+        `disable_compile=True`.
+
+        PHOTON compiles its decode step (`PhotonModel.decode_column`, the tensor work of one column), not the whole
+        forward: the forward's Python (input checks, the host-side step plan) stays eager, so the compiled graphs
+        depend on which levels a column runs (at most P_L variants) and never on the growing sequence length.
+        With `CompileConfig`'s default `mode="reduce-overhead"` each variant is a CUDA graph.
+        """
+        step = self.model.compiled_decode_column(compile_config or CompileConfig())
+        return functools.partial(self.__call__, decode_step=step)
+
+    def _valid_auto_compile_criteria(self, model_kwargs: dict, generation_config) -> bool:
+        """transformers' criteria; where they refuse a PhotonCache that records the past (assisted decoding, prompt
+        lookup: `crop` needs the history, so the cache grows) on a device that would compile, say so once."""
+        valid = super()._valid_auto_compile_criteria(model_kwargs, generation_config)
+        cache = model_kwargs.get(CACHE_NAME)
+        if not valid and isinstance(cache, PhotonCache) and cache.recording and self.device.type == "cuda" and (
+            not generation_config.disable_compile
+        ):
+            logger.warning_once(
+                "PHOTON decodes eagerly in assisted decoding / prompt lookup: its cache records the past for crop() "
+                "and grows, so it is not compileable."
+            )
+        return valid
+
+    def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs):
+        """generate() turns the 2D mask into a 4D causal one for a compileable cache; PHOTON reads the 2D left-pad
+        mask itself (its chunk grid starts at each row's first real token), so it is handed through unchanged."""
+        return attention_mask
+
     def _prepare_cache_for_generation(
         self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
     ):
@@ -1062,7 +907,8 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
         if user_cache is not None:
             if not isinstance(user_cache, PhotonCache):
                 raise TypeError(f"PHOTON generates with a PhotonCache, got {type(user_cache).__name__}.")
-            user_cache._is_user_defined = True
+            user_cache._is_user_defined = True  # what generate's own _prepare_cache_for_generation marks
+            user_cache.reserve_columns(max_cache_length)  # a static cache continued further grows once, here
             return
         if generation_config.use_cache is False:
             return
@@ -1071,6 +917,8 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
                 f"cache_implementation={generation_config.cache_implementation!r} is not supported by PHOTON: its "
                 "hierarchical PhotonCache is built automatically. Leave cache_implementation unset."
             )
+        if getattr(generation_config, "max_cache_len", None) is not None:  # a fixed size: graphs shared across calls
+            max_cache_length = max(max_cache_length, generation_config.max_cache_len)
         model_kwargs[CACHE_NAME] = PhotonCache(self.config, max_cache_len=max_cache_length)
         if getattr(generation_config, "is_assistant", False):
             model_kwargs[CACHE_NAME].activate_past_recording()

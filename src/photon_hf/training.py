@@ -2,13 +2,17 @@
 
 Nothing here replaces a Trainer piece; these are the few things a PHOTON run needs around it:
 
-* `model_config`: a `PhotonConfig` of a named size whose vocabulary and special tokens match a tokenizer;
-* `training_arguments`: `TrainingArguments` with defaults that suit small PHOTON runs (bf16 where the device
-  supports it, evaluation and saving every `eval_steps`, nothing reported to external trackers);
+* `TrainJob` and `run_training`: one whole run (data, model or LoRA adapter, Trainer, time budget, resume, saving),
+  the body of `photon-hf train` and of the quickstart. `TrainJob`'s field defaults are the defaults of every
+  training run; `training_arguments` reads them too;
+* `model_config`: a `PhotonConfig` of a named shape (`PHOTON_PRESETS`) whose vocabulary and special tokens match a
+  tokenizer;
+* `training_arguments`: `TrainingArguments` with those defaults (bf16 where the device supports it, evaluation and
+  saving every `eval_steps` / `save_steps`, nothing reported to external trackers);
 * `build_trainer`: a `Trainer` wired with the packed-block collator and evaluation perplexity
   (`compute_metrics=compute_perplexity`, `preprocess_logits_for_metrics=preprocess_logits_for_perplexity`);
 * `TimeBudgetCallback` and `TimeBudgetSchedule`: stop after a wall-clock budget with a learning rate that has
-  decayed by then (the quickstart trains "for a few minutes").
+  decayed by then (the quickstart trains "for a few minutes"); `steps_in_time` and `torch_threads` plan such a run.
 
 Gradient accumulation is exact: `PhotonForCausalLM.forward` takes `**kwargs`, so the Trainer passes
 `num_items_in_batch` (the label count of the whole accumulated batch) and the loss is a sum divided by it.
@@ -19,39 +23,169 @@ FSDP and DeepSpeed).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import glob
+import json
 import math
+import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.utils import logging
 
-from .configuration_photon import PHOTON_PRESETS, PhotonConfig
+from .configuration_photon import PHOTON_PRESETS, PhotonConfig, photon_preset
 
 logger = logging.get_logger(__name__)
 
-# Small shapes for CPU runs and tests (all L=2, C=(4,4), R=2 like the paper); the paper's own sizes are in
-# PHOTON_PRESETS.
-MODEL_SIZES: dict[str, dict] = {
-    "tiny": dict(hidden_size=64, intermediate_size=192, num_attention_heads=4, num_encoder_layers=1,
-                 num_decoder_layers=1),
-    "small": dict(hidden_size=128, intermediate_size=384, num_attention_heads=4, num_encoder_layers=2,
-                  num_decoder_layers=2),
-    "base": dict(hidden_size=256, intermediate_size=768, num_attention_heads=8, num_encoder_layers=3,
-                 num_decoder_layers=3),
-}
+
+# ------------------------------------------------------------------------------------------------ the defaults
+@dataclasses.dataclass
+class TrainJob:
+    """One training run, as `run_training` carries it out (`photon-hf train` parses its flags into one).
+
+    The field defaults are the defaults of every PHOTON training run: `photon-hf train` shows them as its own and
+    `training_arguments` reads them, so a default changes here and nowhere else. Bad values raise a `ValueError`
+    naming the field when the job is built, before any data or model is loaded.
+
+    Data: `dataset` is "stdlib" (the Python standard library's source), local text files or a Hub dataset name;
+    `eval_blocks` validation blocks are kept, evenly spread (0 = all). Model: a new model of shape `size` (a
+    `PHOTON_PRESETS` name) with `overrides` applied to its config, or a saved one (`model`, a folder); `lora_r` > 0
+    trains a LoRA adapter on a saved model instead of all weights. `max_minutes` also stops on time, with a
+    learning rate that decays by time or steps, whichever runs out first. `save_checkpoints=False` keeps no
+    `checkpoint-*` folder (optimizer state) in `output_dir`, only the final model; `resume` ("last" or a checkpoint
+    folder) continues a run that kept them.
+    """
+
+    output_dir: str
+    # data
+    dataset: str = "stdlib"
+    dataset_config: str | None = None
+    validation_data: str | None = None
+    text_column: str = "text"
+    validation_fraction: float = 0.05
+    max_files: int | None = None
+    block_size: int = 256
+    eval_blocks: int = 64
+    tokenizer: str = "bytes"
+    num_proc: int | None = None
+    # model
+    model: str | None = None
+    size: str = "small"
+    overrides: dict = dataclasses.field(default_factory=dict)
+    # LoRA
+    lora_r: int = 0
+    lora_alpha: float | None = None  # None: 2 x lora_r
+    lora_dropout: float = 0.0
+    lora_chunker: bool = False
+    lora_converter: bool = False
+    # optimisation
+    max_steps: int = 1000
+    max_minutes: float | None = None
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 2e-3
+    warmup: float = 0.05  # steps, or a fraction of max_steps when < 1
+    weight_decay: float = 0.1
+    adam_beta2: float = 0.95
+    lr_scheduler_type: str = "cosine"
+    max_grad_norm: float = 1.0
+    gradient_checkpointing: bool = False
+    bf16: bool | None = None  # None: on where the GPU supports it
+    seed: int = 0
+    # evaluation and checkpoints
+    eval_steps: int = 100
+    logging_steps: int = 10
+    save_steps: int = 500
+    save_total_limit: int = 2
+    save_checkpoints: bool = True
+    resume: str | None = None
+
+    def __post_init__(self):
+        def check(name: str, ok: bool, requirement: str):
+            if not ok:
+                raise ValueError(f"`{name}` must be {requirement}, got {getattr(self, name)!r}.")
+
+        def positive_int(name: str, optional: bool = False, minimum: int = 1):
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+            check(name, ok, f"an int >= {minimum}" + (" or None" if optional else ""))
+
+        check("output_dir", bool(self.output_dir), "a folder name")
+        check("size", self.size in PHOTON_PRESETS, f"one of {', '.join(PHOTON_PRESETS)}")
+        check("validation_fraction", 0 < self.validation_fraction < 1, "between 0 and 1")
+        positive_int("block_size", minimum=2)
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_steps", "logging_steps", "save_steps"):
+            positive_int(name)
+        for name in ("max_files", "num_proc", "save_total_limit"):
+            positive_int(name, optional=True)
+        positive_int("eval_blocks", minimum=0)
+        positive_int("lora_r", minimum=0)
+        check("learning_rate", self.learning_rate > 0, "> 0")
+        check("warmup", self.warmup >= 0, ">= 0")
+        check("weight_decay", self.weight_decay >= 0, ">= 0")
+        check("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)")
+        check("max_minutes", self.max_minutes is None or self.max_minutes > 0, "> 0 or None")
+        if self.lora_r > 0 and not self.model:
+            raise ValueError(
+                "LoRA (`lora_r` > 0, --lora-r) adapts a trained model: set `model` (--model PATH) to a folder saved by "
+                "`photon-hf train`."
+            )
+        if self.model and self.overrides:
+            raise ValueError(
+                "`overrides` (--set) change the shape of a new model; they cannot be combined with `model` (--model)."
+            )
+        if self.max_minutes and self.resume:
+            raise ValueError(
+                "`max_minutes` (--max-minutes) starts a new time budget and cannot resume one: resume with `max_steps` "
+                "(--max-steps) only."
+            )
+        if not self.model:
+            model_config(self.size, **self.overrides)  # a bad `overrides` value raises its ValueError here
+        if self.resume and not self.save_checkpoints:
+            raise ValueError("`resume` continues from checkpoints, so it needs `save_checkpoints=True`.")
+
+    def training_arguments(self) -> TrainingArguments:
+        """The `TrainingArguments` of this job."""
+        return training_arguments(
+            self.output_dir,
+            bf16=self.bf16,
+            per_device_train_batch_size=self.batch_size,
+            per_device_eval_batch_size=self.batch_size,
+            gradient_accumulation_steps=self.grad_accum,
+            learning_rate=self.learning_rate,
+            warmup_steps=self.warmup,
+            weight_decay=self.weight_decay,
+            adam_beta2=self.adam_beta2,
+            lr_scheduler_type=self.lr_scheduler_type,
+            max_grad_norm=self.max_grad_norm,
+            max_steps=self.max_steps,
+            eval_steps=self.eval_steps,
+            logging_steps=self.logging_steps,
+            save_strategy="steps" if self.save_checkpoints else "no",
+            save_steps=self.save_steps,
+            save_total_limit=self.save_total_limit,
+            gradient_checkpointing=self.gradient_checkpointing,
+            seed=self.seed,
+        )
+
+
+# The quickstart's own defaults: a few minutes of the "small" shape on a CPU, with a higher learning rate than a
+# long run, and no checkpoint left behind (`photon-hf quickstart --save-checkpoints` keeps them).
+QUICKSTART_DEFAULTS = dict(minutes=3.0, size="small", block_size=256, batch_size=16, learning_rate=3e-3)
 
 
 def model_config(size: str = "small", tokenizer=None, **overrides) -> PhotonConfig:
-    """A `PhotonConfig` of a named size (`MODEL_SIZES`, or a paper preset from `PHOTON_PRESETS`), with the
-    vocabulary size and pad/bos/eos ids of `tokenizer` when given, and any field overridden."""
-    if size in MODEL_SIZES:
-        fields = dict(chunk_sizes=[4, 4], converter_width=2, **MODEL_SIZES[size])
-    elif size in PHOTON_PRESETS:
-        fields = dict(chunk_sizes=[4, 4], converter_width=2, **PHOTON_PRESETS[size])
-    else:
-        raise ValueError(f"Unknown model size {size!r}; choose one of {sorted(MODEL_SIZES) + sorted(PHOTON_PRESETS)}.")
+    """A `PhotonConfig` of a named shape (`PHOTON_PRESETS`: the small CPU shapes "tiny", "small", "base" or the
+    paper's "photon-600m", ...), with the vocabulary size and pad/bos/eos ids of `tokenizer` when given, and any
+    field overridden."""
+    fields = {}
     if tokenizer is not None:
         fields.update(
             vocab_size=len(tokenizer),
@@ -60,7 +194,7 @@ def model_config(size: str = "small", tokenizer=None, **overrides) -> PhotonConf
             eos_token_id=tokenizer.eos_token_id,
         )
     fields.update(overrides)
-    return PhotonConfig(**fields)
+    return photon_preset(size, **fields)
 
 
 def bf16_available() -> bool:
@@ -75,8 +209,9 @@ def accelerator_available() -> bool:
 
 
 def training_arguments(output_dir: str, *, bf16: bool | None = None, **overrides) -> TrainingArguments:
-    """`TrainingArguments` for a PHOTON run. `bf16=None` turns bf16 on where `bf16_available()`; every other
-    field can be overridden by keyword (e.g. `gradient_accumulation_steps=4`, `gradient_checkpointing=True`).
+    """`TrainingArguments` for a PHOTON run, with `TrainJob`'s defaults. `bf16=None` turns bf16 on where
+    `bf16_available()`; every other field can be overridden by keyword (e.g. `gradient_accumulation_steps=4`,
+    `gradient_checkpointing=True`).
 
     On a machine without an accelerator `use_cpu=True` is set: only then does `accelerate` treat processes started by
     `torchrun` / `accelerate launch` as one data-parallel job (gloo) instead of independent runs.
@@ -85,21 +220,21 @@ def training_arguments(output_dir: str, *, bf16: bool | None = None, **overrides
         bf16 = bf16_available()
     fields = dict(
         output_dir=output_dir,
-        per_device_train_batch_size=16,
-        per_device_eval_batch_size=16,
-        learning_rate=2e-3,
-        weight_decay=0.1,
-        adam_beta2=0.95,
-        warmup_steps=0.05,
-        lr_scheduler_type="cosine",
-        max_grad_norm=1.0,
-        max_steps=1000,
-        logging_steps=10,
+        per_device_train_batch_size=TrainJob.batch_size,
+        per_device_eval_batch_size=TrainJob.batch_size,
+        learning_rate=TrainJob.learning_rate,
+        weight_decay=TrainJob.weight_decay,
+        adam_beta2=TrainJob.adam_beta2,
+        warmup_steps=TrainJob.warmup,
+        lr_scheduler_type=TrainJob.lr_scheduler_type,
+        max_grad_norm=TrainJob.max_grad_norm,
+        max_steps=TrainJob.max_steps,
+        logging_steps=TrainJob.logging_steps,
         eval_strategy="steps",
-        eval_steps=100,
+        eval_steps=TrainJob.eval_steps,
         save_strategy="steps",
-        save_steps=500,
-        save_total_limit=2,
+        save_steps=TrainJob.save_steps,
+        save_total_limit=TrainJob.save_total_limit,
         bf16=bf16,
         use_cpu=not accelerator_available(),
         report_to="none",
@@ -188,7 +323,7 @@ class TimeBudgetCallback(TrainerCallback):
         if self.started is not None and time.monotonic() - self.started >= self.seconds:
             logger.info(f"Time budget of {self.seconds / 60:.1f} minutes reached at step {state.global_step}.")
             control.should_training_stop = True
-            control.should_save = True
+            control.should_save = args.save_strategy != "no"
             control.should_evaluate = args.eval_strategy != "no"
         return control
 
@@ -215,3 +350,207 @@ def build_trainer(
         preprocess_logits_for_metrics=preprocess_logits_for_perplexity if perplexity_metrics else None,
         callbacks=callbacks,
     )
+
+
+# ------------------------------------------------------------------------------------------------ a whole run
+def run_training(job: TrainJob, callbacks: list | None = None) -> dict:
+    """Carry out one `TrainJob`: prepare the data, build or load the model (with a LoRA adapter when `lora_r` > 0),
+    train with a stock `Trainer`, evaluate, and save the model, tokenizer, `eval_results.json` and the training
+    record (`photon_training.json`, read by `photon-hf export`) to `job.output_dir`. Returns the final evaluation
+    metrics (`eval_loss`, `eval_perplexity`, ...)."""
+    from .hub import TRAINING_INFO_FILE
+
+    resume = resume_checkpoint(job)
+    model, tokenizer = load_model_and_tokenizer(job)
+    meta = model.config.tokens_per_unit[-1]
+    if job.block_size % meta:
+        logger.warning(
+            f"block_size {job.block_size} is not a multiple of {meta} tokens (one top-level unit); each block is "
+            "padded inside the model, which wastes compute."
+        )
+    model = apply_lora(model, job)
+    training_args = job.training_arguments()
+    corpus, train, validation = prepare_data(job, tokenizer, training_args)
+    callbacks = list(callbacks or [])
+    if job.max_minutes:
+        callbacks.append(TimeBudgetCallback(job.max_minutes))
+    trainer = build_trainer(model, training_args, train, validation, tokenizer, callbacks=callbacks)
+    if job.max_minutes:
+        from torch.optim.lr_scheduler import LambdaLR
+
+        trainer.create_optimizer()
+        warmup = training_args.get_warmup_steps(job.max_steps)
+        schedule = TimeBudgetSchedule(job.max_minutes * 60, job.max_steps, warmup)
+        trainer.lr_scheduler = LambdaLR(trainer.optimizer, schedule)
+    trainer.train(resume_from_checkpoint=resume)
+    metrics = trainer.evaluate()
+    trainer.save_metrics("eval", metrics)
+    if trainer.is_world_process_zero():
+        final = trainer.model
+        if job.lora_r > 0:  # keep the adapter, and save the merged model as the run's model
+            final.save_pretrained(Path(job.output_dir) / "adapter")
+            final = final.merge_and_unload()
+        final.save_pretrained(job.output_dir)
+        tokenizer.save_pretrained(job.output_dir)
+        dataset_name, description = _describe_source(job.dataset, corpus)
+        info = {
+            "dataset_name": dataset_name,
+            "training_data": description,
+            "datasets": [job.dataset] if _is_hub_name(job.dataset) else [],
+            "train_steps": trainer.state.global_step,
+            "block_size": job.block_size,
+        }
+        (Path(job.output_dir) / TRAINING_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    return metrics
+
+
+def resume_checkpoint(job: TrainJob) -> str | None:
+    """The checkpoint folder `job.resume` names ("last": the newest `checkpoint-*` in `job.output_dir`), or None."""
+    if job.resume is None:
+        return None
+    if job.resume != "last":
+        if not Path(job.resume).is_dir():
+            raise ValueError(f"`resume` (--resume) {job.resume!r} is not a checkpoint folder.")
+        return job.resume
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(job.output_dir) if Path(job.output_dir).is_dir() else None
+    if last is None:
+        raise ValueError(
+            f"`resume` found no checkpoint-* folder in {job.output_dir!r}; drop --resume (`resume=None`) to start "
+            "afresh, or pass the checkpoint folder to resume from."
+        )
+    return last
+
+
+def load_model_and_tokenizer(job: TrainJob):
+    """The saved model of `job.model` and its tokenizer, or a new model of `job.size` (with `job.overrides`) and the
+    tokenizer `job.tokenizer` names."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data import load_tokenizer
+    from .modeling_photon import PhotonForCausalLM
+
+    if job.model:
+        if not Path(job.model).is_dir():
+            raise FileNotFoundError(f"`model` {job.model!r} is not a folder; pass a folder saved by `photon-hf train`.")
+        model = AutoModelForCausalLM.from_pretrained(job.model, dtype=torch.float32)
+        return model, AutoTokenizer.from_pretrained(job.model)
+    tokenizer = load_tokenizer(job.tokenizer)
+    overrides = dict(job.overrides)
+    overrides.setdefault("max_position_embeddings", max(job.block_size, 2048))
+    return PhotonForCausalLM(model_config(job.size, tokenizer, **overrides)), tokenizer
+
+
+def apply_lora(model, job: TrainJob):
+    """`model` wrapped in a PEFT LoRA adapter of rank `job.lora_r` (unchanged when it is 0)."""
+    if job.lora_r <= 0:
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:
+        raise ImportError(
+            "LoRA needs PEFT: install the training extras (pip install '.[train]' in a photon_hf checkout, or pip "
+            "install peft)."
+        ) from error
+    from .lora import lora_target_modules
+
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=job.lora_r,
+        lora_alpha=job.lora_alpha if job.lora_alpha is not None else 2 * job.lora_r,
+        lora_dropout=job.lora_dropout,
+        target_modules=lora_target_modules(job.lora_chunker, job.lora_converter),
+    )
+    model = get_peft_model(model, config)
+    model.print_trainable_parameters()
+    return model
+
+
+def prepare_data(job: TrainJob, tokenizer, training_args: TrainingArguments):
+    """(documents, packed training blocks, packed validation blocks) of `job`; the main process goes first, so
+    that other processes of a distributed run reuse its `datasets` cache."""
+    from .data import load_text_corpus, pack_dataset
+
+    with training_args.main_process_first(desc="preparing the dataset"):
+        corpus = load_text_corpus(
+            job.dataset,
+            name=job.dataset_config,
+            validation_source=job.validation_data,
+            text_column=job.text_column,
+            validation_fraction=job.validation_fraction,
+            max_files=job.max_files,
+            num_proc=job.num_proc,
+        )
+        pack = dict(text_column=job.text_column, num_proc=job.num_proc)
+        train = pack_dataset(corpus["train"], tokenizer, job.block_size, **pack)
+        validation = pack_dataset(
+            corpus["validation"], tokenizer, job.block_size, max_blocks=job.eval_blocks or None, **pack
+        )
+    return corpus, train, validation
+
+
+def _is_hub_name(source: str) -> bool:
+    """Whether a `dataset` value names a Hub dataset (not the embedded corpus, a local path or a glob)."""
+    return source != "stdlib" and not os.path.exists(source) and not glob.has_magic(source)
+
+
+def _describe_source(source: str | None, corpus) -> tuple[str, str]:
+    """(short dataset name, one-paragraph description) of a training corpus, for the model card."""
+    train, validation = len(corpus["train"]), len(corpus["validation"])
+    if source in (None, "stdlib"):
+        version = ".".join(map(str, sys.version_info[:2]))
+        return (
+            f"Python {version} standard library source",
+            f"The Python {sys.version.split()[0]} standard library's own source files (the embedded default corpus "
+            f"of photon_hf, read from the local installation): {train} files for training and {validation} held-out "
+            "files for validation, split by a hash of each file's relative path.",
+        )
+    return source, f"`{source}`: {train} training documents and {validation} validation documents."
+
+
+# ------------------------------------------------------------------------------------------- runs on a budget
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Inside the block torch uses `count` CPU threads; the previous count is restored on exit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def steps_in_time(job: TrainJob, seconds: float, min_steps: int = 20) -> tuple[int, int]:
+    """Time a few training steps of a throwaway model of `job`'s shape (on the GPU when there is one; on a CPU with
+    torch's default thread count and with one thread: on a machine busy with other work, one thread can be many
+    times faster). Returns (CPU threads to train with, optimizer steps that fit in `seconds`); run the training
+    inside `torch_threads(threads)`. The process's thread count is left as it was."""
+    from .data import byte_tokenizer
+    from .modeling_photon import PhotonForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # where the Trainer will train
+    config = model_config(job.size, byte_tokenizer(), max_position_embeddings=max(job.block_size, 2048))
+    model = PhotonForCausalLM(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters())
+    ids = torch.randint(0, config.vocab_size, (job.batch_size, job.block_size), device=device)
+
+    def seconds_per_step(threads: int) -> float:
+        timings = []
+        with torch_threads(threads):
+            for _ in range(4):
+                started = time.perf_counter()
+                model(ids, labels=ids).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                timings.append(time.perf_counter() - started)
+        return sorted(timings[1:])[1]  # median of the warm steps
+
+    default_threads = torch.get_num_threads()
+    options = {default_threads: seconds_per_step(default_threads)}
+    if default_threads > 1 and device == "cpu":
+        options[1] = seconds_per_step(1)
+    threads = min(options, key=options.get)
+    return threads, max(min_steps, int(seconds / (options[threads] * job.grad_accum)))
