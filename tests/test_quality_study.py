@@ -1,44 +1,109 @@
-"""The quality study script end to end on tiny models (CPU, a few seconds of training each)."""
+"""The quality study end to end on tiny models, and the pieces its fairness rests on."""
 
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from torch import nn
 
-STUDY = Path(__file__).resolve().parents[1] / "bench" / "quality_study.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("quality_study", STUDY)
+    spec = importlib.util.spec_from_file_location("quality_study", BENCH / "quality_study.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("quality_study", module)
     spec.loader.exec_module(module)
     return module
 
 
-def test_quality_study_runs_and_compares_equal_flop_models(tmp_path):
+def test_sweep_and_report_end_to_end(tmp_path):
     study = _load()
-    out = tmp_path / "quality.json"
-    threads = torch.get_num_threads()
-    try:
-        study.main(["--device", "cpu", "--seconds", "2", "--hidden", "32", "--heads", "2", "--layers", "1",
-                    "--seq-len", "32", "--batch", "4", "--eval-tokens", "2048", "--prompts", "3", "--prompt-len", "8",
-                    "--gen-len", "20", "--out", str(out)])
-    finally:
-        torch.set_num_threads(threads)
-    results = json.loads(out.read_text())
-    photon, llama = results["models"]["photon"], results["models"]["llama"]
-    for record in (photon, llama):
-        assert record["steps"] > 0 and record["tokens_seen"] == record["steps"] * 4 * 32
-        assert math.isfinite(record["valid_bits_per_byte"]) and 0 < record["valid_bits_per_byte"] < 12
-        # fp32 on the CPU: cached greedy generation must agree with the teacher-forced argmax everywhere.
-        assert record["greedy_agreement"] == 1.0
-    # The Llama is the one of the same width whose training FLOPs per token are closest to PHOTON's.
-    assert abs(llama["train_flops_per_token"] / photon["train_flops_per_token"] - 1) < 0.5
-    expected = 2 ** (photon["valid_bits_per_byte"] - llama["valid_bits_per_byte"])
-    assert math.isclose(results["perplexity_ratio_per_byte"], expected, rel_tol=1e-9)
-    assert results["train_tokens_available"] > 1_000_000  # the standard library's source, train split
+    results = tmp_path / "runs.jsonl"
+    args = ["sweep", "--widths", "32", "--models", "photon", "llama", "llama-size", "--lrs", "1e-3", "3e-3",
+            "--steps", "4", "--seq-len", "32", "--batch", "2", "--eval-tokens", "1024", "--results", str(results)]
+    study.main(args)
+    runs = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(runs) == 6
+    photon = [r for r in runs if r["model"] == "photon"]
+    llama = [r for r in runs if r["model"] == "llama"]
+    size = [r for r in runs if r["model"] == "llama-size"]
+    for r in runs:
+        assert math.isfinite(r["valid_bits_per_byte"]) and 0 < r["valid_bits_per_byte"] < 12
+        assert r["tokens_seen"] == r["steps"] * 2 * 32
+        assert 0 <= r["copyable_fraction"] <= 1
+        assert len(r["valid_bits_by_chunk_position"]) == study.CHUNK_PHASES
+    # Equal tokens for the FLOP-matched Llama, equal total training FLOPs (fewer tokens) for the same-size one.
+    assert all(r["steps"] == 4 for r in photon + llama)
+    assert size[0]["parameters"] > llama[0]["parameters"]
+    assert size[0]["tokens_seen"] < photon[0]["tokens_seen"]
+    budget = photon[0]["train_flops"]
+    assert abs(size[0]["train_flops"] - budget) <= size[0]["train_flops_per_token"] * 2 * 32  # within one step
+    # fp32 on the CPU: cached greedy generation agrees with the teacher-forced argmax everywhere.
+    assert all(r["greedy_agreement"] == 1.0 for r in photon)
+    study.main(args)  # a second sweep skips the runs already in the file
+    assert len(results.read_text().splitlines()) == 6
+
+    summary = study.main(["report", "--results", str(results), "--out", str(tmp_path / "report")])["rows"]
+    best = {r["variant"]: r for r in summary}
+    for name, group in (("photon", photon), ("llama", llama)):
+        assert best[name]["valid_bits_per_byte"] == min(r["valid_bits_per_byte"] for r in group)
+        assert sorted(lr for lr, _ in best[name]["sweep"]) == [1e-3, 3e-3]
+    ratio = 2 ** (best["photon"]["valid_bits_per_byte"] - best["llama"]["valid_bits_per_byte"])
+    assert math.isclose(best["photon"]["perplexity_ratio_vs_llama"], ratio, rel_tol=1e-12)
+    assert (tmp_path / "report.png").stat().st_size > 0
+    assert "| 32 |" in (tmp_path / "report.md").read_text()
+
+
+def test_matched_llama_has_the_closest_training_flops():
+    study = _load()
+    photon = study.photon_config(128)
+    chosen = study.matched_llama(photon, 512)
+    target = study.training_flops_per_token(photon, 512)
+    for layers in (chosen.num_hidden_layers - 1, chosen.num_hidden_layers + 1):
+        other = study.llama_config(128, max(1, layers), photon, 512)
+        assert abs(math.log(study.training_flops_per_token(other, 512) / target)) >= abs(
+            math.log(study.training_flops_per_token(chosen, 512) / target))
+
+
+def test_weight_decay_reaches_linear_weights_only():
+    study = _load()
+    import photon_hf
+
+    model = photon_hf.PhotonForCausalLM(study.photon_config(32))
+    decay, no_decay = study.parameter_groups(model, 0.1)
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    assert {id(p) for p in decay["params"]} == linear and decay["weight_decay"] == 0.1
+    assert no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    undecayed = {names[id(p)] for p in no_decay["params"]}
+    assert "model.start_latents" in undecayed and "model.embed_enc.weight" in undecayed
+    assert any("norm" in n for n in undecayed) and any(n.endswith("bias") for n in undecayed)
+
+
+def test_copyable_positions_by_hand():
+    study = _load()
+    span = study.COPY_SPAN
+    pattern = np.arange(1, span + 1, dtype=np.int32)
+    window = np.concatenate([pattern, [99, 98], pattern, [97]]).astype(np.int32)
+    flags = study.copyable_positions(window, np.zeros(span, dtype=np.int32))
+    # Target t is copyable when window[t : t + span] already occurs inside window[:t]: only the start of the
+    # repeated pattern (t = span + 2) qualifies.
+    assert flags.tolist() == [t == span + 2 for t in range(1, len(window))]
+
+
+def test_schedule_warms_up_then_decays_to_a_tenth():
+    study = _load()
+    recipe = study.Recipe(steps=200, warmup=0.05)
+    factors = [recipe.lr_factor(s) for s in range(200)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert factors[-1] == pytest.approx(0.1, abs=1e-3)
 
 
 def test_training_flops_per_token_of_the_600m_shapes():
@@ -52,6 +117,13 @@ def test_training_flops_per_token_of_the_600m_shapes():
     llama = LlamaConfig(vocab_size=32000, hidden_size=1664, intermediate_size=4096, num_hidden_layers=16,
                         num_attention_heads=32, tie_word_embeddings=False)
     matmul = 6 * (16 * (4 * 1664**2 + 3 * 1664 * 4096) + 1664 * 32000)
-    assert matmul < study.llama_training_flops_per_token(llama, 2048) < 1.2 * matmul
-    photon = study.photon_training_flops_per_token(photon_hf.photon_preset("photon-600m"), 2048)
+    assert matmul < study.training_flops_per_token(llama, 2048) < 1.2 * matmul
+    photon = study.training_flops_per_token(photon_hf.photon_preset("photon-600m"), 2048)
     assert 0.3 * matmul < photon < 0.7 * matmul
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
