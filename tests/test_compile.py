@@ -64,8 +64,9 @@ def test_inductor_generate_equals_eager():
         (dict(chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None]), (0, 2, 2)),
         (dict(chunk_sizes=[2, 3], decoder_input="self"), (0, 1)),
         (dict(chunk_sizes=[3], converter_width=3), (0, 2)),
+        (dict(chunk_sizes=[2, 2], decoder_lookback=5), (0, 3)),
     ],
-    ids=["uniform", "windows-ragged", "self-ragged", "one-level"],
+    ids=["uniform", "windows-ragged", "self-ragged", "one-level", "lookback-ragged"],
 )
 def test_graphs_are_bounded_by_the_period(overrides, pads):
     """Dynamo's own counters (backend "eager": tracing only): zero graph breaks, one graph per distinct step of the

@@ -48,6 +48,8 @@ def test_auto_classes_are_registered(tmp_path):
         ("vocab_size", 0, "vocab_size"),
         ("recursive_loss_weight", -0.1, "recursive_loss_weight"),
         ("kernel_backend", "cuda", "kernel_backend"),
+        ("decoder_lookback", 0, "decoder_lookback"),
+        ("decoder_lookback", 2.5, "decoder_lookback"),
     ],
 )
 def test_invalid_config_names_the_field(field, value, message):
@@ -124,3 +126,9 @@ def test_level_geometry_is_derived_from_the_per_level_fields():
     assert [lv.is_top for lv in levels] == [False, False, True]
     assert not any(lv.self_decoding for lv in tiny_config().levels)
     assert not tiny_config(chunk_sizes=[4], decoder_input="self").levels[0].self_decoding
+    assert [lv.decoder_cache_slots for lv in levels] == [lv.decoder_slots for lv in levels]  # no look-back
+    # A look-back of W tokens is the token decoder's alone: W more entries and one more slot (the chunk's last token).
+    lookback = tiny_config(chunk_sizes=[2, 3], converter_width=[1, 2], decoder_lookback=5).levels
+    assert [lv.decoder_lookback for lv in lookback] == [5, 0]
+    assert [lv.decoder_slots for lv in lookback] == [1 + 2, 2 + 3 - 1]
+    assert [lv.decoder_cache_slots for lv in lookback] == [5 + 1 + 2, 2 + 3 - 1]

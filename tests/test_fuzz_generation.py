@@ -1,5 +1,6 @@
 """Fuzz test of cached decoding against the full forward, in the style of transformers' and fla's generation parity
-tests: random small configs (1-3 levels, chunk sizes 1-5, sliding windows or not, "encoder"/"self" decoding, GQA),
+tests: random small configs (1-3 levels, chunk sizes 1-5, sliding windows or not, "encoder"/"self" decoding, GQA, a token
+look-back or not),
 random prompt lengths and left-pad patterns, greedy and sampled continuations, static, growing and recording
 caches (the last cropped and decoded again). Everything runs in float64, where the cached steps must equal the
 uncached forward to 1e-9 relative: any bookkeeping error is orders of magnitude larger than that. (The compiled
@@ -32,6 +33,8 @@ def random_config(rng: random.Random) -> PhotonConfig:
     windows = None
     if rng.random() < 0.4:
         windows = [rng.choice([None, 1, 2, 3, 5]) for _ in range(levels)]
+    decoder_input = rng.choice(["encoder", "self"])
+    lookback = rng.choice([1, 2, 3, 6, 11]) if rng.random() < 0.3 else None
     return PhotonConfig(
         vocab_size=VOCAB,
         hidden_size=heads * head_dim,
@@ -43,7 +46,8 @@ def random_config(rng: random.Random) -> PhotonConfig:
         num_encoder_layers=[rng.randint(1, 2) for _ in range(levels)],
         num_decoder_layers=[rng.randint(1, 2) for _ in range(levels)],
         encoder_windows=windows,
-        decoder_input=rng.choice(["encoder", "self"]),
+        decoder_input=decoder_input,
+        decoder_lookback=lookback,
         kernel_backend="torch",
         pad_token_id=0,
     )

@@ -8,7 +8,8 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 from photon_hf import PhotonCache, kv_cache_bytes
 from photon_hf.modeling_photon import CACHE_NAME
 
-GENERATION_CONFIGS = [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2]), dict(chunk_sizes=[8])]
+GENERATION_CONFIGS = [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2]), dict(chunk_sizes=[8]),
+                      dict(chunk_sizes=[4, 4], decoder_lookback=6)]
 
 
 def _full_logits(model, sequences, prompt_len, attention_mask=None):
@@ -18,7 +19,7 @@ def _full_logits(model, sequences, prompt_len, attention_mask=None):
     return logits[:, prompt_len - 1 : -1]
 
 
-@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]))
+@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]) + ("-lookback" if c.get("decoder_lookback") else ""))
 @pytest.mark.parametrize("prompt_len", [1, 5, 16, 23])
 def test_greedy_generation_equals_the_full_forward(overrides, prompt_len):
     model = tiny_model(**overrides)
@@ -31,7 +32,7 @@ def test_greedy_generation_equals_the_full_forward(overrides, prompt_len):
     assert torch.equal(out.sequences[:, prompt_len:], generated.argmax(-1))
 
 
-@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]))
+@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]) + ("-lookback" if c.get("decoder_lookback") else ""))
 def test_seeded_sampling_equals_the_full_forward(overrides):
     model = tiny_model(**overrides)
     prompt = random_ids(3, 7)
@@ -66,7 +67,7 @@ def test_use_cache_false_gives_the_same_sequences():
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]))
+@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]) + ("-lookback" if c.get("decoder_lookback") else ""))
 def test_left_padded_batch_equals_per_prompt_runs(overrides):
     model = tiny_model(**overrides)
     source = random_ids(3, 21, seed=3)
@@ -87,7 +88,7 @@ def test_left_padded_batch_equals_per_prompt_runs(overrides):
         assert torch.allclose(batched_logits[i], torch.stack(alone.logits, 1)[0], atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]))
+@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]) + ("-lookback" if c.get("decoder_lookback") else ""))
 def test_beam_search_with_and_without_cache(overrides):
     model = tiny_model(**overrides)
     prompt = random_ids(2, 6)
@@ -120,8 +121,9 @@ def test_continuing_from_a_returned_cache():
     assert torch.equal(continued, straight)
 
 
-@pytest.mark.parametrize("overrides", [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2], decoder_input="self")],
-                         ids=["encoder", "self"])
+@pytest.mark.parametrize("overrides", [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2], decoder_input="self"),
+                                       dict(chunk_sizes=[4, 4], decoder_lookback=6)],
+                         ids=["encoder", "self", "lookback"])
 def test_assisted_decoding_equals_greedy(overrides):
     model = tiny_model(**overrides)
     prompt = random_ids(1, 9)
@@ -179,7 +181,8 @@ def test_unsupported_cache_implementation_is_refused():
 
 
 def test_measured_cache_size_equals_the_analytic_size():
-    for overrides in (dict(), dict(chunk_sizes=[2, 2, 2], decoder_input="self"), dict(encoder_windows=[3, None])):
+    for overrides in (dict(), dict(chunk_sizes=[2, 2, 2], decoder_input="self"), dict(encoder_windows=[3, None]),
+                      dict(decoder_lookback=5)):
         model = tiny_model(**overrides)
         out = model.generate(random_ids(3, 9), max_new_tokens=40, min_new_tokens=40, return_dict_in_generate=True)
         cache = cache_of(out)
@@ -228,7 +231,8 @@ class TestCacheApi:
                               model(repeated, use_cache=False).logits[:, 13:], atol=1e-4)
 
     @pytest.mark.parametrize("overrides", [dict(), dict(chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None]),
-                                           dict(decoder_input="self")], ids=["full", "windows", "self"])
+                                           dict(decoder_input="self"), dict(decoder_lookback=7)],
+                             ids=["full", "windows", "self", "lookback"])
     def test_crop_across_chunk_boundaries(self, overrides):
         model = tiny_model(**overrides)
         ids = random_ids(2, 40)

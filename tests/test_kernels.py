@@ -307,9 +307,12 @@ def test_model_loss_curve_matches():
     torch.testing.assert_close(torch.tensor(curves["triton"]), torch.tensor(curves["torch"]), rtol=1e-5, atol=1e-5)
 
 
-def test_model_generation_matches(monkeypatch):
+@pytest.mark.parametrize("lookback", [None, 6], ids=["plain", "lookback"])
+def test_model_generation_matches(monkeypatch, lookback):
+    """Generation through the kernels equals the PyTorch path; with a token look-back too (its windows stay on
+    SDPA, its decode steps go through the decode kernel with per-row look-back ranges)."""
     calls = _Calls(monkeypatch)
-    model = PhotonForCausalLM(_tiny_config()).eval()
+    model = PhotonForCausalLM(_tiny_config(decoder_lookback=lookback)).eval()
     ids, mask = _left_padded_batch(length=9, pads=(0, 3))
     outputs = {}
     for backend in ("torch", "triton"):

@@ -6,6 +6,7 @@ from helpers import VOCAB, cache_of, random_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
 from photon_hf import PhotonCache, PhotonForCausalLM
+from photon_hf.attention_photon import REFERENCE_OPS
 
 CHUNKINGS = [
     dict(chunk_sizes=[4, 4]),
@@ -15,11 +16,13 @@ CHUNKINGS = [
     dict(chunk_sizes=[2, 3, 2], converter_width=[1, 2, 3], decoder_input="self"),
     dict(chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None]),
     dict(chunk_sizes=[4, 2], encoder_embed_size=12),  # C_1 * E != D: level 0 gets a projection
+    dict(chunk_sizes=[4, 4], decoder_lookback=6),  # the token decoder also attends to the 6 tokens before its chunk
 ]
 
 
 def _ids(config):
-    return f"{config['chunk_sizes']}-{config.get('decoder_input', 'encoder')}-{config.get('encoder_windows')}"
+    lookback = f"-lookback{config['decoder_lookback']}" if config.get("decoder_lookback") else ""
+    return f"{config['chunk_sizes']}-{config.get('decoder_input', 'encoder')}-{config.get('encoder_windows')}{lookback}"
 
 
 @pytest.mark.parametrize("overrides", CHUNKINGS, ids=_ids)
@@ -151,8 +154,10 @@ def test_every_parameter_gets_a_gradient_and_checkpointing_matches():
         assert torch.allclose(p.grad, grads[name], atol=1e-6), name
 
 
-def test_save_load_round_trip(tmp_path):
-    model = tiny_model(chunk_sizes=[2, 2, 2], decoder_input="self")
+@pytest.mark.parametrize("overrides", [dict(chunk_sizes=[2, 2, 2], decoder_input="self"), dict(decoder_lookback=5)],
+                         ids=["self", "lookback"])
+def test_save_load_round_trip(tmp_path, overrides):
+    model = tiny_model(**overrides)
     model.save_pretrained(tmp_path)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert isinstance(loaded, PhotonForCausalLM)
@@ -252,3 +257,54 @@ def test_resize_token_embeddings_resizes_both_tables():
     assert torch.allclose(model(ids).logits[..., :VOCAB], before, atol=1e-6)  # old tokens are untouched
     new_token = torch.tensor([[VOCAB + 4, 3, VOCAB + 1]])
     assert model(new_token).logits.shape == (1, 3, VOCAB + 5)
+
+
+def test_lookback_equals_a_block_sparse_reference():
+    """The token decoder with a look-back against one pass over all its windows laid end to end under an explicit
+    block-sparse mask: an independent formulation (no gathered look-back keys, positions from the layout)."""
+    model = tiny_model(chunk_sizes=[4, 2], converter_width=[3, 2], decoder_lookback=6).double()
+    inner, level = model.model, model.model.levels[0]
+    chunk, width, lookback = 4, 3, 6
+    slots, units, batch, hidden = width + chunk, 5, 2, model.config.hidden_size
+    generator = torch.Generator().manual_seed(0)
+    cond = torch.randn(batch, units, hidden, generator=generator, dtype=torch.float64)
+    inputs = torch.randn(batch, units * chunk, hidden, generator=generator, dtype=torch.float64)
+    out = inner.decode_tokens_with_lookback(cond, inputs)
+
+    layout = torch.cat([level.prefix(cond), inputs.view(batch, units, chunk, hidden)], dim=2).flatten(1, 2)
+    position = torch.arange(units * slots)
+    unit, slot = position // slots, position % slots
+    token = unit * chunk + slot - width  # the token index of a token slot (its RoPE position in every slot)
+    same_window = (unit[:, None] == unit[None, :]) & (slot[None, :] <= slot[:, None])
+    looked_back = (slot[None, :] >= width) & (token[None, :] < unit[:, None] * chunk) & (
+        token[None, :] >= unit[:, None] * chunk - lookback)
+    allowed = same_window | looked_back
+    cos, sin = inner.rotary_emb(token, torch.float64)
+
+    def attend(q, k, v, layer_idx):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)
+
+    reference = level.decoder(layout, cos[None, None], sin[None, None], attend)
+    reference = reference.view(batch, units, slots, hidden)[:, :, width - 1 : width - 1 + chunk].flatten(1, 2)
+    torch.testing.assert_close(out, reference, rtol=0, atol=1e-12)
+
+
+def test_lookback_reaches_exactly_w_tokens_before_the_chunk():
+    """With one decoder layer and the conditioning held fixed, a chunk's outputs depend on its own earlier tokens
+    and on the W tokens before it, on nothing further back; without the look-back, on its own tokens only."""
+    chunk, lookback = 4, 6
+    for w in (lookback, None):
+        model = tiny_model(chunk_sizes=[chunk], num_decoder_layers=1, decoder_lookback=w).double()
+        inner = model.model
+        cond = torch.randn(1, 6, model.config.hidden_size, dtype=torch.float64)
+        inputs = torch.randn(1, 6 * chunk, model.config.hidden_size, dtype=torch.float64)
+        decode = inner.decode_tokens_with_lookback if w else (lambda c, x: inner.decode_windows(0, c, x, REFERENCE_OPS))
+        base = decode(cond, inputs)
+        k = 4  # chunk 4 covers tokens 16..19; its outputs predict them
+        for t in range(k * chunk):
+            changed = inputs.clone()
+            changed[0, t] += 1.0
+            moved = (decode(cond, changed) - base)[0, k * chunk : (k + 1) * chunk].abs().amax(-1) > 1e-12
+            reaches = w is not None and t >= k * chunk - w
+            assert moved.any().item() == reaches, (w, t)
+

@@ -68,6 +68,14 @@ def _cached_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return out[:, :, 0]
 
 
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention under an explicit boolean mask (True: attend). q: [N, H, S, hd]; k, v: [N, Hkv, K, hd]; mask
+    broadcastable to [N, 1, S, K] -> [N, H, S, hd]. The token look-back's windows (`decoder_lookback`) run here, on
+    PyTorch's SDPA, whatever `kernel_backend` says: no Triton kernel takes their mask (its decode steps do use
+    `decode_attention`)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm in one fused op (float32 statistics for half inputs), scaled in x's dtype. x: [..., K].
     (`photon_kernels.rms_norm_ref`.)"""

@@ -76,10 +76,10 @@ def _write_rows(buffer: torch.Tensor, dim: int, index: torch.Tensor, values: tor
     buffer[key] = values
 
 
-def _write_slots(buffer: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
-    """In place: the first n slots (dim 2) of buffer [B, Hkv, S, hd] take values [B, Hkv, n, hd] for the rows where
-    mask[b] (all: None)."""
-    slots = torch.arange(values.shape[2], device=buffer.device)
+def _write_slots(buffer: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, first: int = 0):
+    """In place: the n slots (dim 2) from `first` on of buffer [B, Hkv, S, hd] take values [B, Hkv, n, hd] for the
+    rows where mask[b] (all: None)."""
+    slots = torch.arange(first, first + values.shape[2], device=buffer.device)
     values = values.to(buffer.dtype)
     if mask is not None:
         values = torch.where(mask.view(-1, 1, 1, 1), values, buffer.index_select(2, slots))
@@ -99,8 +99,9 @@ class PhotonLevelCache(CacheLayerMixin):
 
     - `encoder_keys`, `encoder_values`: per layer [B, Hkv, capacity, hd], the context encoder's KV, one entry per
       unit; a ring of `window` entries when the level's encoder has a sliding window (unless recording for `crop`);
-    - `decoder_keys`, `decoder_values`: per layer [B, Hkv, R + C - 1, hd], the local decoder's KV of the current
-      unit;
+    - `decoder_keys`, `decoder_values`: per layer [B, Hkv, W + R + C - 1, hd], the local decoder's KV: with a
+      token look-back (`decoder_lookback` = W, level 0) the first W entries hold the W tokens before the current unit,
+      in order, and the window follows (R + C slots then); without one (W = 0) the window of the current unit;
     - `pending`: the finished sub-units of the current unit, [B, C] token ids at level 0, [B, C, D] states above;
     - `predictions` ("self" decoding, levels above 0): [B, C + 1, D], the previous unit's last prediction and the
       current unit's C;
@@ -166,8 +167,8 @@ class PhotonLevelCache(CacheLayerMixin):
 
         self.encoder_keys = per_layer(level.num_encoder_layers, capacity)
         self.encoder_values = per_layer(level.num_encoder_layers, capacity)
-        self.decoder_keys = per_layer(level.num_decoder_layers, level.decoder_slots)
-        self.decoder_values = per_layer(level.num_decoder_layers, level.decoder_slots)
+        self.decoder_keys = per_layer(level.num_decoder_layers, level.decoder_cache_slots)
+        self.decoder_values = per_layer(level.num_decoder_layers, level.decoder_cache_slots)
         if level.index == 0:
             self.pending = zeros(batch_size, level.chunk_size, dtype=torch.long)
         else:
@@ -252,15 +253,38 @@ class PhotonLevelCache(CacheLayerMixin):
     def write_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
                       mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys/values [B, Hkv, 1, hd] at window slot `slot` ([B]) for the rows in `mask`; return the
-        layer's local KV ([B, Hkv, R + C - 1, hd] each)."""
-        _write_rows(self.decoder_keys[layer], 2, slot, keys[:, :, 0], mask)
-        _write_rows(self.decoder_values[layer], 2, slot, values[:, :, 0], mask)
+        layer's local KV ([B, Hkv, W + slots, hd] each; window slot s is entry W + s)."""
+        entry = slot + self.level.decoder_lookback
+        _write_rows(self.decoder_keys[layer], 2, entry, keys[:, :, 0], mask)
+        _write_rows(self.decoder_values[layer], 2, entry, values[:, :, 0], mask)
         return self.decoder_keys[layer], self.decoder_values[layer]
 
     def reset_unit(self, layer: int, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
-        """Start a new unit for the rows in `mask`: its prefix keys/values [B, Hkv, R, hd] fill slots 0..R-1."""
-        _write_slots(self.decoder_keys[layer], keys, mask)
-        _write_slots(self.decoder_values[layer], values, mask)
+        """Start a new unit for the rows in `mask`: its prefix keys/values [B, Hkv, R, hd] fill window slots
+        0..R-1."""
+        _write_slots(self.decoder_keys[layer], keys, mask, self.level.decoder_lookback)
+        _write_slots(self.decoder_values[layer], values, mask, self.level.decoder_lookback)
+
+    def lookback(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The look-back keys/values of a layer, [B, Hkv, W, hd] each: the W tokens before the current unit."""
+        lookback = self.level.decoder_lookback
+        return self.decoder_keys[layer][:, :, :lookback], self.decoder_values[layer][:, :, :lookback]
+
+    def close_unit(self, mask: torch.Tensor | None):
+        """Look-back: the rows in `mask` finished their unit (its last token's keys/values are in the window), so
+        their look-back becomes the last W of [look-back ; the unit's C tokens], in every layer."""
+        lookback, width, chunk = self.level.decoder_lookback, self.level.converter_width, self.level.chunk_size
+        device = self.decoder_keys[0].device
+        # Entry e of the new look-back comes from entry e + C of [look-back ; window slots R..R+C-1].
+        source = torch.arange(chunk, lookback + chunk, device=device)
+        source = torch.where(source < lookback, source, source + width)
+        keep = torch.arange(lookback, device=device)
+        for store in (self.decoder_keys, self.decoder_values):
+            for buffer in store:
+                shifted = buffer.index_select(2, source)
+                if mask is not None:
+                    shifted = torch.where(mask.view(-1, 1, 1, 1), shifted, buffer.index_select(2, keep))
+                buffer.index_copy_(2, keep, shifted)
 
     def write_pending(self, phase: torch.Tensor, items: torch.Tensor, mask: torch.Tensor | None):
         """Keep the finished sub-unit `items` ([B] token ids or [B, D] states) at `phase` for the rows in `mask`."""
@@ -285,7 +309,8 @@ class PhotonLevelCache(CacheLayerMixin):
             self.predictions[rows] = predictions
 
     def store_decoder(self, layer: int, rows: slice, keys: torch.Tensor, values: torch.Tensor):
-        """Prefill / rebuild: set the local KV ([G, Hkv, R + C - 1, hd]) of the cache rows `rows`."""
+        """Prefill / rebuild: set the local KV ([G, Hkv, W + slots, hd]: look-back, then window) of the cache rows
+        `rows`."""
         self.decoder_keys[layer][rows] = keys
         self.decoder_values[layer][rows] = values
 

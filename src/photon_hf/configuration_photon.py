@@ -43,6 +43,7 @@ class PhotonLevelGeometry:
     encoder_window: int | None  # units one encoder query attends to (itself included), None = full causal
     self_decoding: bool  # the decoder of this level reads its own predictions ("self" mode, levels above 0)
     is_top: bool  # the top level: its stream is shifted by one unit and its encoder cache grows with context
+    decoder_lookback: int = 0  # W: tokens before its unit that the decoder also attends to (level 0 only; 0 = off)
 
     @property
     def tokens_per_subunit(self) -> int:
@@ -51,8 +52,15 @@ class PhotonLevelGeometry:
 
     @property
     def decoder_slots(self) -> int:
-        """Positions of the local decoder's window: R prefix vectors and the first C - 1 sub-units."""
-        return self.converter_width + self.chunk_size - 1
+        """Positions of the local decoder's window: R prefix vectors and the first C - 1 sub-units (all C with a
+        look-back, so that the units after it can attend to the last one)."""
+        return self.converter_width + self.chunk_size - (0 if self.decoder_lookback else 1)
+
+    @property
+    def decoder_cache_slots(self) -> int:
+        """Entries of the local decoder's cache per layer: the look-back (W tokens before the unit), then the
+        window."""
+        return self.decoder_lookback + self.decoder_slots
 
 
 class PhotonConfig(PretrainedConfig):
@@ -79,6 +87,10 @@ class PhotonConfig(PretrainedConfig):
         decoder_input (`str`): "encoder" (default): latent decoders read the encoder's states (teacher forced,
             zero lag); "self": the paper-literal reading, decoders read their own outputs and every level is
             shifted by one unit.
+        decoder_lookback (`int`, *optional*): W, an opt-in token look-back for the bottom (token) decoder: each
+            level-0 chunk also attends to the W tokens before it, at every decoder layer, from a window of W entries
+            per layer in the cache (so only the top stream still grows with the context). None (default): off, the
+            paper's architecture, where a chunk sees the rest of the context only through its conditioning latent.
         recursive_loss_weight (`float`): alpha, weight of the cosine distance between the bottleneck
             reconstruction and the (detached) encoder states. Needs at least two levels.
         max_position_embeddings (`int`): the longest context (in tokens) the model is meant for.
@@ -108,6 +120,7 @@ class PhotonConfig(PretrainedConfig):
         encoder_embed_size: int | None = None,
         encoder_windows: list[int | None] | None = None,
         decoder_input: str = "encoder",
+        decoder_lookback: int | None = None,
         recursive_loss_weight: float = 0.0,
         max_position_embeddings: int = 2048,
         rope_theta: float = 10000.0,
@@ -171,6 +184,10 @@ class PhotonConfig(PretrainedConfig):
                 if w is not None and (not isinstance(w, int) or isinstance(w, bool) or w < 1):
                     raise ValueError(f"`encoder_windows` entries must be None or ints >= 1, got {encoder_windows!r}.")
             encoder_windows = list(encoder_windows)
+        if decoder_lookback is not None and (
+            not isinstance(decoder_lookback, int) or isinstance(decoder_lookback, bool) or decoder_lookback < 1
+        ):
+            raise ValueError(f"`decoder_lookback` must be None (off) or an int >= 1, got {decoder_lookback!r}.")
         if decoder_input not in DECODER_INPUTS:
             raise ValueError(f"`decoder_input` must be one of {DECODER_INPUTS}, got {decoder_input!r}.")
         if not isinstance(recursive_loss_weight, (int, float)) or recursive_loss_weight < 0:
@@ -195,6 +212,7 @@ class PhotonConfig(PretrainedConfig):
         self.encoder_embed_size = encoder_embed_size
         self.encoder_windows = encoder_windows
         self.decoder_input = decoder_input
+        self.decoder_lookback = decoder_lookback
         self.recursive_loss_weight = float(recursive_loss_weight)
         self.max_position_embeddings = max_position_embeddings
         self.rope_theta = float(rope_theta)
@@ -238,6 +256,7 @@ class PhotonConfig(PretrainedConfig):
                 encoder_window=self.window(i),
                 self_decoding=self_decoding and i > 0,
                 is_top=i == self.num_levels - 1,
+                decoder_lookback=(self.decoder_lookback or 0) if i == 0 else 0,
             )
             for i, (chunk, per_unit) in enumerate(zip(self.chunk_sizes, self.tokens_per_unit, strict=True))
         )

@@ -48,7 +48,8 @@ def kv_cache_bytes(
     """Analytic size in bytes of a `PhotonCache` that has consumed `seq_len` tokens per row.
 
     Counts exactly the tensors a `PhotonCache` sized for `seq_len` tokens allocates, level by level: encoder KV (one
-    entry per complete unit, or the window), local decoder KV (R + C - 1 entries), the unfinished-unit buffers
+    entry per complete unit, or the window), local decoder KV (R + C - 1 entries, plus W look-back entries and one
+    more slot at level 0 with `decoder_lookback`), the unfinished-unit buffers
     (token ids as int64 at level 0, states above), the decoder predictions kept with `decoder_input="self"`, and the
     per-row pad count (int64).
     """
@@ -59,7 +60,7 @@ def kv_cache_bytes(
         units = seq_len // level.tokens_per_unit
         entries = level.encoder_window if level.encoder_window is not None else units
         total += entries * level.num_encoder_layers * entry
-        total += level.decoder_slots * level.num_decoder_layers * entry
+        total += level.decoder_cache_slots * level.num_decoder_layers * entry
         total += level.chunk_size * (8 if level.index == 0 else config.hidden_size * item)
         if level.self_decoding:
             total += (level.chunk_size + 1) * config.hidden_size * item
@@ -161,10 +162,13 @@ def decode_step_cost(config: PhotonConfig, model: str, context: float, dtype_byt
         # Local decoder, per unit: one prefix pass of `width` positions (writes `width` entries), then chunk - 1
         # single steps at slots width .. width + chunk - 2 (each reads the slots up to its own); weights loaded
         # `chunk` times (one pass per step of the level below).
-        reads = sum(width + j + 1 for j in range(chunk - 1)) + width * width
-        weights += rate * chunk * dec * layer_params
+        # With a look-back of W tokens (level 0), every position also reads the W look-back entries, all C tokens
+        # are fed (C steps), and the W entries shift once per unit.
+        lookback, steps = level.decoder_lookback, level.decoder_slots - width
+        reads = sum(width + j + 1 for j in range(steps)) + width * width + lookback * level.decoder_slots
+        weights += rate * (1 + steps) * dec * layer_params
         flops += rate * (2.0 * dec * layer_params * level.decoder_slots + 4.0 * dec * d * reads)
-        sample += rate * dec * entry * (reads + level.decoder_slots)
+        sample += rate * dec * entry * (reads + level.decoder_slots + 2 * lookback)
     return dict(weight_bytes=weights * dtype_bytes, sample_bytes=sample, sample_flops=flops, cache_copy_bytes=0.0)
 
 

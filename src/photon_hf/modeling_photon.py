@@ -28,7 +28,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging
 
-from .attention_photon import REFERENCE_OPS, PhotonOps, photon_kernels, photon_ops, rms_norm
+from .attention_photon import REFERENCE_OPS, PhotonOps, masked_attention, photon_kernels, photon_ops, rms_norm
 from .cache_photon import PhotonCache, PhotonLevelCache, PhotonRows, PhotonStep
 from .configuration_photon import PhotonConfig
 
@@ -232,6 +232,23 @@ class PhotonCausalLMOutputWithPast(CausalLMOutputWithPast):
     recursive_loss: torch.FloatTensor | None = None
 
 
+def _lookback_mask(before: torch.Tensor, lookback: int, slots: int) -> torch.Tensor:
+    """Which keys the first `slots` slots of a token-decoder window may attend to with a look-back of W tokens:
+    the look-back entries that exist (the last min(W, before) of the W; `before` [N] counts the tokens before each
+    window), then the window's own slots, causally. Returns [N, 1, slots, W + slots] (True: attend)."""
+    back = torch.arange(lookback, device=before.device)[None, :] >= lookback - before.clamp(max=lookback)[:, None]
+    own = torch.ones(slots, slots, dtype=torch.bool, device=before.device).tril()
+    mask = torch.cat([back[:, None, :].expand(-1, slots, -1), own.expand(before.shape[0], -1, -1)], dim=-1)
+    return mask[:, None]
+
+
+def _fit_units(stream: torch.Tensor, units: int) -> torch.Tensor:
+    """stream [B, M, D] cut or zero-padded to [B, units, D]."""
+    if stream.shape[1] >= units:
+        return stream[:, :units]
+    return torch.cat([stream, stream.new_zeros(stream.shape[0], units - stream.shape[1], stream.shape[2])], dim=1)
+
+
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x: [B, N, *], index: [B, K] (values in [0, N)) -> [B, K, *]."""
     shape = index.shape + x.shape[2:]
@@ -269,6 +286,11 @@ class PhotonModel(PhotonPreTrainedModel):
         self.rotary_emb = PhotonRotaryEmbedding(config)
         self.gradient_checkpointing = False
         self._compiled_column: tuple[str, Callable] | None = None  # (compile options, compiled decode_column)
+        if config.decoder_lookback and config.kernel_backend == "triton":
+            logger.warning_once(
+                "decoder_lookback: the token decoder's windows and prefixes attend through PyTorch's SDPA (no Triton "
+                "kernel takes the look-back's mask); its decode steps use the Triton decode kernel."
+            )
         self.post_init()
 
     def get_input_embeddings(self):
@@ -364,11 +386,12 @@ class PhotonModel(PhotonPreTrainedModel):
             cond = self._shift(predictions[i], i - 1, predictions[i].shape[1])
         return predictions
 
-    def decode(self, streams: list[torch.Tensor], tokens: torch.Tensor, ops: PhotonOps):
+    def decode(self, streams: list[torch.Tensor], tokens: torch.Tensor, ops: PhotonOps, capture: list | None = None):
         """Top-down teacher-forced pass over whole streams (T tokens, M_i units per level).
 
         Returns the token states [B, T, D] and predictions[i] (i >= 1) = Xhat_{i-1}: [B, M_{i-1}, D], what
-        decoder i predicts for the level below.
+        decoder i predicts for the level below. With a token look-back, `capture` (a list) receives the token
+        decoder's per-layer (key, value) pairs ([B * M_0, Hkv, R + C, hd], see `decode_tokens_with_lookback`).
         """
         top = streams[-1]
         if self.self_decoding:
@@ -379,7 +402,50 @@ class PhotonModel(PhotonPreTrainedModel):
             cond = self._shift(top, len(self.levels) - 1, top.shape[1])
             for i in reversed(range(1, len(self.levels))):
                 predictions[i] = cond = self.decode_windows(i, cond, streams[i - 1], ops)
+        if self.levels[0].geometry.decoder_lookback:
+            return self.decode_tokens_with_lookback(cond, self.embed_dec(tokens), capture), predictions
         return self.decode_windows(0, cond, self.embed_dec(tokens), ops), predictions
+
+    def decode_tokens_with_lookback(self, cond: torch.Tensor, inputs: torch.Tensor,
+                                    capture: list | None = None) -> torch.Tensor:
+        """Teacher-forced token decoding with a look-back of W tokens (`decoder_lookback`).
+
+        Chunk k's window is [prefix (R) ; its C tokens] (the last token is fed too, so that later chunks can attend
+        to it); at every layer its slots also attend to the keys and values, at that layer, of tokens kC - W ..
+        kC - 1, computed in their own windows. RoPE runs on token positions (prefix slot r at kC - R + r, token j at
+        kC + j), so distances across windows are the true ones. No Triton kernel takes this mask: the attention is
+        `masked_attention` (SDPA).
+
+        cond: [B, M, D] conditioning latents; inputs: [B, M * C, D] token embeddings. Returns the token states
+        [B, M * C, D]; `capture` (a list) receives each layer's (key, value): [B * M, Hkv, R + C, hd].
+        """
+        lvl = self.levels[0]
+        geometry = lvl.geometry
+        b, m, d = cond.shape
+        chunk, width, lookback, slots = (geometry.chunk_size, geometry.converter_width, geometry.decoder_lookback,
+                                         geometry.decoder_slots)
+        device = cond.device
+        windows = torch.cat([lvl.prefix(cond), inputs.view(b, m, chunk, d)], dim=2).flatten(0, 1)
+        before = torch.arange(m, device=device) * chunk  # tokens before each chunk
+        cos, sin = self.rotary_emb(before[:, None] - width + torch.arange(slots, device=device), cond.dtype)
+        cos, sin = cos.repeat(b, 1, 1)[:, None], sin.repeat(b, 1, 1)[:, None]  # [B * M, 1, S, hd], b-major
+        mask = _lookback_mask(before, lookback, slots).repeat(b, 1, 1, 1)
+        back = (before[:, None] - lookback + torch.arange(lookback, device=device)).clamp(min=0)  # [M, W] tokens
+
+        def with_lookback(x: torch.Tensor) -> torch.Tensor:
+            """[B * M, Hkv, S, hd] per-window keys (or values) -> [B * M, Hkv, W + S, hd], the look-back first."""
+            heads, head_dim = x.shape[1], x.shape[3]
+            tokens = x.view(b, m, heads, slots, head_dim)[:, :, :, width:].transpose(1, 2)
+            tokens = tokens.reshape(b, heads, m * chunk, head_dim)[:, :, back]  # [B, Hkv, M, W, hd]
+            return torch.cat([tokens.transpose(1, 2).reshape(b * m, heads, lookback, head_dim), x], dim=2)
+
+        def attend(q, k, v, layer_idx):
+            if capture is not None:
+                capture.append((k, v))
+            return masked_attention(q, with_lookback(k), with_lookback(v), mask)
+
+        out = lvl.decoder(windows, cos, sin, attend)
+        return out.view(b, m, slots, d)[:, :, width - 1 : width - 1 + chunk].reshape(b, m * chunk, d)
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(
@@ -619,6 +685,9 @@ class PhotonModel(PhotonPreTrainedModel):
             if i == 0:
                 pending = tokens.gather(1, subunits.clamp(max=tokens.shape[1] - 1))
                 inputs = self.embed_dec(pending)
+                if geometry.decoder_lookback:
+                    layer.store_local(group, pending)
+                    return self._rebuild_lookback(layer, streams, tokens, count, max(counts), ops, group)
             else:
                 pending = inputs = _gather_units(streams[i - 1], subunits)
             if geometry.self_decoding:
@@ -643,6 +712,37 @@ class PhotonModel(PhotonPreTrainedModel):
             cond = out[rows, width - 1 + done]
         return cond
 
+    def _rebuild_lookback(self, layer: PhotonLevelCache, streams: list[torch.Tensor], tokens: torch.Tensor,
+                          count: torch.Tensor, longest: int, ops: PhotonOps, group: slice) -> torch.Tensor:
+        """The token decoder's cached state with a look-back: its keys/values depend on the chunks before, so the
+        whole teacher-forced pass runs (over the meta-chunks up to the `longest` row's current one) and each row
+        keeps the W tokens before its current chunk and that chunk's window. Returns the token state that predicts
+        each row's next token: [G, D]."""
+        geometry = layer.level
+        chunk, width, lookback = geometry.chunk_size, geometry.converter_width, geometry.decoder_lookback
+        period = self.levels[-1].geometry.tokens_per_unit
+        length = (longest // period + 1) * period
+        tokens = tokens.gather(1, torch.arange(length, device=tokens.device).clamp(max=tokens.shape[1] - 1).expand(
+            tokens.shape[0], -1))
+        # Units past a row's count (unfinished, or not recorded after a crop) only reach later positions.
+        streams = [_fit_units(s, length // lvl.geometry.tokens_per_unit) for s, lvl in zip(streams, self.levels,
+                                                                                            strict=True)]
+        capture: list = []
+        hidden, _ = self.decode(streams, tokens, ops, capture)
+        rows = torch.arange(count.shape[0], device=count.device)
+        unit = count // chunk  # each row's current (unfinished) chunk
+        back = (unit[:, None] * chunk - lookback + torch.arange(lookback, device=count.device)).clamp(min=0)
+        for layer_idx, (keys, values) in enumerate(capture):
+            stored = []
+            for x in (keys, values):
+                heads, head_dim = x.shape[1], x.shape[3]
+                x = x.view(count.shape[0], -1, heads, geometry.decoder_slots, head_dim)
+                token_kv = x[:, :, :, width:].transpose(1, 2).flatten(2, 3)  # [G, Hkv, M * C, hd]
+                back_kv = token_kv.gather(2, back[:, None, :, None].expand(-1, heads, -1, head_dim))
+                stored.append(torch.cat([back_kv, x[rows, unit]], dim=2))
+            layer.store_decoder(layer_idx, group, *stored)
+        return hidden[rows, count]
+
     # -------------------------------------------------------------------------------------------- decode step
     def decode_column(self, cache: PhotonCache, tokens: torch.Tensor, step: PhotonStep, ops: PhotonOps) -> torch.Tensor:
         """One decode step: consume a column of token ids [B] (`step` = `cache.begin_column()`), return the states
@@ -664,12 +764,15 @@ class PhotonModel(PhotonPreTrainedModel):
         rows = cache.rows(level, counts, step)
         layer.write_pending(rows.phase, items, rows.arriving)
         continuing = closing = None
-        if step.continuing[level]:
+        # With a look-back every token is fed to the token decoder, the last of its chunk too (later chunks attend
+        # to its keys and values).
+        lookback = lvl.geometry.decoder_lookback
+        if step.continuing[level] or lookback:
             if lvl.geometry.self_decoding:
                 continuing = layer.prediction(rows.phase + 1)
             else:
                 x = self.embed_dec(items) if level == 0 else items
-                continuing = self._decoder_step(level, layer, rows, x, ops)
+                continuing = self._decoder_step(level, layer, rows, x, counts, ops)
         if step.closing[level]:
             units = lvl.chunk(self.embed_enc(layer.pending) if level == 0 else layer.pending, ops)
             state = self._encoder_step(level, layer, rows, units, ops)
@@ -680,9 +783,13 @@ class PhotonModel(PhotonPreTrainedModel):
             if lvl.geometry.self_decoding:
                 closing = self._predict_unit(level, layer, rows, cond, ops)
             else:
-                closing = self._decoder_prefix(level, layer, rows, cond, ops)
-        if closing is None or continuing is None:
-            return closing if continuing is None else continuing
+                if lookback:
+                    layer.close_unit(rows.closing)
+                closing = self._decoder_prefix(level, layer, rows, cond, counts, ops)
+        if not step.closing[level]:
+            return continuing
+        if not step.continuing[level]:
+            return closing
         return torch.where(rows.closing[:, None], closing, continuing)
 
     def _encoder_step(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, units: torch.Tensor,
@@ -703,12 +810,27 @@ class PhotonModel(PhotonPreTrainedModel):
         return state
 
     def _decoder_prefix(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, cond: torch.Tensor,
-                        ops: PhotonOps) -> torch.Tensor:
+                        counts: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
         """Start a new unit for the closing rows: run the converter prefix (slots 0..R-1) of `cond` [B, D] through
-        the local decoder and return the output at slot R-1 (what conditions sub-unit 0): [B, D]."""
+        the local decoder and return the output at slot R-1 (what conditions sub-unit 0): [B, D]. With a look-back
+        the prefix also attends to it (`counts` [B] tokens before the new chunk) and sits at token positions."""
         lvl = self.levels[level]
+        geometry = lvl.geometry
         prefix = lvl.prefix(cond)
-        cos, sin = self._window_rope(lvl.geometry.converter_width, cond.device, cond.dtype)
+        if geometry.decoder_lookback:
+            width = geometry.converter_width
+            cos, sin = self.rotary_emb(counts[:, None] - width + torch.arange(width, device=counts.device), cond.dtype)
+            cos, sin = cos[:, None], sin[:, None]
+            mask = _lookback_mask(counts, geometry.decoder_lookback, width)
+
+            def attend(q, k, v, layer_idx):
+                layer.reset_unit(layer_idx, k, v, rows.closing)
+                back_k, back_v = layer.lookback(layer_idx)
+                return masked_attention(q, torch.cat([back_k.to(k.dtype), k], 2), torch.cat([back_v.to(v.dtype), v], 2),
+                                        mask)
+
+            return lvl.decoder(prefix, cos, sin, attend)[:, -1]
+        cos, sin = self._window_rope(geometry.converter_width, cond.device, cond.dtype)
 
         def attend(q, k, v, layer_idx):
             layer.reset_unit(layer_idx, k, v, rows.closing)
@@ -717,16 +839,25 @@ class PhotonModel(PhotonPreTrainedModel):
         return lvl.decoder(prefix, cos, sin, attend)[:, -1]
 
     def _decoder_step(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, x: torch.Tensor,
-                      ops: PhotonOps) -> torch.Tensor:
+                      counts: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
         """Feed the input of finished sub-unit j (rows.phase) at slot R + j of the local decoder: x [B, D] -> the
-        output there, which conditions sub-unit j + 1: [B, D]."""
+        output there, which conditions sub-unit j + 1: [B, D]. Without a look-back only continuing rows write (a
+        unit's last sub-unit is never fed); with one (level 0) every row feeds its token, at its token position
+        (`counts` - 1), and also attends to the look-back entries that exist."""
         geometry = self.levels[level].geometry
-        slot = geometry.converter_width + rows.phase.clamp(max=geometry.chunk_size - 2)  # closing rows: unused
-        cos, sin = self._rope(slot, x.dtype)
+        width, lookback = geometry.converter_width, geometry.decoder_lookback
+        slot = width + rows.phase.clamp(max=geometry.decoder_slots - width - 1)  # closing rows: unused
+        if lookback:
+            cos, sin = self._rope(counts - 1, x.dtype)
+            start = lookback - (counts - 1 - rows.phase).clamp(max=lookback)  # the look-back entries that exist
+            writers = rows.arriving
+        else:
+            cos, sin = self._rope(slot, x.dtype)
+            start, writers = torch.zeros_like(slot), rows.continuing
 
         def attend(q, k, v, layer_idx):
-            keys, values = layer.write_decoder(layer_idx, k, v, slot, rows.continuing)
-            return ops.decode_attention(q[:, :, 0], keys, values, torch.zeros_like(slot), slot + 1)[:, :, None]
+            keys, values = layer.write_decoder(layer_idx, k, v, slot, writers)
+            return ops.decode_attention(q[:, :, 0], keys, values, start, lookback + slot + 1)[:, :, None]
 
         return self.levels[level].decoder(x[:, None], cos, sin, attend)[:, 0]
 
