@@ -90,7 +90,8 @@ def main(argv=None):
             trace.append({"step": step, "loss": loss, "interfaces": stats})
             print(f"step {step:4d} loss {loss:.3f}")
             for name, s in stats.items():
-                print(f"    {name:22s} rms {s['rms']:8.2f}  mean {s['mean']:.3f}  grad {s.get('grad', float('nan')):.2e}")
+                grad = s.get("grad", float("nan"))
+                print(f"    {name:22s} rms {s['rms']:8.2f}  mean {s['mean']:.3f}  grad {grad:.2e}")
         if step == args.steps:
             break
         for group in optimizer.param_groups:

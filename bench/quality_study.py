@@ -461,7 +461,8 @@ def variant_name(record: dict) -> str:
     if record["model"] != "photon":
         return record["model"] + suffix
     overrides = record["photon_overrides"]
-    return "photon" + "".join(f" {k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(overrides.items())) + suffix
+    fields = "".join(f" {k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(overrides.items()))
+    return "photon" + fields + suffix
 
 
 def best_runs(records: list[dict]) -> dict[tuple, dict]:
@@ -494,7 +495,8 @@ def report(args) -> dict:
         ref = next((b for b in rows if b["model"] == "llama" and b["width"] == r["width"]
                     and b["recipe"] == r["recipe"] and b["eval_tokens"] == r["eval_tokens"]), None)
         ratio = 2 ** (r["valid_bits_per_byte"] - ref["valid_bits_per_byte"]) if ref else None
-        sweep_text = ", ".join(f"{lr:g}: {bits:.3f}" for lr, bits in r["sweep"]) + (" (edge)" if r["lr_at_edge"] else "")
+        sweep_text = ", ".join(f"{lr:g}: {bits:.3f}" for lr, bits in r["sweep"])
+        sweep_text += " (edge)" if r["lr_at_edge"] else ""
         lines.append(
             f"| {r['width']} | {r['recipe']['steps']} | {variant_name(r)} | {r['parameters'] / 1e6:.2f}M | "
             f"{r['train_flops_per_token'] / 1e6:.1f} | {r['tokens_seen'] / 1e6:.2f}M | {r['lr']:g} ({sweep_text}) | "

@@ -1,10 +1,9 @@
 """Fuzz test of cached decoding against the full forward, in the style of transformers' and fla's generation parity
-tests: random small configs (1-3 levels, chunk sizes 1-5, sliding windows or not, "encoder"/"self" decoding, GQA, a token
-look-back or not),
-random prompt lengths and left-pad patterns, greedy and sampled continuations, static, growing and recording
-caches (the last cropped and decoded again). Everything runs in float64, where the cached steps must equal the
-uncached forward to 1e-9 relative: any bookkeeping error is orders of magnitude larger than that. (The compiled
-step runs this same code; tests/test_compile.py checks it against eager decoding.)
+tests: random small configs (1-3 levels, chunk sizes 1-5, sliding windows or not, "encoder"/"self" decoding, GQA, a
+token look-back or not), random prompt lengths and left-pad patterns, greedy and sampled continuations, static,
+growing and recording caches (the last cropped and decoded again). Everything runs in float64, where the cached
+steps must equal the uncached forward to 1e-9 relative: any bookkeeping error is orders of magnitude larger than
+that. (The compiled step runs this same code; tests/test_compile.py checks it against eager decoding.)
 """
 
 import math

@@ -12,6 +12,10 @@ GENERATION_CONFIGS = [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2]), dic
                       dict(chunk_sizes=[4, 4], decoder_lookback=6)]
 
 
+def _config_id(config):
+    return str(config["chunk_sizes"]) + ("-lookback" if config.get("decoder_lookback") else "")
+
+
 def _full_logits(model, sequences, prompt_len, attention_mask=None):
     """What the uncached forward says about every generated position."""
     with torch.no_grad():
@@ -19,7 +23,7 @@ def _full_logits(model, sequences, prompt_len, attention_mask=None):
     return logits[:, prompt_len - 1 : -1]
 
 
-@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]) + ("-lookback" if c.get("decoder_lookback") else ""))
+@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=_config_id)
 @pytest.mark.parametrize("prompt_len", [1, 5, 16, 23])
 def test_greedy_generation_equals_the_full_forward(overrides, prompt_len):
     model = tiny_model(**overrides)
@@ -32,7 +36,7 @@ def test_greedy_generation_equals_the_full_forward(overrides, prompt_len):
     assert torch.equal(out.sequences[:, prompt_len:], generated.argmax(-1))
 
 
-@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]) + ("-lookback" if c.get("decoder_lookback") else ""))
+@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=_config_id)
 def test_seeded_sampling_equals_the_full_forward(overrides):
     model = tiny_model(**overrides)
     prompt = random_ids(3, 7)
@@ -67,7 +71,7 @@ def test_use_cache_false_gives_the_same_sequences():
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]) + ("-lookback" if c.get("decoder_lookback") else ""))
+@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=_config_id)
 def test_left_padded_batch_equals_per_prompt_runs(overrides):
     model = tiny_model(**overrides)
     source = random_ids(3, 21, seed=3)
@@ -88,7 +92,7 @@ def test_left_padded_batch_equals_per_prompt_runs(overrides):
         assert torch.allclose(batched_logits[i], torch.stack(alone.logits, 1)[0], atol=1e-4)
 
 
-@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=lambda c: str(c["chunk_sizes"]) + ("-lookback" if c.get("decoder_lookback") else ""))
+@pytest.mark.parametrize("overrides", GENERATION_CONFIGS, ids=_config_id)
 def test_beam_search_with_and_without_cache(overrides):
     model = tiny_model(**overrides)
     prompt = random_ids(2, 6)

@@ -1,5 +1,7 @@
 """The PHOTON forward pass: HF logits convention, causality, padding, losses, checkpointing, save/load, errors."""
 
+import functools
+
 import pytest
 import torch
 from helpers import VOCAB, cache_of, random_ids, tiny_model
@@ -298,7 +300,8 @@ def test_lookback_reaches_exactly_w_tokens_before_the_chunk():
         inner = model.model
         cond = torch.randn(1, 6, model.config.hidden_size, dtype=torch.float64)
         inputs = torch.randn(1, 6 * chunk, model.config.hidden_size, dtype=torch.float64)
-        decode = inner.decode_tokens_with_lookback if w else (lambda c, x: inner.decode_windows(0, c, x, REFERENCE_OPS))
+        plain = functools.partial(inner.decode_windows, 0, ops=REFERENCE_OPS)
+        decode = inner.decode_tokens_with_lookback if w else plain
         base = decode(cond, inputs)
         k = 4  # chunk 4 covers tokens 16..19; its outputs predict them
         for t in range(k * chunk):
