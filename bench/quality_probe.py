@@ -64,6 +64,7 @@ def main(argv=None):
     parser.add_argument("--schedule-steps", type=int, default=600, help="length of the warm-up/decay schedule")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--init", choices=sorted(INIT_SCHEMES), default="default")
+    parser.add_argument("--hierarchy-lr", type=float, default=1.0, help="as in quality_study.py sweep")
     parser.add_argument("--photon", default="{}", help="PhotonConfig overrides as JSON")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="JSON file for the trace")
@@ -81,7 +82,8 @@ def main(argv=None):
     stream = torch.from_numpy(load_data(argparse.Namespace(train_files=None, valid_files=None))["train"])
     offsets = torch.from_numpy(batch_offsets(len(stream), recipe.seq_len, recipe.batch, recipe.steps, recipe.seed))
     span = torch.arange(recipe.seq_len)
-    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), lr=args.lr, betas=recipe.betas)
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay, args.hierarchy_lr), lr=args.lr,
+                                  betas=recipe.betas)
     trace = []
     for step in range(args.steps + 1):
         batch = stream[offsets[step % recipe.steps][:, None] + span].long()
@@ -95,7 +97,7 @@ def main(argv=None):
         if step == args.steps:
             break
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * recipe.lr_factor(step)
+            group["lr"] = args.lr * group["lr_scale"] * recipe.lr_factor(step)
         loss = model(input_ids=batch, labels=batch, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.clip)

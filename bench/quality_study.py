@@ -258,20 +258,33 @@ INIT_SCHEMES = {"default": None, "hf": _init_hf, "unit-embed": _init_unit_embed,
                 "unit-depth": _init_unit_depth}
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on the weights of Linear layers only (not embeddings, norms, biases or start latents)."""
+def token_side(name: str) -> bool:
+    """PHOTON's token-level parameters (token decoder, its converter, decoder embedding, LM head); the rest, the
+    hierarchy (encoder embedding, chunkers, encoders, latent decoders and their converters, start latents), is what
+    `hierarchy_lr` scales."""
+    return name.startswith(("model.levels.0.decoder.", "model.levels.0.converter.", "model.embed_dec.", "lm_head."))
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, hierarchy_lr: float = 1.0) -> list[dict]:
+    """Weight decay on the weights of Linear layers only (not embeddings, norms, biases or start latents); with
+    `hierarchy_lr` != 1 (PHOTON only), the hierarchy's parameters train at that multiple of the learning rate."""
     decay = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [
-        {"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
-        {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0},
-    ]
+    hierarchy = isinstance(model, photon_hf.PhotonForCausalLM) and hierarchy_lr != 1.0
+    groups = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = hierarchy_lr if hierarchy and not token_side(name) else 1.0
+            key = (id(p) in decay, scale)
+            groups.setdefault(key, {"params": [], "weight_decay": weight_decay if key[0] else 0.0, "lr_scale": scale})
+            groups[key]["params"].append(p)
+    return [groups[k] for k in sorted(groups, key=lambda k: (not k[0], k[1]))]
 
 
 def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, device, bf16: bool,
-          progress: str = "") -> dict:
+          progress: str = "", hierarchy_lr: float = 1.0) -> dict:
     offsets = batch_offsets(len(stream), recipe.seq_len, recipe.batch, recipe.steps, recipe.seed)
-    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), lr=lr, betas=recipe.betas)
+    groups = parameter_groups(model, recipe.weight_decay, hierarchy_lr)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=recipe.betas)
     schedule = Recipe(**{**dataclasses.asdict(recipe), "steps": steps})  # llama-size runs fewer steps
     data = torch.from_numpy(stream)
     span = torch.arange(recipe.seq_len)
@@ -279,7 +292,7 @@ def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, devi
     trace, start = [], time.perf_counter()
     for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr * schedule.lr_factor(step)
+            group["lr"] = lr * group["lr_scale"] * schedule.lr_factor(step)
         rows = torch.from_numpy(offsets[step % recipe.steps])[:, None] + span
         batch = data[rows].long().to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -364,12 +377,13 @@ def build(model_name: str, width: int, recipe: Recipe, photon_overrides: dict) -
 
 
 def run_key(record: dict) -> str:
-    keys = ("model", "width", "lr", "photon_overrides", "init", "recipe", "eval_tokens")
-    return json.dumps({k: record.get(k, "default") for k in keys}, sort_keys=True)
+    keys = ("model", "width", "lr", "photon_overrides", "init", "hierarchy_lr", "recipe", "eval_tokens")
+    defaults = {"init": "default", "hierarchy_lr": 1.0}
+    return json.dumps({k: record.get(k, defaults.get(k)) for k in keys}, sort_keys=True)
 
 
-def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overrides: dict, init: str, data: dict,
-            args, device) -> dict:
+def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overrides: dict, init: str,
+            hierarchy_lr: float, data: dict, args, device) -> dict:
     config, photon, steps = build(model_name, width, recipe, photon_overrides)
     torch.manual_seed(recipe.seed)
     model_class = photon_hf.PhotonForCausalLM if isinstance(config, photon_hf.PhotonConfig) else LlamaForCausalLM
@@ -381,7 +395,8 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
     bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     record = {
         "model": model_name, "width": width, "lr": lr, "photon_overrides": photon_overrides, "init": init,
-        "recipe": dataclasses.asdict(recipe), "eval_tokens": args.eval_tokens,
+        "hierarchy_lr": hierarchy_lr if model_name == "photon" else 1.0, "recipe": dataclasses.asdict(recipe),
+        "eval_tokens": args.eval_tokens,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "bf16": bf16,
         "config": config.to_diff_dict(), "parameters": sum(p.numel() for p in model.parameters()),
         "train_flops_per_token": training_flops_per_token(config, recipe.seq_len),
@@ -390,8 +405,10 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
         "photon_train_flops_per_token": training_flops_per_token(photon, recipe.seq_len),
     }
     label = f"[{model_name} D={width} lr={lr:g}{' ' + json.dumps(photon_overrides) if photon_overrides else ''}" + (
-        f" init={init}]" if init != "default" else "]")
-    record.update(train(model, data["train"], recipe, lr, steps, device, bf16, progress=label))
+        f" init={init}" if init != "default" else "") + (
+        f" hierarchy_lr={hierarchy_lr:g}]" if record["hierarchy_lr"] != 1.0 else "]")
+    record.update(train(model, data["train"], recipe, lr, steps, device, bf16, progress=label,
+                        hierarchy_lr=record["hierarchy_lr"]))
     record["train_flops"] = record["train_flops_per_token"] * record["tokens_seen"]
     record.update(evaluate(model, data["valid"], recipe, args.eval_tokens, device, bf16))
     if model_name == "photon" and args.agreement:
@@ -441,12 +458,14 @@ def sweep(args) -> list[dict]:
     for width in args.widths:
         for model_name in args.models:
             for lr in args.lrs:
+                hierarchy_lr = args.hierarchy_lr if model_name == "photon" else 1.0
                 record = {"model": model_name, "width": width, "lr": lr, "recipe": dataclasses.asdict(recipe),
-                          "photon_overrides": overrides, "init": args.init, "eval_tokens": args.eval_tokens}
+                          "photon_overrides": overrides, "init": args.init, "hierarchy_lr": hierarchy_lr,
+                          "eval_tokens": args.eval_tokens}
                 if run_key(record) in done:
                     print(f"[{model_name} D={width} lr={lr:g}] already in {results_path}, skipped")
                     continue
-                record = run_one(model_name, width, lr, recipe, overrides, args.init, data, args, device)
+                record = run_one(model_name, width, lr, recipe, overrides, args.init, hierarchy_lr, data, args, device)
                 results_path.parent.mkdir(parents=True, exist_ok=True)
                 with results_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -458,6 +477,8 @@ def sweep(args) -> list[dict]:
 def variant_name(record: dict) -> str:
     init = record.get("init", "default")
     suffix = f" init={init}" if init != "default" else ""
+    if record.get("hierarchy_lr", 1.0) != 1.0:
+        suffix += f" hierarchy_lr={record['hierarchy_lr']:g}"
     if record["model"] != "photon":
         return record["model"] + suffix
     overrides = record["photon_overrides"]
@@ -572,6 +593,8 @@ def main(argv=None):
                      help="PhotonConfig overrides, e.g. chunk_sizes=2,2 converter_width=4")
     run.add_argument("--init", choices=sorted(INIT_SCHEMES), default="default",
                      help="re-initialise the models (an ablation; 'default' keeps each model's own init)")
+    run.add_argument("--hierarchy-lr", type=float, default=1.0,
+                     help="PHOTON: learning-rate multiple for the hierarchy (everything but the token decoder side)")
     run.add_argument("--steps", type=int, default=600)
     run.add_argument("--batch", type=int, default=8)
     run.add_argument("--seq-len", type=int, default=512)
