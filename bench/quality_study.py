@@ -205,7 +205,7 @@ def photon_config(width: int, overrides: dict | None = None) -> photon_hf.Photon
         vocab_size=VOCAB, hidden_size=width, intermediate_size=int(2.6875 * width),
         num_attention_heads=max(4, width // 64), chunk_sizes=[4, 4], converter_width=2, num_encoder_layers=2,
         num_decoder_layers=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
-        kernel_backend="torch",
+        kernel_backend="auto",  # the Triton kernels on a GPU, PyTorch on the CPU
     )
     fields.update(overrides or {})
     return photon_hf.PhotonConfig(**fields)
