@@ -503,9 +503,10 @@ def best_runs(records: list[dict]) -> dict[tuple, dict]:
 
 
 def report(args) -> dict:
-    records = load_results(Path(args.results))
+    results = args.results if isinstance(args.results, list) else [args.results]
+    records = [r for path in results for r in load_results(Path(path))]
     if not records:
-        raise SystemExit(f"No runs in {args.results}.")
+        raise SystemExit(f"No runs in {', '.join(results)}.")
     best = best_runs(records)
     rows = sorted(best.values(), key=lambda r: (r["width"], json.dumps(r["recipe"], sort_keys=True),
                                                  r["model"] != "llama", variant_name(r)))
@@ -532,11 +533,12 @@ def report(args) -> dict:
                        | {"variant": variant_name(r), "perplexity_ratio_vs_llama": ratio})
     table = "\n".join(lines)
     print(table)
-    out = Path(args.out or Path(args.results).with_suffix(""))
+    out = Path(args.out or Path(results[0]).with_suffix(""))
     out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{out}.md").write_text(table + "\n")
     Path(f"{out}.json").write_text(json.dumps(summary, indent=1))
     plot(summary, f"{out}.png")
+    plot_sweeps(summary, f"{out}_lr.png")
     return {"rows": summary, "table": table}
 
 
@@ -567,7 +569,9 @@ def plot(summary: list[dict], path: str):
                     axis.annotate(r["variant"].replace("photon ", "").replace("photon", "[4,4]"),
                                   (r[field], r["valid_bits_per_byte"]), fontsize=7, xytext=(4, 3),
                                   textcoords="offset points")
-                axis.scatter([], [], marker=markers[i % len(markers)], color=f"C{i}", label=f"D={width}, {steps} steps")
+                if rows:
+                    axis.scatter([], [], marker=markers[i % len(markers)], color=f"C{i}",
+                                 label=f"D={width}, {steps} steps")
         axis.set_xscale("log")
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
@@ -577,6 +581,36 @@ def plot(summary: list[dict], path: str):
     fig.suptitle("PHOTON quality/efficiency frontier (each model at its own best learning rate)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
+def plot_sweeps(summary: list[dict], path: str):
+    """Held-out bits per byte against the learning rate: every variant's sweep, one panel per width and recipe."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    panels = sorted({(r["width"], r["recipe"]["steps"]) for r in summary})
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
+    for axis, (width, steps) in zip(axes[0], panels, strict=True):
+        rows = [r for r in summary if r["width"] == width and r["recipe"]["steps"] == steps]
+        for i, r in enumerate(sorted(rows, key=lambda r: r["variant"])):
+            lrs, bits = zip(*r["sweep"], strict=True)
+            style = dict(color="black", linewidth=2.2) if r["model"] != "photon" else dict(color=f"C{i % 10}")
+            axis.plot(lrs, bits, marker="o", label=r["variant"], **style)
+        axis.set_xscale("log")
+        axis.set_xlabel("peak learning rate")
+        axis.set_title(f"D = {width}, {steps} steps")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    axes[0][0].set_ylabel("held-out bits per byte")
+    fig.suptitle("Learning-rate sweeps (each model's best point is the one the study reports)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"plot: {path}")
 
@@ -609,8 +643,8 @@ def main(argv=None):
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--results", default="bench/results/quality/runs.jsonl")
     rep = commands.add_parser("report", help="table, JSON and plot of the best run of every model")
-    rep.add_argument("--results", default="bench/results/quality/runs.jsonl")
-    rep.add_argument("--out", default=None, help="output stem (default: the results file without .jsonl)")
+    rep.add_argument("--results", nargs="+", default=["bench/results/quality/runs.jsonl"], help="JSONL run files")
+    rep.add_argument("--out", default=None, help="output stem (default: the first results file without .jsonl)")
     args = parser.parse_args(argv)
     return sweep(args) if args.command == "sweep" else report(args)
 
