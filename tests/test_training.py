@@ -12,6 +12,7 @@ from train_helpers import max_difference, state, tiny_config, tiny_model
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
 import photon_hf
+from photon_hf import PHOTON_PRESETS, PhotonForCausalLM, photon_preset
 from photon_hf.data import byte_tokenizer, load_text_corpus, pack_dataset
 from photon_hf.modeling_photon import PhotonBlock
 from photon_hf.training import (
@@ -19,6 +20,7 @@ from photon_hf.training import (
     TrainJob,
     build_trainer,
     compute_perplexity,
+    default_learning_rate,
     preprocess_logits_for_perplexity,
     torch_threads,
     training_arguments,
@@ -214,7 +216,10 @@ def test_train_job_checks_its_values_and_holds_the_defaults(tmp_path):
     for name in ("learning_rate", "weight_decay", "adam_beta2", "warmup_steps", "max_grad_norm", "max_steps",
                  "per_device_train_batch_size", "eval_steps", "save_steps", "save_total_limit", "logging_steps"):
         assert getattr(from_job, name) == getattr(plain, name), name
-    assert plain.learning_rate == TrainJob.learning_rate and plain.warmup_steps == TrainJob.warmup
+    assert plain.learning_rate == default_learning_rate() and plain.warmup_steps == TrainJob.warmup
+    wide = photon_preset("base")
+    assert job.training_arguments(wide).learning_rate == training_arguments("x", config=wide).learning_rate
+    assert TrainJob(output_dir="x", learning_rate=7e-4).training_arguments(wide).learning_rate == 7e-4
     no_checkpoints = TrainJob(output_dir=str(tmp_path), save_checkpoints=False).training_arguments()
     assert no_checkpoints.save_strategy == "no"
 
@@ -252,3 +257,45 @@ def test_training_on_the_embedded_corpus_learns(tmp_path):
     assert initial == pytest.approx(math.log(259), abs=0.3)
     assert final < 0.6 * initial, (initial, final)
     assert final < unigram - 0.2, (final, unigram)
+
+
+def test_default_learning_rate_keeps_lr_times_width_constant():
+    """The property the default relies on (docs/quality.md): Adam moves a layer's outputs by about lr x fan-in per
+    step, so the default learning rate falls as 1 / hidden_size and lr x width is the same for every shape."""
+    products = {name: default_learning_rate(photon_preset(name)) * photon_preset(name).hidden_size
+                for name in PHOTON_PRESETS}
+    assert len({round(p, 12) for p in products.values()}) == 1, products
+    assert default_learning_rate() == default_learning_rate(photon_preset("small"))  # the reference width
+
+
+def _interface_growth(width: int, lr: float, steps: int = 12) -> float:
+    """RMS of the top encoder's residual stream (what its final norm divides by) after `steps` AdamW steps on random
+    bytes, over its RMS at initialisation."""
+    torch.manual_seed(0)
+    config = photon_preset("tiny", hidden_size=width, intermediate_size=2 * width, num_attention_heads=4,
+                           chunk_sizes=[2, 2])
+    model = PhotonForCausalLM(config)
+    norm = model.model.levels[-1].encoder.norm
+    seen = []
+    handle = norm.register_forward_hook(lambda module, args, out: seen.append(args[0].detach().pow(2).mean().sqrt()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95))
+    ids = torch.randint(0, 16, (4, 32), generator=torch.Generator().manual_seed(0))  # a few frequent "bytes"
+    for _ in range(steps + 1):
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    handle.remove()
+    return float(seen[-1] / seen[0])
+
+
+def test_default_learning_rate_keeps_interface_growth_flat_in_width():
+    """What the rule buys, on the mechanism itself: under `default_learning_rate` the top encoder's residual stream
+    grows about as much at width 256 as at 32, while one fixed learning rate (the width-32 default) blows it up at
+    width 256."""
+    narrow, wide = 32, 256
+    scaled = _interface_growth(wide, default_learning_rate(photon_preset("tiny", hidden_size=wide)))
+    reference = _interface_growth(narrow, default_learning_rate(photon_preset("tiny", hidden_size=narrow)))
+    fixed = _interface_growth(wide, default_learning_rate(photon_preset("tiny", hidden_size=narrow)))
+    assert fixed > 2 * reference, (fixed, reference)
+    assert scaled < 2 * reference, (scaled, reference)

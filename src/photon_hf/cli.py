@@ -295,7 +295,7 @@ def _add_train_parser(subparsers):
     )
     group.add_argument(
         "--learning-rate", type=float, default=job.learning_rate,
-        help=f"peak learning rate (default: {job.learning_rate})",
+        help="peak learning rate (default: 1e-3 x 128 / hidden size, photon_hf.training.default_learning_rate)",
     )
     group.add_argument(
         "--warmup", type=float, default=job.warmup,
@@ -589,7 +589,7 @@ def _add_quickstart_parser(subparsers):
     )
     parser.add_argument(
         "--learning-rate", type=_float_in(0, what="a number > 0"), default=defaults["learning_rate"],
-        help=f"peak learning rate (default: {defaults['learning_rate']:g})",
+        help="peak learning rate (default: 1e-3 x 128 / hidden size, photon_hf.training.default_learning_rate)",
     )
     parser.add_argument(
         "--save-checkpoints", action="store_true",

@@ -44,6 +44,26 @@ logger = logging.get_logger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ the defaults
+# PHOTON's peak learning rate at hidden size 128, measured with 4K-token batches (docs/quality.md); other widths
+# scale it by 128 / hidden_size (`default_learning_rate`).
+REFERENCE_WIDTH, REFERENCE_LEARNING_RATE = 128, 1e-3
+
+
+def default_learning_rate(config: PhotonConfig | None = None) -> float:
+    """PHOTON's default peak learning rate: `REFERENCE_LEARNING_RATE` at `REFERENCE_WIDTH`, times
+    `REFERENCE_WIDTH / config.hidden_size` (1e-3 at 128, 2.5e-4 at 512; the reference width without a config).
+
+    Adam moves every weight by about the learning rate per step, so a layer's outputs move by about lr x fan-in: at a
+    fixed learning rate a wider PHOTON takes bigger steps. Too big, and the residual streams behind PHOTON's
+    interfaces (every stack's final norm) grow within a few dozen steps until each latent is nearly the same vector
+    at every position: the hierarchy then carries nothing and the token decoder learns alone (docs/quality.md, with
+    the measurements). Keeping lr x hidden_size constant keeps that step the same at every width, the learning-rate
+    rule of muP for hidden layers. Measured with batches of about 4K tokens; larger batches take larger rates.
+    """
+    width = REFERENCE_WIDTH if config is None else config.hidden_size
+    return REFERENCE_LEARNING_RATE * REFERENCE_WIDTH / width
+
+
 @dataclasses.dataclass
 class TrainJob:
     """One training run, as `run_training` carries it out (`photon-hf train` parses its flags into one).
@@ -88,7 +108,7 @@ class TrainJob:
     max_minutes: float | None = None
     batch_size: int = 16
     grad_accum: int = 1
-    learning_rate: float = 2e-3
+    learning_rate: float | None = None  # None: default_learning_rate(the model's config)
     warmup: float = 0.05  # steps, or a fraction of max_steps when < 1
     weight_decay: float = 0.1
     adam_beta2: float = 0.95
@@ -127,7 +147,7 @@ class TrainJob:
             positive_int(name, optional=True)
         positive_int("eval_blocks", minimum=0)
         positive_int("lora_r", minimum=0)
-        check("learning_rate", self.learning_rate > 0, "> 0")
+        check("learning_rate", self.learning_rate is None or self.learning_rate > 0, "> 0 or None")
         check("warmup", self.warmup >= 0, ">= 0")
         check("weight_decay", self.weight_decay >= 0, ">= 0")
         check("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)")
@@ -151,15 +171,16 @@ class TrainJob:
         if self.resume and not self.save_checkpoints:
             raise ValueError("`resume` continues from checkpoints, so it needs `save_checkpoints=True`.")
 
-    def training_arguments(self) -> TrainingArguments:
-        """The `TrainingArguments` of this job."""
+    def training_arguments(self, config: PhotonConfig | None = None) -> TrainingArguments:
+        """The `TrainingArguments` of this job for a model with `config` (which sets the default learning rate)."""
         return training_arguments(
             self.output_dir,
+            config=config,
             bf16=self.bf16,
             per_device_train_batch_size=self.batch_size,
             per_device_eval_batch_size=self.batch_size,
             gradient_accumulation_steps=self.grad_accum,
-            learning_rate=self.learning_rate,
+            learning_rate=self.learning_rate or default_learning_rate(config),
             warmup_steps=self.warmup,
             weight_decay=self.weight_decay,
             adam_beta2=self.adam_beta2,
@@ -176,9 +197,9 @@ class TrainJob:
         )
 
 
-# The quickstart's own defaults: a few minutes of the "small" shape on a CPU, with a higher learning rate than a
-# long run, and no checkpoint left behind (`photon-hf quickstart --save-checkpoints` keeps them).
-QUICKSTART_DEFAULTS = dict(minutes=3.0, size="small", block_size=256, batch_size=16, learning_rate=3e-3)
+# The quickstart's own defaults: a few minutes of the "small" shape on a CPU (at `default_learning_rate`), and no
+# checkpoint left behind (`photon-hf quickstart --save-checkpoints` keeps them).
+QUICKSTART_DEFAULTS = dict(minutes=3.0, size="small", block_size=256, batch_size=16, learning_rate=None)
 
 
 def model_config(size: str = "small", tokenizer=None, **overrides) -> PhotonConfig:
@@ -208,10 +229,11 @@ def accelerator_available() -> bool:
     return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
-def training_arguments(output_dir: str, *, bf16: bool | None = None, **overrides) -> TrainingArguments:
-    """`TrainingArguments` for a PHOTON run, with `TrainJob`'s defaults. `bf16=None` turns bf16 on where
-    `bf16_available()`; every other field can be overridden by keyword (e.g. `gradient_accumulation_steps=4`,
-    `gradient_checkpointing=True`).
+def training_arguments(output_dir: str, *, config: PhotonConfig | None = None, bf16: bool | None = None,
+                       **overrides) -> TrainingArguments:
+    """`TrainingArguments` for a PHOTON run, with `TrainJob`'s defaults and the learning rate
+    `default_learning_rate(config)`. `bf16=None` turns bf16 on where `bf16_available()`; every other field can be
+    overridden by keyword (e.g. `learning_rate=5e-4`, `gradient_accumulation_steps=4`, `gradient_checkpointing=True`).
 
     On a machine without an accelerator `use_cpu=True` is set: only then does `accelerate` treat processes started by
     `torchrun` / `accelerate launch` as one data-parallel job (gloo) instead of independent runs.
@@ -222,7 +244,7 @@ def training_arguments(output_dir: str, *, bf16: bool | None = None, **overrides
         output_dir=output_dir,
         per_device_train_batch_size=TrainJob.batch_size,
         per_device_eval_batch_size=TrainJob.batch_size,
-        learning_rate=TrainJob.learning_rate,
+        learning_rate=default_learning_rate(config),
         weight_decay=TrainJob.weight_decay,
         adam_beta2=TrainJob.adam_beta2,
         warmup_steps=TrainJob.warmup,
@@ -369,7 +391,7 @@ def run_training(job: TrainJob, callbacks: list | None = None) -> dict:
             "padded inside the model, which wastes compute."
         )
     model = apply_lora(model, job)
-    training_args = job.training_arguments()
+    training_args = job.training_arguments(model.config)
     corpus, train, validation = prepare_data(job, tokenizer, training_args)
     callbacks = list(callbacks or [])
     if job.max_minutes:
