@@ -22,20 +22,7 @@ out=${1:-${OUT:-bench/results/gpu}}
 part=${2:-latency}
 mkdir -p "$out"
 log="$out/compiled.log"
-export PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1
-unset TRITON_INTERPRET
-if ! python -c "import photon_kernels, photon_hf" 2>/dev/null; then  # run from the tree, no install
-    shim=$(mktemp -d)
-    ln -s "$PWD/kernels" "$shim/photon_kernels"
-    ln -s "$PWD/src/photon_hf" "$shim/photon_hf"
-    export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
-fi
-stamp() { echo "=== [$(date +%T)] $*" | tee -a "$log"; }
-
-stamp "device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log"
-python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
-    2>&1 | tee -a "$log"
+source "$(dirname "$0")/gpu_env.sh"
 
 if [ "$part" = latency ]; then
     stamp "1. gpu model tests (compiled == eager, no sync)"
