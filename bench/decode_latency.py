@@ -39,20 +39,18 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, CompileConfig, LlamaConfig  # noqa: E402
 
 from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset  # noqa: E402
+from photon_hf.memory import llama_config_for  # noqa: E402
 
-TINY = dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
-            chunk_sizes=[4, 4], converter_width=2, num_encoder_layers=1, num_decoder_layers=1)
+# The registry's tiny shape with GQA and an odd vocabulary (a CPU smoke test; figures mean nothing there).
+TINY = dict(vocab_size=97, num_key_value_heads=2)
 
 
 def llama_like(config: PhotonConfig, context: int) -> LlamaConfig:
-    """The same-size Llama: PHOTON's width, FFN, heads and vocabulary, as many layers as all PHOTON stacks."""
-    return LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=sum(config.num_encoder_layers) + sum(config.num_decoder_layers),
-        num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_key_value_heads,
-        max_position_embeddings=max(context, config.max_position_embeddings), rope_theta=config.rope_theta,
-        rms_norm_eps=config.rms_norm_eps, tie_word_embeddings=False, pad_token_id=0, eos_token_id=None,
-    )
+    """The same-size Llama (`photon_hf.memory.llama_config_for`), with room for `context` positions."""
+    llama = llama_config_for(config)
+    llama.max_position_embeddings = max(context, llama.max_position_embeddings)
+    llama.pad_token_id, llama.eos_token_id = 0, None
+    return llama
 
 
 def compile_config(args) -> CompileConfig:
@@ -177,7 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="JSON file for every measurement")
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
-    config = PhotonConfig(**TINY) if args.preset == "tiny" else photon_preset(args.preset)
+    config = photon_preset(args.preset, **(TINY if args.preset == "tiny" else {}))
     config.kernel_backend = args.kernel_backend
     deadline = time.monotonic() + args.budget_s
     rows, meta = [], dict(torch=torch.__version__, device=args.device, preset=args.preset, dtype=args.dtype,

@@ -180,6 +180,8 @@ class GenerationBench:
                 decoding="greedy, EOS disabled (min_new_tokens = max_new_tokens, eos = pad = vocab_size - 1)",
                 prompts="random ids, the same for both models at each batch size and length",
                 llama="transformers.LlamaForCausalLM, attn_implementation='sdpa', dynamic cache (generate's default)",
+                decode="auto: what stock generate does (PHOTON's compileable cache: its decode step compiled with "
+                "CUDA graphs on a GPU; the Llama's dynamic cache: eager); eager: disable_compile=True for both",
                 timing="wall time of generate (prefill included), device synchronised, after warm-up; median of the "
                 "repeats",
                 per_sample_memory="CUDA: slope of torch.cuda.max_memory_allocated between the two largest batch "
@@ -281,8 +283,11 @@ class GenerationBench:
         generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + batch * 7919 + length)
         return torch.randint(0, self.eos, (batch, length), generator=generator).to(self.device)
 
-    def generation_config(self, new_tokens: int) -> GenerationConfig:
-        return GenerationConfig(
+    def generation_config(self, name: str, new_tokens: int, cache_len: int | None = None) -> GenerationConfig:
+        """Greedy, EOS disabled. `--decode eager` turns generate's auto-compile off (`disable_compile`); otherwise
+        PHOTON's cache is sized for `cache_len` columns, so that every call of one measurement (warm-up included)
+        shares the compiled decode step's graphs."""
+        fields = dict(
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
             do_sample=False,
@@ -291,14 +296,20 @@ class GenerationBench:
             pad_token_id=self.eos,
             use_cache=True,
             return_dict_in_generate=True,
+            disable_compile=self.args.decode == "eager",
         )
+        if name == "photon" and cache_len is not None:
+            fields["max_cache_len"] = cache_len
+        return GenerationConfig(**fields)
 
-    def generate(self, name: str, ids: torch.Tensor, new_tokens: int, deadline: float) -> GenRun:
+    def generate(self, name: str, ids: torch.Tensor, new_tokens: int, deadline: float,
+                 cache_len: int | None = None) -> GenRun:
         """One `generate` call (through `self.generate_fn`), timed with the device synchronised, with its peak
-        memory and the size of the cache it returned."""
+        memory and the size of the cache it returned. `cache_len`: the columns every call of this measurement
+        reaches (a fixed cache size, for compiled decoding)."""
         model = self.models[name]
         mask = torch.ones_like(ids)
-        config = self.generation_config(new_tokens)
+        config = self.generation_config(name, new_tokens, cache_len)
         stop = StoppingCriteriaList([DeadlineCriterion(deadline)])
         base = None
         if self.cuda:
@@ -345,9 +356,10 @@ class GenerationBench:
         failure = None
         try:
             ids = self.prompt(batch, regime.prompt_len)
-            warm = self.generate(name, ids, 1 + steps, deadline)  # warm-up: kernels, allocator blocks
-            prefill = self.generate(name, ids, 1, deadline)  # prefill alone
-            short = self.generate(name, ids, 1 + steps, deadline)
+            total = regime.prompt_len + regime.gen_len
+            warm = self.generate(name, ids, 1 + steps, deadline, total)  # warm-up: kernels, graphs, allocator
+            prefill = self.generate(name, ids, 1, deadline, total)  # prefill alone
+            short = self.generate(name, ids, 1 + steps, deadline, total)
             if not (warm.completed and short.completed):
                 return self._attempt(base, "timeout", "the section's deadline passed during the warm-up")
             step_s = max(short.seconds - prefill.seconds, 0.0) / steps
@@ -361,7 +373,7 @@ class GenerationBench:
                 )
             runs: list[GenRun] = []
             while len(runs) < self.args.repeats:
-                run = self.generate(name, ids, regime.gen_len, deadline)
+                run = self.generate(name, ids, regime.gen_len, deadline, total)
                 if not run.completed:
                     break
                 runs.append(run)
@@ -531,13 +543,13 @@ class GenerationBench:
         failure = None
         try:
             ids = self.prompt(batch, context)
-            first = self.generate(name, ids, 3, deadline)  # warm-up of this shape, decode steps included
+            first = self.generate(name, ids, 3, deadline, context + gen)  # warm-up of this shape, decode steps too
             if time.monotonic() + 2 * first.seconds > deadline:
                 return self._attempt(base, "skipped_budget", f"prefill and two steps took {first.seconds:.1f} s")
-            full = self.generate(name, ids, gen, deadline)
+            full = self.generate(name, ids, gen, deadline, context + gen)
             if not full.completed:
                 return self._attempt(base, "timeout", "the section's deadline passed")
-            prefill = self.generate(name, ids, 1, deadline).seconds
+            prefill = self.generate(name, ids, 1, deadline, context + gen).seconds
         except Exception as exc:
             failure = self.failure(exc, f"sweep {name} context {context} batch {batch}")
         if failure is not None:
@@ -635,16 +647,17 @@ class GenerationBench:
         from torch.profiler import ProfilerActivity, profile
 
         ids = self.prompt(batch, PROFILE_PROMPT_LEN)
-        warm = self.generate(name, ids, 1 + steps, deadline)
+        total = PROFILE_PROMPT_LEN + 1 + steps
+        warm = self.generate(name, ids, 1 + steps, deadline, total)
         if not warm.completed or time.monotonic() + 6 * warm.seconds > deadline:
             return None, f"warm-up took {warm.seconds:.1f} s, too long for the budget left"
-        plain_one = min(self.generate(name, ids, 1, deadline).seconds for _ in range(2))
-        plain_all = self.generate(name, ids, 1 + steps, deadline)
+        plain_one = min(self.generate(name, ids, 1, deadline, total).seconds for _ in range(2))
+        plain_all = self.generate(name, ids, 1 + steps, deadline, total)
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
         tables, walls = [], []
         for new_tokens in (1, 1 + steps):
             with profile(activities=activities) as prof:
-                run = self.generate(name, ids, new_tokens, deadline)
+                run = self.generate(name, ids, new_tokens, deadline, total)
             walls.append(run.seconds)
             table = {}
             for evt in prof.key_averages():

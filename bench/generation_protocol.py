@@ -110,6 +110,24 @@ RUN_PRESETS: dict[str, dict] = {
         sections=["regimes", "profile", "sweep"],
         weights={"DE-short": 5.0, "PF": 2.0, "profile": 1.0, "sweep": 3.0},
     ),
+    # The compiled-decoding GPU figures in about four minutes a run: the paper's DE regime 128/2048 with PHOTON's
+    # largest batch searched (every new batch size compiles its decode step once, in the warm-up), PF 2048/128 on a
+    # ladder, the profile at batch 256. Run it twice, --decode auto and --decode eager (bench/gpu_compiled.sh).
+    "gpu-compiled": dict(
+        shape="photon-600m",
+        budget_s=200.0,
+        regimes=["DE=128/2048", "PF=2048/128:64,512,2048"],
+        search_start=1024,
+        max_batch=16384,
+        repeats=1,
+        sweep_contexts=[1024],
+        sweep_batch=1,
+        sweep_gen=32,
+        profile_batch=256,
+        profile_steps=16,
+        sections=["regimes", "profile"],
+        weights={"DE": 5.0, "PF": 2.0, "profile": 1.0},
+    ),
     # The full protocol (paper regimes, batch search, 3 repeats, long sweep): about half an hour.
     "gpu-full": dict(
         shape="photon-600m",

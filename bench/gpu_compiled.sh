@@ -1,44 +1,50 @@
 #!/usr/bin/env bash
-# The compiled decode step on a GPU, in one time-boxed run (about 9 minutes on an H200), from the repository root:
+# The compiled decode step on a GPU, in time-boxed parts that each fit one device call (10 minutes), from the
+# repository root:
 #
-#   bash bench/gpu_compiled.sh OUT_DIR
+#   bash bench/gpu_compiled.sh OUT_DIR latency      # about 9 minutes on an H200
+#   bash bench/gpu_compiled.sh OUT_DIR throughput   # about 9 minutes
 #
-# 1. tests/test_gpu_model.py (gpu marker): exactness on the device, no host sync per decode step, and generate's
-#    auto-compile (CUDA graphs) equal to eager decoding token for token with no sync inside a captured step;
-# 2. bench/decode_latency.py on the 600M shapes, PHOTON and the same-size Llama in one process: batch-1 decode
-#    latency per token at 1K, 4K, 16K and 32K context, eager against compiled (PHOTON: its own auto-compile;
-#    Llama: static cache + compile), then the compiled decode step profiled at batch 256 (GPU busy share).
-# Output: OUT_DIR/compiled.log, OUT_DIR/gpu_model_tests.txt and OUT_DIR/decode_latency.json; the latency table is
-# printed last. docs/benchmarks.md says where its numbers go.
+# latency:    1. tests/test_gpu_model.py (gpu marker): exactness on the device, no host sync per decode step, and
+#                generate's auto-compile (CUDA graphs) equal to eager decoding token for token with no sync inside a
+#                captured step;
+#             2. bench/decode_latency.py on the 600M shapes, PHOTON and the same-size Llama in one process: batch-1
+#                decode latency per token at 1K, 4K, 16K and 32K context, eager against compiled (PHOTON: its own
+#                auto-compile; Llama: static cache + compile), then the compiled decode step profiled at batch 256
+#                (GPU busy share).
+# throughput: bench/run_generation.py --preset gpu-compiled twice, --decode auto (PHOTON compiled by generate) then
+#             --decode eager (the same code with disable_compile=True): DE 128/2048 with PHOTON's largest batch
+#             searched, PF 2048/128, the batch-256 profile; TPM ratios against the Llama of each run.
+# Output: OUT_DIR/compiled.log, OUT_DIR/gpu_model_tests.txt, OUT_DIR/decode_latency.json and the benchmark JSON and
+# plots; the last lines of the log are printed. docs/benchmarks.md says where the numbers go.
 set -u
 out=${1:-${OUT:-bench/results/gpu}}
+part=${2:-latency}
 mkdir -p "$out"
 log="$out/compiled.log"
-export PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1
-unset TRITON_INTERPRET
-if ! python -c "import photon_kernels, photon_hf" 2>/dev/null; then  # run from the tree, no install
-    shim=$(mktemp -d)
-    ln -s "$PWD/kernels" "$shim/photon_kernels"
-    ln -s "$PWD/src/photon_hf" "$shim/photon_hf"
-    export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/gpu_env.sh"
+
+if [ "$part" = latency ]; then
+    stamp "1. gpu model tests (compiled == eager, no sync)"
+    timeout 150 python -m pytest -m gpu tests/test_gpu_model.py -q -rA -p no:cacheprovider --durations=6 \
+        >"$out/gpu_model_tests.txt" 2>&1
+    stamp "gpu model tests exit $?"
+    tail -n 15 "$out/gpu_model_tests.txt" | tee -a "$log"
+
+    stamp "2. decode latency, eager vs compiled, PHOTON vs Llama (600M), then the batch-256 profile"
+    timeout 390 python bench/decode_latency.py --contexts 1024 4096 16384 32768 --new-tokens 64 --repeats 3 \
+        --profile-batch 256 --profile-context 128 --budget-s 330 --out "$out/decode_latency.json" >>"$log" 2>&1
+    stamp "decode latency exit $?"
+elif [ "$part" = throughput ]; then
+    for decode in auto eager; do
+        stamp "DE 128/2048 and PF 2048/128, --decode $decode"
+        timeout 270 python bench/run_generation.py --preset gpu-compiled --decode "$decode" --budget-s 200 \
+            --out-dir "$out" >>"$log" 2>&1
+        stamp "run_generation --decode $decode exit $?"
+    done
+else
+    echo "unknown part '$part': latency or throughput" | tee -a "$log"
 fi
-stamp() { echo "=== [$(date +%T)] $*" | tee -a "$log"; }
-
-stamp "device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log"
-python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" \
-    2>&1 | tee -a "$log"
-
-stamp "1. gpu model tests (compiled == eager, no sync)"
-timeout 150 python -m pytest -m gpu tests/test_gpu_model.py -q -rA -p no:cacheprovider --durations=6 \
-    >"$out/gpu_model_tests.txt" 2>&1
-stamp "gpu model tests exit $?"
-tail -n 15 "$out/gpu_model_tests.txt" | tee -a "$log"
-
-stamp "2. decode latency, eager vs compiled, PHOTON vs Llama (600M), then the batch-256 profile"
-timeout 390 python bench/decode_latency.py --contexts 1024 4096 16384 32768 --new-tokens 64 --repeats 3 \
-    --profile-batch 256 --profile-context 128 --budget-s 330 --out "$out/decode_latency.json" >>"$log" 2>&1
-stamp "decode latency exit $?"
 
 # The tool returns only the tail of the output; the whole log comes back as a file.
 tail -n 30 "$log"

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="PHOTON's kernel_backend: auto (Triton kernels on CUDA when importable), torch or triton",
     )
+    parser.add_argument(
+        "--decode",
+        choices=["auto", "eager"],
+        default="auto",
+        help="auto (default): what generate does by itself (on a GPU PHOTON's decode step compiles into CUDA graphs; "
+        "the Llama's dynamic cache decodes eagerly); eager: disable_compile=True for both",
+    )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], help="default: bf16 on CUDA, fp32 on the CPU")
     parser.add_argument("--budget-s", type=float, help="wall-clock budget of all sections (set-up not included)")

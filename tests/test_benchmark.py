@@ -221,3 +221,31 @@ def test_the_package_holds_no_benchmark():
     import importlib.util
 
     assert importlib.util.find_spec("photon_hf.benchmark") is None
+
+
+@pytest.mark.parametrize("decode", ["auto", "eager"])
+def test_decode_mode_reaches_every_generate_call(tmp_path, decode):
+    """--decode eager turns generate's auto-compile off for both models; under auto, every PHOTON call of one
+    measurement (warm-up, prefill, timed runs) asks for the same cache size, so a compiled step is traced once."""
+    calls = []
+
+    def recording_generate(name, model, input_ids, **kwargs):
+        config = kwargs["generation_config"]
+        calls.append((name, config.disable_compile, getattr(config, "max_cache_len", None), input_ids.shape[1]))
+        return stock_generate(name, model, input_ids, **kwargs)
+
+    options = run_generation.parse_args(
+        ["--preset", "cpu-smoke", "--out-dir", str(tmp_path), "--budget-s", "300", "--regime", "DE=5/9:2",
+         "--sections", "regimes", "--repeats", "1", "--no-plots", "--decode", decode]
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, results = generation_harness.run(options, generate=recording_generate)
+    finally:
+        torch.set_num_threads(threads)
+    assert {name for name, *_ in calls} == set(MODELS)
+    assert all(disabled == (decode == "eager") for _, disabled, _, _ in calls)
+    assert {size for name, _, size, _ in calls if name == "photon"} == {5 + 9}
+    assert all(size is None for name, _, size, _ in calls if name == "llama")
+    assert results["meta"]["options"]["decode"] == decode

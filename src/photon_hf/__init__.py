@@ -8,8 +8,8 @@ modules. Memory accounting lives in `photon_hf.memory`; training helpers in `pho
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .cache_photon import PhotonCache
-from .configuration_photon import PHOTON_PRESETS, PhotonConfig, photon_preset
+from .cache_photon import PhotonCache, PhotonLevelCache, PhotonRows, PhotonStep
+from .configuration_photon import PHOTON_PRESETS, PhotonConfig, PhotonLevelGeometry, photon_preset
 from .data import byte_tokenizer
 from .hub import export_for_hub
 from .lora import lora_target_modules, register_peft_defaults
@@ -28,8 +28,12 @@ __all__ = [
     "PhotonCache",
     "PhotonConfig",
     "PhotonForCausalLM",
+    "PhotonLevelCache",
+    "PhotonLevelGeometry",
     "PhotonModel",
     "PhotonPreTrainedModel",
+    "PhotonRows",
+    "PhotonStep",
     "byte_tokenizer",
     "export_for_hub",
     "kv_cache_bytes",
