@@ -106,6 +106,10 @@ def main():
         fsdp_run(out)
         dist.barrier()
         dist.destroy_process_group()
+        # Everything is written. Leave without the interpreter's teardown: on a loaded machine a gloo worker thread
+        # still being destroyed there can abort the process ("terminate called without an active exception").
+        sys.stdout.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
