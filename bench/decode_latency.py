@@ -4,7 +4,8 @@
 For each context length (prompt tokens), model and mode, at batch 1 by default: one untimed warm-up generate (it
 compiles), then generate with N and with 2N new tokens, `--repeats` times each; the per-token latency is the median
 difference divided by N, so the prefill and generate's fixed costs cancel. Both runs use one `max_cache_len`
-(context + 2N), so the compiled runs share their graphs.
+(context + 2N), so the compiled runs share their graphs; `--shared-cache` uses one for every context
+(the largest + 2N), so each model compiles once.
 
 - PHOTON eager: `disable_compile=True`; PHOTON compiled: generate's own auto-compile (its cache is compileable),
   with `CompileConfig(backend, mode)` (default inductor + "reduce-overhead" = CUDA graphs).
@@ -87,7 +88,7 @@ def latency(model, name: str, mode: str, context: int, args) -> dict:
     """Per-token decode latency (ms) at `args.batch`, from generate with N and 2N new tokens."""
     n = args.new_tokens
     ids = torch.randint(1, model.config.vocab_size, (args.batch, context), device=args.device)
-    kwargs = generate_kwargs(name, mode, args, context + 2 * n)
+    kwargs = generate_kwargs(name, mode, args, (max(args.contexts) if args.shared_cache else context) + 2 * n)
     start = time.perf_counter()
     timed_generate(model, ids, 2 * n, kwargs, args.device)  # warm-up: compiles, captures, autotunes
     warmup = time.perf_counter() - start
@@ -169,6 +170,9 @@ def main(argv=None) -> int:
     parser.add_argument("--kernel-backend", default="auto", choices=["auto", "torch", "triton"])
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--compile-mode", default="reduce-overhead")
+    parser.add_argument("--shared-cache", action="store_true",
+                        help="one max_cache_len (largest context + 2N) for every context, so each model compiles its "
+                             "step once; a static cache then spans the largest context at every context")
     parser.add_argument("--profile-batch", type=int, default=0, help="also profile the compiled step at this batch")
     parser.add_argument("--profile-context", type=int, default=128)
     parser.add_argument("--budget-s", type=float, default=math.inf, help="skip what would start after this")
@@ -182,34 +186,47 @@ def main(argv=None) -> int:
                           compile=dict(backend=args.compile_backend, mode=args.compile_mode), errors=[])
     if args.device == "cuda":
         meta["gpu"] = torch.cuda.get_device_name()
-    for name in args.models:
-        model = None
-        for context in args.contexts:
+    models = {}
+
+    def record(row=None):
+        """Keep each measurement as it comes (the JSON is rewritten), so a run cut short keeps what it measured."""
+        if row is not None:
+            rows.append(row)
+        if args.out:
+            Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+
+    def attempt(label: str, measure, *inputs):
+        if time.monotonic() > deadline:
+            meta["errors"].append(f"budget: skipped {label}")
+            return None
+        try:
+            row = measure(*inputs)
+        except Exception as error:  # noqa: BLE001 - one failure must not lose the other measurements
+            meta["errors"].append(f"{label}: {type(error).__name__}: {error}")
+            print(meta["errors"][-1], flush=True)
+            record()
+            return None
+        record(row)
+        return row
+
+    def model_for(name: str):
+        if name not in models:
+            models[name] = build(name, config, max(args.contexts), args)
+        return models[name]
+
+    # Contexts outermost, so a run cut short by its budget still compares the models at the contexts it reached.
+    for context in args.contexts:
+        for name in args.models:
             for mode in args.modes:
-                if time.monotonic() > deadline:
-                    meta["errors"].append(f"budget: skipped {name} {mode} {context}")
-                    continue
-                try:
-                    model = model or build(name, config, max(args.contexts), args)
-                    row = latency(model, name, mode, context, args)
-                except Exception as error:  # noqa: BLE001 - one failure must not lose the other measurements
-                    meta["errors"].append(f"{name} {mode} {context}: {type(error).__name__}: {error}")
-                    print(meta["errors"][-1], flush=True)
-                    continue
-                rows.append(row)
-                print(f"{name:6s} {mode:8s} context {context:6d}: {row['ms_per_token']:.3f} ms/token "
-                      f"(warm-up {row['warmup_s']:.1f} s)", flush=True)
-        if args.profile_batch and time.monotonic() < deadline and "compiled" in args.modes:
-            try:
-                model = model or build(name, config, max(args.contexts), args)
-                rows.append(profile_step(model, name, args))
-            except Exception as error:  # noqa: BLE001
-                meta["errors"].append(f"profile {name}: {type(error).__name__}: {error}")
-        del model
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
-    if args.out:
-        Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+                row = attempt(f"{name} {mode} {context}", lambda n, m, c: latency(model_for(n), n, m, c, args), name, mode,
+                              context)
+                if row:
+                    print(f"{name:6s} {mode:8s} context {context:6d}: {row['ms_per_token']:.3f} ms/token "
+                          f"(warm-up {row['warmup_s']:.1f} s)", flush=True)
+    if args.profile_batch and "compiled" in args.modes:
+        for name in args.models:
+            attempt(f"profile {name}", lambda n: profile_step(model_for(n), n, args), name)
+    record()
     print(table(rows))
     for error in meta["errors"]:
         print("error:", error)

@@ -37,8 +37,8 @@ timeout 200 python bench/run_generation.py --preset gpu-short --budget-s 140 --k
     --out-dir "$out" >>"$log" 2>&1
 stamp "generation benchmark exit $?"
 
-stamp "4. quality study"
-timeout 100 python bench/quality_study.py --seconds 30 --kernel-backend "$backend" --out "$out/quality.json" \
+stamp "4. quality study (bench/gpu_quality.sh has the full protocol)"
+timeout 100 python bench/quality_study.py sweep --widths 512 --batch 32 --steps 1000 --no-agreement --models photon llama --lrs 5e-4 1e-3 --results "$out/quality_runs.jsonl" \
     >>"$log" 2>&1
 stamp "quality study exit $?"
 

@@ -23,7 +23,9 @@ def _model(dtype, **overrides):
 
 
 @pytest.mark.parametrize(
-    "overrides", [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None])]
+    "overrides",
+    [dict(chunk_sizes=[4, 4]), dict(chunk_sizes=[2, 2, 2], encoder_windows=[2, 3, None]),
+     dict(chunk_sizes=[4, 4], decoder_lookback=5)],
 )
 def test_generation_equals_full_forward_on_gpu(overrides):
     model = _model(torch.float32, **overrides)
