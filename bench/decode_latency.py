@@ -218,8 +218,8 @@ def main(argv=None) -> int:
     for context in args.contexts:
         for name in args.models:
             for mode in args.modes:
-                row = attempt(f"{name} {mode} {context}", lambda n, m, c: latency(model_for(n), n, m, c, args), name, mode,
-                              context)
+                row = attempt(f"{name} {mode} {context}", lambda n, m, c: latency(model_for(n), n, m, c, args),
+                              name, mode, context)
                 if row:
                     print(f"{name:6s} {mode:8s} context {context:6d}: {row['ms_per_token']:.3f} ms/token "
                           f"(warm-up {row['warmup_s']:.1f} s)", flush=True)
