@@ -530,7 +530,8 @@ def report(args) -> dict:
                                           "train_flops_per_token", "valid_bits_per_byte", "valid_bits_copyable",
                                           "valid_bits_other", "copyable_fraction", "cache_bytes_per_token",
                                           "decode_flops_per_token", "sweep", "lr_at_edge", "recipe", "device")}
-                       | {"variant": variant_name(r), "perplexity_ratio_vs_llama": ratio})
+                       | {"variant": variant_name(r), "perplexity_ratio_vs_llama": ratio,
+                          "training_ablation": r.get("init", "default") != "default" or r.get("hierarchy_lr", 1) != 1})
     table = "\n".join(lines)
     print(table)
     out = Path(args.out or Path(results[0]).with_suffix(""))
@@ -543,7 +544,10 @@ def report(args) -> dict:
 
 
 def plot(summary: list[dict], path: str):
-    """Held-out bits per byte against cache bytes per token (left) and decode FLOPs per token (right)."""
+    """Held-out bits per byte against cache bytes per token (left) and decode FLOPs per token (right): one colour per
+    width and recipe, PHOTON's levers as circles, its FLOP-matched Llama as a square and a dashed line (the bar to
+    reach), the paper-protocol Llama as a triangle. Training ablations (init, per-module rates) change no cache
+    figure and stay in the table."""
     try:
         import matplotlib
 
@@ -552,32 +556,41 @@ def plot(summary: list[dict], path: str):
     except ImportError:
         print("matplotlib is not installed: no plot (pip install 'photon-hf[bench]')")
         return
-    recipes = sorted({json.dumps(r["recipe"], sort_keys=True) for r in summary})
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), sharey=True)
-    markers = "osD^v<>p*h"
+    rows = [r for r in summary if not r.get("training_ablation")]
+    groups = sorted({(r["width"], r["recipe"]["steps"], r["recipe"]["batch"]) for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
     for axis, field, label in ((axes[0], "cache_bytes_per_token", f"KV-cache bytes per token at {CACHE_CONTEXT} "
                                 "tokens (bf16, analytic)"),
                                (axes[1], "decode_flops_per_token", f"decode FLOPs per token at {CACHE_CONTEXT}")):
-        for i, width in enumerate(sorted({r["width"] for r in summary})):
-            for recipe in recipes:
-                rows = [r for r in summary if r["width"] == width and json.dumps(r["recipe"], sort_keys=True) == recipe]
-                steps = json.loads(recipe)["steps"]
-                for r in rows:
-                    llama = r["model"] != "photon"
-                    axis.scatter(r[field], r["valid_bits_per_byte"], marker=markers[i % len(markers)], s=60,
-                                 color="black" if llama else f"C{i}", zorder=3)
-                    axis.annotate(r["variant"].replace("photon ", "").replace("photon", "[4,4]"),
-                                  (r[field], r["valid_bits_per_byte"]), fontsize=7, xytext=(4, 3),
-                                  textcoords="offset points")
-                if rows:
-                    axis.scatter([], [], marker=markers[i % len(markers)], color=f"C{i}",
-                                 label=f"D={width}, {steps} steps")
+        for g, (width, steps, batch) in enumerate(groups):
+            color = f"C{g % 10}"
+            members = [r for r in rows if (r["width"], r["recipe"]["steps"], r["recipe"]["batch"]) == (width, steps,
+                                                                                                        batch)]
+            for r in members:
+                x, y = r[field], r["valid_bits_per_byte"]
+                if r["model"] == "llama":
+                    axis.axhline(y, color=color, linestyle="--", linewidth=0.8, alpha=0.7)
+                    axis.scatter(x, y, marker="s", s=70, color=color, edgecolors="black", zorder=3)
+                    name = "Llama (FLOP-matched)"
+                elif r["model"] == "llama-size":
+                    axis.scatter(x, y, marker="^", s=70, color=color, edgecolors="black", zorder=3)
+                    name = "Llama (paper protocol)"
+                else:
+                    axis.scatter(x, y, marker="o", s=45, color=color, zorder=3)
+                    name = r["variant"].replace("photon ", "").replace("photon", "[4,4]")
+                    name = name.replace("decoder_lookback=", "lookback ").replace("chunk_sizes=", "")
+                    name = name.replace("converter_width=", "R=").replace("recursive_loss_weight=", "alpha=")
+                axis.annotate(name, (x, y), fontsize=6.5, xytext=(4, 2), textcoords="offset points", color=color)
+            axis.scatter([], [], marker="o", color=color, label=f"D={width}, {steps} steps x {batch} x "
+                         f"{summary[0]['recipe']['seq_len']}")
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: the minor labels collide
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("held-out bits per byte (lower is better)")
-    axes[0].scatter([], [], color="black", label="Llama baselines")
-    axes[0].legend(fontsize=8)
+    axes[0].scatter([], [], marker="s", color="white", edgecolors="black",
+                    label="FLOP-matched Llama (dashed: its level)")
+    axes[0].legend(fontsize=7.5)
     fig.suptitle("PHOTON quality/efficiency frontier (each model at its own best learning rate)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
