@@ -89,7 +89,7 @@ class PhotonConfig(PretrainedConfig):
             shifted by one unit.
         decoder_lookback (`int`, *optional*): W, an opt-in token look-back for the bottom (token) decoder: each
             level-0 chunk also attends to the W tokens before it, at every decoder layer, from a window of W entries
-            per layer in the cache (so only the top stream still grows with the context). None (default): off, the
+            per layer in the cache (a fixed size that does not grow with the context). None (default): off, the
             paper's architecture, where a chunk sees the rest of the context only through its conditioning latent.
         recursive_loss_weight (`float`): alpha, weight of the cosine distance between the bottleneck
             reconstruction and the (detached) encoder states. Needs at least two levels.
