@@ -27,11 +27,7 @@ log="$out/compiled.log"
 source "$(dirname "$0")/gpu_env.sh"
 
 if [ "$part" = latency ]; then
-    stamp "1. gpu model tests (compiled == eager, no sync)"
-    timeout 150 python -m pytest -m gpu tests/test_gpu_model.py -q -rA -p no:cacheprovider --durations=6 \
-        >"$out/gpu_model_tests.txt" 2>&1
-    stamp "gpu model tests exit $?"
-    tail -n 15 "$out/gpu_model_tests.txt" | tee -a "$log"
+    gpu_model_tests 150
 
     stamp "2. decode latency, eager vs compiled, PHOTON vs Llama (600M), then the batch-256 profile"
     timeout 390 python bench/decode_latency.py --contexts 1024 4096 16384 32768 --new-tokens 128 --repeats 5 \

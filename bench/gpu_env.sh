@@ -1,6 +1,6 @@
-# Sourced by the GPU session scripts (bench/gpu_session.sh, bench/gpu_compiled.sh, bench/gpu_quality.sh) after they
-# set `log`: the environment of a bare device machine, the checkout's packages importable without an install, a
-# `stamp` helper that logs a timed heading, and the device and versions at the top of the log.
+# Sourced by the GPU scripts (gpu_session.sh, gpu_compiled.sh, gpu_quality.sh, gpu_lease.sh) after they set `out` and
+# `log`: the environment of a bare device machine, the checkout's packages importable without an install, a
+# `stamp` helper that logs a timed heading, `gpu_model_tests`, and the device and versions at the top of the log.
 export PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1
 unset TRITON_INTERPRET
 if ! python -c "import photon_kernels, photon_hf" 2>/dev/null; then  # run from the tree, no install
@@ -10,6 +10,15 @@ if ! python -c "import photon_kernels, photon_hf" 2>/dev/null; then  # run from 
     export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
 fi
 stamp() { echo "=== [$(date +%T)] $*" | tee -a "$log"; }
+# gpu_model_tests SECONDS: the gpu-marked model tests (exactness on CUDA, no host sync per step, compiled == eager),
+# their output in $out/gpu_model_tests.txt and their summary in the log.
+gpu_model_tests() {
+    stamp "gpu model tests (exactness on CUDA, no host sync per step, compiled == eager)"
+    timeout "$1" python -m pytest -m gpu tests/test_gpu_model.py -q -rA -p no:cacheprovider --durations=6 \
+        >"$out/gpu_model_tests.txt" 2>&1
+    stamp "gpu model tests exit $?"
+    tail -n 12 "$out/gpu_model_tests.txt" | tee -a "$log"
+}
 
 stamp "device"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$log"

@@ -18,11 +18,7 @@ log="$out/lease.log"
 source "$(dirname "$0")/gpu_env.sh"
 
 if [ "$part" = 1 ]; then
-    stamp "1. gpu model tests (exactness on CUDA, no host sync per step, compiled == eager)"
-    timeout 90 python -m pytest -m gpu tests/test_gpu_model.py -q -rA -p no:cacheprovider --durations=6 \
-        >"$out/gpu_model_tests.txt" 2>&1
-    stamp "gpu model tests exit $?"
-    tail -n 12 "$out/gpu_model_tests.txt" | tee -a "$log"
+    gpu_model_tests 90
 
     stamp "2. batch-1 decode latency, eager vs compiled, PHOTON vs Llama (600M), then the batch-256 profile"
     timeout 150 python bench/decode_latency.py --contexts 1024 4096 16384 32768 --new-tokens 64 --repeats 3 \
