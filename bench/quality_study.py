@@ -613,9 +613,12 @@ def plot_sweeps(summary: list[dict], path: str):
         rows = [r for r in summary if r["width"] == width and r["recipe"]["steps"] == steps]
         for i, r in enumerate(sorted(rows, key=lambda r: r["variant"])):
             lrs, bits = zip(*r["sweep"], strict=True)
-            style = dict(color="black", linewidth=2.2) if r["model"] != "photon" else dict(color=f"C{i % 10}")
+            style = {"llama": dict(color="black", linewidth=2.2),
+                     "llama-size": dict(color="gray", linewidth=1.6, linestyle="--")}.get(r["model"],
+                                                                                        dict(color=f"C{i % 10}"))
             axis.plot(lrs, bits, marker="o", label=r["variant"], **style)
         axis.set_xscale("log")
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_xlabel("peak learning rate")
         axis.set_title(f"D = {width}, {steps} steps")
         axis.grid(alpha=0.3)
