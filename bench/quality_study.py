@@ -557,15 +557,15 @@ def plot(summary: list[dict], path: str):
         print("matplotlib is not installed: no plot (pip install 'photon-hf[bench]')")
         return
     rows = [r for r in summary if not r.get("training_ablation")]
-    groups = sorted({(r["width"], r["recipe"]["steps"], r["recipe"]["batch"]) for r in rows})
+    groups = sorted({(r["width"], r["recipe"]["steps"], r["recipe"]["batch"], r["recipe"]["seq_len"]) for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
     for axis, field, label in ((axes[0], "cache_bytes_per_token", f"KV-cache bytes per token at {CACHE_CONTEXT} "
                                 "tokens (bf16, analytic)"),
                                (axes[1], "decode_flops_per_token", f"decode FLOPs per token at {CACHE_CONTEXT}")):
-        for g, (width, steps, batch) in enumerate(groups):
+        for g, (width, steps, batch, seq_len) in enumerate(groups):
             color = f"C{g % 10}"
-            members = [r for r in rows if (r["width"], r["recipe"]["steps"], r["recipe"]["batch"]) == (width, steps,
-                                                                                                        batch)]
+            members = [r for r in rows if (r["width"], r["recipe"]["steps"], r["recipe"]["batch"],
+                                           r["recipe"]["seq_len"]) == (width, steps, batch, seq_len)]
             for r in members:
                 x, y = r[field], r["valid_bits_per_byte"]
                 if r["model"] == "llama":
@@ -581,8 +581,7 @@ def plot(summary: list[dict], path: str):
                     name = name.replace("decoder_lookback=", "lookback ").replace("chunk_sizes=", "")
                     name = name.replace("converter_width=", "R=").replace("recursive_loss_weight=", "alpha=")
                 axis.annotate(name, (x, y), fontsize=6.5, xytext=(4, 2), textcoords="offset points", color=color)
-            axis.scatter([], [], marker="o", color=color, label=f"D={width}, {steps} steps x {batch} x "
-                         f"{summary[0]['recipe']['seq_len']}")
+            axis.scatter([], [], marker="o", color=color, label=f"D={width}, {steps} steps x {batch} x {seq_len}")
         axis.set_xscale("log")
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: the minor labels collide
         axis.set_xlabel(label)
