@@ -335,6 +335,16 @@ class PhotonLevelCache(CacheLayerMixin):
         """Repeat every row `repeats` times (row order a, a, b, b, ...)."""
         self._map_rows(lambda t: self._placed(t.repeat_interleave(repeats, dim=0)))
 
+    def write_row(self, index: torch.Tensor, source: PhotonLevelCache):
+        """Row index[0] takes the whole state of the one-row level `source` (same geometry and size), in place."""
+        for mine, theirs in zip(self._row_tensors(), source._row_tensors(), strict=True):
+            if mine is not None:
+                mine.index_copy_(0, index, theirs.to(mine.dtype))
+
+    def _row_tensors(self) -> list[torch.Tensor | None]:
+        return [*self.encoder_keys, *self.encoder_values, *self.decoder_keys, *self.decoder_values, self.pending,
+                self.predictions]
+
     def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
         return _static(tensor) if self.is_compileable else tensor
 
@@ -550,6 +560,47 @@ class PhotonCache(Cache):
         if self.history_tokens is not None:
             self.history_tokens = self.history_tokens.repeat_interleave(repeats, dim=0)
         self._new_pads([p for p in self.pads for _ in range(repeats)], self.counts.repeat_interleave(repeats))
+
+    # ------------------------------------------------------------------------------- a pool of rows (serving)
+    def begin_pool(self, batch_size: int, device: torch.device, dtype: torch.dtype):
+        """Allocate a serving pool of `batch_size` rows (`photon_hf.serving`): rows that no request holds yet, into
+        which `write_row` puts requests prefilled alone. Needs `max_cache_len`; nothing is reallocated afterwards."""
+        if self.max_columns is None:
+            raise ValueError("A pool of rows needs a static PhotonCache: build it with max_cache_len.")
+        self.begin_prefill([0] * batch_size, 0, device, dtype)
+
+    def write_row(self, row: int, source: PhotonCache):
+        """Row `row` takes the whole state of the one-row cache `source` (prefilled alone, with this cache's
+        `max_cache_len`), in place: every tensor keeps its address, so a captured decode step stays valid."""
+        if source.batch_size != 1 or source.max_columns != self.max_columns:
+            raise ValueError(
+                f"write_row takes a one-row PhotonCache with max_cache_len={self.max_columns}, got "
+                f"{source.batch_size} rows and max_cache_len={source.max_columns}."
+            )
+        index = torch.tensor([row], device=self.counts.device)
+        for layer, other in zip(self.layers, source.layers, strict=True):
+            layer.write_row(index, other)
+        self.counts.index_copy_(0, index, source.counts)
+        self._set_count(row, source.real_tokens()[0])
+
+    def park_rows(self, rows: list[int], counts: list[int]):
+        """Rows no request holds: set their real-token counts (host values; free rows keep stepping with the
+        batch, so the pool moves them back by whole meta-chunks before they would outgrow the storage)."""
+        if not rows:
+            return
+        self.counts.index_copy_(
+            0, torch.tensor(rows, device=self.counts.device), torch.tensor(counts, device=self.counts.device)
+        )
+        for row, count in zip(rows, counts, strict=True):
+            self._set_count(row, count)
+
+    def _set_count(self, row: int, count: int):
+        """Host side of a row's new real-token count: its padding relative to the columns seen (negative when it
+        holds more tokens than the pool has stepped). The step table only changes with the set of paddings mod P_L."""
+        before = {p % self.period for p in self.pads}
+        self.pads[row] = self.seen - count
+        if {p % self.period for p in self.pads} != before:
+            self._steps = {}
 
     # ------------------------------------------------------------------------------------------- rolling back
     def activate_past_recording(self):

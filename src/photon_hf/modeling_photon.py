@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CompileConfig, GenerationMixin, PreTrainedModel
+from transformers import CompileConfig, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -1025,6 +1025,49 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
             )
         return valid
 
+    def init_continuous_batching(
+        self,
+        generation_config: GenerationConfig | None = None,
+        continuous_batching_config=None,
+        workload_hints=None,
+        max_batch_size: int | None = None,
+        max_cache_len: int | None = None,
+        **kwargs,
+    ):
+        """Continuous batching, the way transformers starts it (`generate_batch`, `transformers serve
+        --continuous-batching`), with PHOTON's own manager (`photon_hf.serving.PhotonBatchingManager`): the stock
+        one needs a paged per-token KV cache, which a hierarchy does not have.
+
+        `max_batch_size` rows of `max_cache_len` columns are allocated once. Unset, they come from
+        `self.continuous_batching_defaults` (what `photon-hf serve` sets), then from `workload_hints` (the longest
+        prompt plus the budget, the number of requests), then `generation_config.max_cache_len` and
+        `config.max_position_embeddings`, and 32 rows. Other keyword arguments go to the manager (`align_phases`,
+        `max_queue_size`, `compile`).
+        """
+        from .serving import PhotonBatchingManager
+
+        defaults = dict(getattr(self, "continuous_batching_defaults", None) or {})
+        defaults.update(kwargs)
+        config = generation_config if generation_config is not None else self.generation_config
+        max_batch_size = max_batch_size or defaults.pop("max_batch_size", None)
+        max_cache_len = max_cache_len or defaults.pop("max_cache_len", None)
+        hints_length = None
+        if workload_hints is not None:
+            longest = (getattr(workload_hints, "max_prompt_length", 0) or 0) + (
+                getattr(workload_hints, "max_generated_length", 0) or 0
+            )
+            hints_length = longest or None
+            if max_batch_size is None and getattr(workload_hints, "num_requests", None):
+                max_batch_size = min(workload_hints.num_requests, 32)
+        max_cache_len = max_cache_len or hints_length or getattr(config, "max_cache_len", None)
+        return PhotonBatchingManager(
+            self,
+            generation_config=config,
+            max_batch_size=max_batch_size or 32,
+            max_cache_len=max_cache_len or self.config.max_position_embeddings,
+            **defaults,
+        )
+
     def create_masks_for_generate(self, attention_mask: torch.Tensor | None = None, **kwargs):
         """generate() turns the 2D mask into a 4D causal one for a compileable cache; PHOTON reads the 2D left-pad
         mask itself (its chunk grid starts at each row's first real token), so it is handed through unchanged."""
@@ -1043,7 +1086,8 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
             return
         if generation_config.use_cache is False:
             return
-        if generation_config.cache_implementation not in (None, "dynamic"):
+        # "static" (what `transformers serve --compile` sets) is what PHOTON always builds: a compileable cache.
+        if generation_config.cache_implementation not in (None, "dynamic", "static"):
             raise ValueError(
                 f"cache_implementation={generation_config.cache_implementation!r} is not supported by PHOTON: its "
                 "hierarchical PhotonCache is built automatically. Leave cache_implementation unset."
