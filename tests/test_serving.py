@@ -116,9 +116,8 @@ def test_aligned_rows_take_the_steps_of_a_single_row_and_mixed_rows_do_not():
         model = tiny_model()  # chunk sizes [4, 4]: a meta-chunk of 16
         manager = PhotonBatchingManager(model, max_batch_size=4, max_cache_len=64, align_phases=aligned)
         seen = set()
-        begin = manager.cache.begin_column
 
-        def record():
+        def record(begin=manager.cache.begin_column, seen=seen):
             step = begin()
             seen.add(step)
             return step

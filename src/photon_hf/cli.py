@@ -663,6 +663,57 @@ def _cmd_quickstart(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------- serve
+def _add_serve_parser(subparsers):
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve a PHOTON model to many users at once (OpenAI-compatible API)",
+        description="Start transformers' own OpenAI-compatible server (`transformers serve`: /v1/models, "
+                    "/v1/completions, /v1/chat/completions where the tokenizer has a chat template, streaming) with "
+                    "the model loaded and PHOTON's continuous batching on: requests share one decode batch as they "
+                    "come and go, each answered exactly as generate() alone would. Needs the `serving` extra "
+                    "(pip install \"photon-hf[serving]\").",
+        epilog="example: photon-hf serve photon-quickstart --max-batch-size 64   then, from Python: "
+               "openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none').completions.create("
+               "model='photon-quickstart', prompt='import ', max_tokens=50)",
+    )
+    parser.add_argument("model", metavar="MODEL", help="model folder (save_pretrained or export), or a Hub id")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=_int_at_least(1), default=8000, help="port (default: 8000)")
+    parser.add_argument("--max-batch-size", type=_int_at_least(1), default=32,
+                        help="requests decoded at once: rows of the cache pool, allocated at start (default: 32)")
+    parser.add_argument("--max-cache-len", type=_int_at_least(2), default=None,
+                        help="tokens a request may hold, prompt plus answer (default: the model's "
+                             "max_position_embeddings)")
+    parser.add_argument("--mixed-phases", action="store_true",
+                        help="admit requests at any phase of the meta-chunk (default: aligned, see docs/serving.md)")
+    parser.add_argument("--compile", action="store_true", help="compile the decode step (on CUDA it is by default)")
+    parser.add_argument("--device", default="auto", help="device (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="weights' dtype, e.g. bfloat16 (default: auto)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the code of an exported folder")
+    parser.add_argument("--default-seed", type=int, default=None, help="seed of the server's random numbers")
+    parser.add_argument("--enable-cors", action="store_true", help="allow cross-origin requests")
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
+                        help="(default: warning)")
+    parser.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_serve(args) -> int:
+    try:
+        from .server import serve
+    except ImportError as error:
+        raise UsageError(
+            f"`photon-hf serve` needs the serving extra: pip install \"photon-hf[serving]\" ({error})"
+        ) from None
+    serve(
+        args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+        max_cache_len=args.max_cache_len, align_phases=not args.mixed_phases, compile=args.compile,
+        device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log_level=args.log_level,
+        default_seed=args.default_seed, enable_cors=args.enable_cors,
+    )
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -680,6 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(subparsers)
     _add_export_parser(subparsers)
     _add_info_parser(subparsers)
+    _add_serve_parser(subparsers)
     return parser
 
 

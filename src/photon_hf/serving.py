@@ -438,6 +438,8 @@ class PhotonBatchingManager:
         for row, request in enumerate(self._rows):
             if request is not None and request.request_id in cancelled:
                 self._free(row)
+                logger.info(f"Request {request.request_id} cancelled after {len(request.generated)} tokens: row {row} "
+                            "is free")
 
     def _admit(self):
         """Prefill waiting requests alone and write them into free rows (in arrival order; with `align_phases` a
