@@ -103,9 +103,11 @@ def serve(
     log_level: str = "warning",
     default_seed: int | None = None,
     enable_cors: bool = False,
+    continuous_batching: bool = True,
 ):
     """Serve `model` (a folder from `save_pretrained` or `export_for_hub`, or a Hub name) with transformers' server
-    and PHOTON's continuous batching, until interrupted."""
+    and PHOTON's continuous batching, until interrupted. (`continuous_batching=False`: transformers' one request at
+    a time, which the serving benchmark compares against.)"""
     from transformers.cli.serve import Serve
 
     PhotonModelLoader.launch_defaults = dict(
@@ -117,7 +119,7 @@ def serve(
         os.environ.setdefault("USE_HUB_KERNELS", "0")
     Serve(
         force_model=model,
-        continuous_batching=True,
+        continuous_batching=continuous_batching,
         compile=compile,
         device=device,
         dtype=dtype,
