@@ -202,7 +202,7 @@ def measure_phases(size: str, rows: int, steps: int, dtype: str, device: str, th
     period = model.config.levels[-1].tokens_per_unit
     out = {}
     for name, aligned in (("aligned", True), ("mixed", False)):
-        manager = PhotonBatchingManager(model, max_batch_size=rows, max_cache_len=64 + steps + 2 * period,
+        manager = PhotonBatchingManager(model, max_batch_size=rows, max_cache_len=64 + steps + 4 * period,
                                         align_phases=aligned, compile=False)
         for row in range(rows):  # aligned: prompts of one length; mixed: one length per phase
             length = 64 if aligned else 64 + row % period

@@ -386,18 +386,24 @@ class PhotonBatchingManager:
         return SamplingSettings(int(max_new_tokens), frozenset(int(t) for t in eos), do_sample, temperature, top_k,
                                 top_p, seed)
 
-    def _deliver(self, output: GenerationOutput):
-        with self._lock:
-            handler = self._handlers.get(output.request_id)
-            if output.is_finished():
-                self._handlers.pop(output.request_id, None)
-                self._known.discard(output.request_id)
-                self._cancelled.discard(output.request_id)
-        if handler is not None:
-            callback, loop = handler
-            loop.call_soon_threadsafe(callback, output)
-        else:
-            self.output_queue.put(output)
+    def _deliver(self, *outputs: GenerationOutput):
+        """Hand outputs to their result handlers (one wake-up of each event loop for all of them) or to the output
+        queue."""
+        by_loop: dict[int, tuple] = {}
+        for output in outputs:
+            with self._lock:
+                handler = self._handlers.get(output.request_id)
+                if output.is_finished():
+                    self._handlers.pop(output.request_id, None)
+                    self._known.discard(output.request_id)
+                    self._cancelled.discard(output.request_id)
+            if handler is None:
+                self.output_queue.put(output)
+            else:
+                callback, loop = handler
+                by_loop.setdefault(id(loop), (loop, []))[1].append((callback, output))
+        for loop, calls in by_loop.values():
+            loop.call_soon_threadsafe(_call_each, calls)
 
     @torch.no_grad()
     def iterate(self) -> bool:
@@ -499,7 +505,9 @@ class PhotonBatchingManager:
         if request.forced:
             self._next[row] = request.forced.popleft()
         else:
-            self._take(request, self._sample(logits, [request])[0])
+            output = self._take(request, self._sample(logits, [request])[0])
+            if output is not None:
+                self._deliver(output)
 
     def _park(self, rows: list[int], counts: list[int]):
         self.cache.park_rows(rows, counts)
@@ -537,8 +545,8 @@ class PhotonBatchingManager:
             return
         rows = torch.tensor([row for row, _ in sampling], device=logits.device)
         tokens = self._sample(logits.index_select(0, rows), [r for _, r in sampling])
-        for (_, request), token in zip(sampling, tokens, strict=True):
-            self._take(request, token)
+        outputs = [self._take(request, token) for (_, request), token in zip(sampling, tokens, strict=True)]
+        self._deliver(*[output for output in outputs if output is not None])
 
     def _sample(self, logits: torch.Tensor, requests: list[_Request]) -> list[int]:
         """The next token of each request, from its logits [n, V] (float32, as generate() reads them)."""
@@ -554,8 +562,9 @@ class PhotonBatchingManager:
         )
         return tokens.tolist()
 
-    def _take(self, request: _Request, token: int):
-        """A request's new token: stream it, and end the request on EOS, a stop id or its budget."""
+    def _take(self, request: _Request, token: int) -> GenerationOutput | None:
+        """A request's new token: ends the request (freeing its row) on EOS, a stop id or its budget. Returns the
+        output to deliver (None when a non-streaming request goes on)."""
         request.generated.append(token)
         if request.record_timestamps:
             request.timestamps.append(time.perf_counter())
@@ -563,9 +572,13 @@ class PhotonBatchingManager:
         done = token in request.settings.eos_token_ids or len(request.generated) >= request.settings.max_new_tokens
         if done:
             self._free(request.row)
-            self._deliver(request.output(RequestStatus.FINISHED))
-        elif request.streaming:
-            self._deliver(request.output(RequestStatus.DECODING))
+            return request.output(RequestStatus.FINISHED)
+        return request.output(RequestStatus.DECODING) if request.streaming else None
+
+
+def _call_each(calls: list[tuple]):
+    for callback, output in calls:
+        callback(output)
 
 
 def _check_generation_config(config: GenerationConfig):
