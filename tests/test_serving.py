@@ -17,7 +17,7 @@ from torch._dynamo.utils import counters
 from transformers import CompileConfig, GenerationConfig
 
 from photon_hf import PhotonForCausalLM, kv_cache_bytes
-from photon_hf.serving import PhotonBatchingManager, QueueFullError, RequestError, sample_tokens
+from photon_hf.serving import PhotonBatchingManager, QueueFullError, RequestError, SamplingSettings, sample_tokens
 
 CASES = 48
 
@@ -150,10 +150,7 @@ def test_sampling_follows_transformers_warpers():
         expected = torch.multinomial(scores.softmax(-1), 1, generator=torch.Generator().manual_seed(row))[0, 0]
         got = sample_tokens(
             logits,
-            torch.tensor([s[0] for s in settings]),
-            torch.tensor([s[1] for s in settings]),
-            torch.tensor([s[2] for s in settings]),
-            torch.zeros(6, dtype=torch.bool),
+            [SamplingSettings(1, do_sample=True, temperature=t, top_k=k, top_p=p) for t, k, p in settings],
             [torch.Generator().manual_seed(r) for r in range(6)],
         )[row]
         assert got == expected, f"row {row}"

@@ -150,7 +150,7 @@ def one_request(url: str, model: str, prompt: str, new_tokens: int, delay: float
                     arrivals.append(time.perf_counter())
     done = time.perf_counter()
     return dict(sent=sent - start, first=(arrivals[0] - sent) if arrivals else None, end=done - start,
-                chunks=len(arrivals), gaps=[b - a for a, b in zip(arrivals, arrivals[1:])])
+                chunks=len(arrivals), gaps=[b - a for a, b in zip(arrivals, arrivals[1:], strict=False)])
 
 
 def run_clients(url: str, model: str, workload: list[tuple[str, float]], new_tokens: int) -> dict:
@@ -234,9 +234,9 @@ def plot(report: dict, path: Path):
     kinds = list(report["servers"])
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     colors = {"photon-cb": "tab:blue", "photon-serial": "tab:cyan", "llama-cb": "tab:gray"}
-    for ax, key, label in zip(axes, ("output_tokens_per_s", "ttft_median_s", "token_latency_median_ms"),
-                              ("output tokens / s", "time to first token, median (s)", "per-token latency, median (ms)"),
-                              strict=True):
+    panels = (("output_tokens_per_s", "output tokens / s"), ("ttft_median_s", "time to first token, median (s)"),
+              ("token_latency_median_ms", "per-token latency, median (ms)"))
+    for ax, (key, label) in zip(axes, panels, strict=True):
         values = [report["servers"][k][key] or 0 for k in kinds]
         ax.bar(kinds, values, color=[colors.get(k, "tab:orange") for k in kinds])
         ax.set_title(label, fontsize=10)
@@ -304,6 +304,12 @@ def main(argv=None):
             print(f"{kind}: {result['output_tokens_per_s']:.1f} tok/s, TTFT median {result['ttft_median_s']:.3f} s, "
                   f"token latency median {result['token_latency_median_ms']:.1f} ms, wall {result['wall_s']:.2f} s "
                   f"({result['concurrent_over_one']:.2f}x one request)", flush=True)
+    for result in report["servers"].values():  # served throughput per memory: tokens/s per GiB a request holds
+        result["served_tpm"] = result["output_tokens_per_s"] / (result["cache_bytes_per_active_request"] / 2**30)
+    if "photon-cb" in report["servers"] and "llama-cb" in report["servers"]:
+        servers = report["servers"]
+        report["served_tpm_ratio"] = servers["photon-cb"]["served_tpm"] / servers["llama-cb"]["served_tpm"]
+        print(f"served TPM ratio PHOTON / Llama: {report['served_tpm_ratio']:.1f}x", flush=True)
     if args.phases:
         report["phases"] = measure_phases(args.size, args.phase_rows, args.phase_steps, args.dtype, args.device,
                                           args.threads)

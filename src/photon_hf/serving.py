@@ -151,35 +151,41 @@ class _BatchProcessor:
         self.cache = _PoolView(manager)
 
 
-def sample_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
-                  greedy: torch.Tensor, generators: list[torch.Generator | None]) -> torch.Tensor:
-    """Next tokens [B] from logits [B, V], each row with its own settings ([B] each), the way `generate()` picks
-    them: greedy rows take the argmax; the others are warped like transformers' `TemperatureLogitsWarper`,
-    `TopKLogitsWarper` (k = 0: off) and `TopPLogitsWarper` (keeps at least one token), in that order, then drawn
-    with `torch.multinomial`, from the row's own generator where it has one (else from torch's default one)."""
+def sample_tokens(logits: torch.Tensor, settings: list[SamplingSettings],
+                  generators: list[torch.Generator | None]) -> torch.Tensor:
+    """Next tokens [B] from logits [B, V], row b with `settings[b]`, the way `generate()` picks them: greedy rows
+    take the argmax; the others are warped like transformers' `TemperatureLogitsWarper`, `TopKLogitsWarper` (k = 0:
+    off) and `TopPLogitsWarper` (keeps at least one token), in that order, then drawn with `torch.multinomial`, from
+    the row's own generator where it has one (else from torch's default one). The settings are host values: no
+    device sync here."""
     choice = logits.argmax(-1)
-    if bool(greedy.all()):
+    sampled = [row for row, s in enumerate(settings) if not s.greedy]
+    if not sampled:
         return choice
-    scores = logits / torch.where(greedy, 1.0, temperature)[:, None].to(logits.dtype)
+    device = logits.device
+
+    def per_row(values):
+        return torch.tensor(values, device=device)
+
+    scores = logits / per_row([1.0 if s.greedy else s.temperature for s in settings])[:, None].to(logits.dtype)
     vocab = scores.shape[-1]
-    k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
+    k = per_row([min(s.top_k, vocab) if s.top_k > 0 else vocab for s in settings])
     kth = scores.sort(dim=-1, descending=True).values.gather(1, (k - 1)[:, None])
     scores = scores.masked_fill(scores < kth, -float("inf"))
     ascending, order = scores.sort(dim=-1)
     cumulative = ascending.softmax(-1).cumsum(-1)
-    remove = cumulative <= (1 - top_p.to(cumulative.dtype))[:, None]
+    remove = cumulative <= (1 - per_row([s.top_p for s in settings]).to(cumulative.dtype))[:, None]
     remove[:, -1] = False
-    scores = scores.masked_fill(remove.scatter(1, order, remove), -float("inf"))
-    probs = scores.softmax(-1)
+    probs = scores.masked_fill(remove.scatter(1, order, remove), -float("inf")).softmax(-1)
     drawn = choice.clone()
-    shared = [row for row, g in enumerate(generators) if g is None and not bool(greedy[row])]
+    shared = [row for row in sampled if generators[row] is None]
     if shared:
-        index = torch.tensor(shared, device=logits.device)
+        index = per_row(shared)
         drawn[index] = torch.multinomial(probs[index], 1)[:, 0]
-    for row, generator in enumerate(generators):  # a request's own seed: one draw from its own generator
-        if generator is not None and not bool(greedy[row]):
-            drawn[row] = torch.multinomial(probs[row : row + 1], 1, generator=generator)[0, 0]
-    return torch.where(greedy, choice, drawn)
+    for row in sampled:  # a request's own seed: one draw from its own generator
+        if generators[row] is not None:
+            drawn[row] = torch.multinomial(probs[row : row + 1], 1, generator=generators[row])[0, 0]
+    return drawn
 
 
 class PhotonBatchingManager:
@@ -235,6 +241,7 @@ class PhotonBatchingManager:
         self.logit_processor = _SupportedKeys()
         self.batch_processor = _BatchProcessor(self)
         self.warmed_up = False
+        self._warm_up_on_start = False
         self.steps = 0  # decode steps run (for benchmarks and tests)
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -267,13 +274,22 @@ class PhotonBatchingManager:
         self._rows = [None] * self.max_batch_size
 
     def warmup(self, *args, **kwargs):
-        """Run the decode step once on the empty pool: with `compile` this compiles it before the first request.
-        (transformers' manager captures CUDA graphs here.)"""
-        if not self.warmed_up:
-            with torch.no_grad():
-                for _ in range(self.period if self._step_fn is not None else 1):
-                    self._decode()
-            self.warmed_up = True
+        """Run the decode step over one meta-chunk on the empty pool: with `compile` this compiles every step's
+        graph before the first request (transformers' manager captures its CUDA graphs here). CUDA graphs belong
+        to the thread that captured them, so on CUDA the worker thread does this first thing after `start`."""
+        if self.warmed_up:
+            return
+        self.warmed_up = True
+        if self.model.device.type == "cuda":
+            self._warm_up_on_start = True
+        else:
+            self._warm_up()
+
+    @torch.no_grad()
+    def _warm_up(self):
+        self._warm_up_on_start = False
+        for _ in range(self.period if self._step_fn is not None else 1):
+            self._decode()
 
     # ------------------------------------------------------------------------------------------ requests
     def add_request(self, input_ids: list[int], request_id: str | None = None, max_new_tokens: int | None = None,
@@ -419,6 +435,8 @@ class PhotonBatchingManager:
 
     def _run(self):
         try:
+            if self._warm_up_on_start:
+                self._warm_up()
             with torch.no_grad():
                 while not self._stop.is_set():
                     if not self.iterate():
@@ -550,16 +568,7 @@ class PhotonBatchingManager:
 
     def _sample(self, logits: torch.Tensor, requests: list[_Request]) -> list[int]:
         """The next token of each request, from its logits [n, V] (float32, as generate() reads them)."""
-        device = logits.device
-        settings = [r.settings for r in requests]
-        tokens = sample_tokens(
-            logits.float(),
-            torch.tensor([s.temperature for s in settings], device=device),
-            torch.tensor([s.top_k for s in settings], device=device),
-            torch.tensor([s.top_p for s in settings], device=device),
-            torch.tensor([s.greedy for s in settings], device=device),
-            [r.generator for r in requests],
-        )
+        tokens = sample_tokens(logits.float(), [r.settings for r in requests], [r.generator for r in requests])
         return tokens.tolist()
 
     def _take(self, request: _Request, token: int) -> GenerationOutput | None:
