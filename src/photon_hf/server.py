@@ -115,6 +115,9 @@ def serve(
     )
     setattr(_model_manager, _LOADER_NAME, PhotonModelLoader)  # what Serve builds its loader from
     _server.build_server = _build_server
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    os.makedirs(HF_HUB_CACHE, exist_ok=True)  # 5.17's /v1/models lists the Hub cache, and fails where it is missing
     if not is_kernels_available():  # 5.25 loads every model with hub kernels unless told not to; PHOTON has none
         os.environ.setdefault("USE_HUB_KERNELS", "0")
     Serve(
