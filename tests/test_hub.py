@@ -15,7 +15,9 @@ from train_helpers import BLOCK_PHOTON, run_python, tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import photon_hf
-from photon_hf import PhotonConfig, PhotonForCausalLM, export_for_hub, kv_cache_bytes, llama_kv_cache_bytes
+from photon_hf import (
+    PhotonConfig, PhotonForCausalLM, export_for_hub, kv_cache_bytes, llama_kv_cache_bytes, lora_target_modules,
+)
 from photon_hf.data import byte_tokenizer
 from photon_hf.hub import AUTO_MAP, auto_class_registration, format_bytes, push_folder_to_hub
 
@@ -129,6 +131,55 @@ def test_remote_code_loads_without_photon_hf(exported, tmp_path):
     torch.testing.assert_close(remote["logits"], logits, rtol=0, atol=1e-6)
     assert torch.equal(remote["greedy"], greedy) and torch.equal(remote["sampled"], sampled)
     assert remote["pipeline"] == tokenizer.decode(continuation[0])
+
+
+REMOTE_LORA = BLOCK_PHOTON + """
+import sys, time, torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+folder, out = sys.argv[1], sys.argv[2]
+assert "photon_hf" not in sys.modules
+# A plain LoraConfig names no target_modules: the exported configuration_photon.py registered PHOTON's defaults.
+model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True),
+                       LoraConfig(task_type="CAUSAL_LM", r=4))
+adapted = sorted({name.split(".")[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")})
+stacks = len({name.rsplit(".", 3)[0] for name, module in model.named_modules() if name.endswith("q_proj")})
+
+# TRL's SFTTrainer with LoRA, a few CPU steps on the exported model and tokenizer.
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+texts = Dataset.from_dict({"text": [f"def f{i}(x):\\n    return x + {i}\\n" for i in range(16)]})
+args = SFTConfig(output_dir=sys.argv[3], max_steps=3, per_device_train_batch_size=4, max_length=64,
+                 learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True)
+base = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+trainer = SFTTrainer(model=base, args=args, train_dataset=texts, processing_class=tokenizer,
+                     peft_config=LoraConfig(task_type="CAUSAL_LM", r=4))
+trainable = sorted(name for name, p in trainer.model.named_parameters() if p.requires_grad)
+before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+trainer.train()
+moved = sum(not torch.equal(p, before[name]) for name, p in trainer.model.named_parameters() if name in before)
+losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+torch.save({"adapted": adapted, "stacks": stacks, "trainable": trainable, "moved": moved, "losses": losses}, out)
+"""
+
+
+def test_remote_code_registers_peft_defaults_and_trains_with_trl(exported, tmp_path):
+    """Without photon_hf, a plain `LoraConfig(task_type="CAUSAL_LM")` adapts every stack's attention and MLP
+    projections of an exported model, and TRL's SFTTrainer trains such an adapter."""
+    model, folder = exported
+    out = tmp_path / "lora.pt"
+    run_python(REMOTE_LORA, str(folder), str(out), str(tmp_path / "sft"), isolated=True,
+               env={"HF_MODULES_CACHE": str(tmp_path / "modules")})
+    result = torch.load(out)
+    assert result["adapted"] == sorted(lora_target_modules())
+    stacks = {name.rsplit(".", 3)[0] for name, _ in model.named_modules() if name.endswith("q_proj")}
+    assert result["stacks"] == len(stacks) == 2 * model.config.num_levels  # an encoder and a decoder per level
+    assert result["trainable"] and all("lora_" in name for name in result["trainable"])
+    assert len(result["trainable"]) == 2 * len(lora_target_modules()) * len(stacks)  # lora_A and lora_B each
+    assert result["moved"] > len(result["trainable"]) // 2  # the adapter trained (52 of the 56 matrices move)
+    assert len(result["losses"]) == 3 and all(math.isfinite(loss) for loss in result["losses"])
 
 
 class _Uploads:

@@ -2,8 +2,9 @@
 
 Importing the package registers `PhotonConfig` (model_type "photon"), `PhotonModel` and `PhotonForCausalLM` with
 `AutoConfig`, `AutoModel` and `AutoModelForCausalLM`, and (when PEFT is installed) PHOTON's default LoRA target
-modules. Memory accounting lives in `photon_hf.memory`; training helpers in `photon_hf.data` and
-`photon_hf.training`; Hub export in `photon_hf.hub`; the `photon-hf` command line in `photon_hf.cli`.
+modules, which `configuration_photon.py` registers on import, in Hub exports too. Memory accounting lives in
+`photon_hf.memory`; training helpers in `photon_hf.data` and `photon_hf.training`; Hub export in `photon_hf.hub`;
+the `photon-hf` command line in `photon_hf.cli`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -12,7 +13,7 @@ from .cache_photon import PhotonCache, PhotonLevelCache, PhotonRows, PhotonStep
 from .configuration_photon import PHOTON_PRESETS, PhotonConfig, PhotonLevelGeometry, photon_preset
 from .data import byte_tokenizer
 from .hub import export_for_hub
-from .lora import lora_target_modules, register_peft_defaults
+from .lora import lora_target_modules
 from .memory import kv_cache_bytes, llama_kv_cache_bytes
 from .modeling_photon import PhotonForCausalLM, PhotonModel, PhotonPreTrainedModel
 
@@ -21,7 +22,6 @@ __version__ = "0.1.0"
 AutoConfig.register(PhotonConfig.model_type, PhotonConfig, exist_ok=True)
 AutoModel.register(PhotonConfig, PhotonModel, exist_ok=True)
 AutoModelForCausalLM.register(PhotonConfig, PhotonForCausalLM, exist_ok=True)
-register_peft_defaults()
 
 __all__ = [
     "PHOTON_PRESETS",

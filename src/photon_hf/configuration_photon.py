@@ -297,3 +297,23 @@ def photon_preset(name: str, **overrides) -> PhotonConfig:
     fields = {key: list(value) if isinstance(value, list) else value for key, value in PHOTON_PRESETS[name].items()}
     fields.update(overrides)
     return PhotonConfig(**fields)
+
+
+# PEFT's default LoRA targets for model_type "photon", what `LoraConfig(task_type="CAUSAL_LM")` adapts when it names
+# no `target_modules`: the attention and SwiGLU projections of every encoder and decoder stack. Registered on import
+# of this file, which Hub exports carry, so a model loaded with `trust_remote_code` gets them without photon_hf.
+LORA_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def register_peft_defaults() -> bool:
+    """Make `LORA_TARGET_MODULES` PEFT's default LoRA targets for `model_type="photon"`. Returns False (and does
+    nothing) when PEFT is not installed."""
+    try:
+        from peft.utils import constants
+    except ImportError:
+        return False
+    constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING["photon"] = list(LORA_TARGET_MODULES)
+    return True
+
+
+register_peft_defaults()
