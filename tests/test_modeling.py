@@ -5,7 +5,8 @@ import functools
 import pytest
 import torch
 from helpers import VOCAB, cache_of, random_ids, tiny_model
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, DataCollatorWithFlattening
+from transformers.utils.logging import warning_once
 
 from photon_hf import PhotonCache, PhotonForCausalLM
 from photon_hf.attention_photon import REFERENCE_OPS
@@ -311,3 +312,29 @@ def test_lookback_reaches_exactly_w_tokens_before_the_chunk():
             reaches = w is not None and t >= k * chunk - w
             assert moved.any().item() == reaches, (w, t)
 
+
+
+def test_packed_position_ids_are_run_as_one_sequence_with_a_warning(caplog):
+    """PHOTON does not honour packed rows (`position_ids` restarting at each document, as TRL's padding-free
+    packing and `DataCollatorWithFlattening` make them): it runs the row as one sequence and says so once. Ordinary
+    and left-padded `position_ids` (generate's) give no warning."""
+    model = tiny_model().eval()
+    first, second = random_ids(1, 9)[0].tolist(), random_ids(1, 7)[0].tolist()
+    packed = DataCollatorWithFlattening()([{"input_ids": first}, {"input_ids": second}])
+    assert packed["position_ids"].tolist() == [[*range(9), *range(7)]]
+    ids = random_ids(2, 12)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding: generate's position_ids are 1 at the pads, then 0, 1, 2, ...
+    padded_positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    warning_once.cache_clear()
+    with caplog.at_level("WARNING"), torch.no_grad():
+        model(ids, position_ids=torch.arange(12).expand(2, 12), labels=ids)
+        model(ids, attention_mask=mask, position_ids=padded_positions, use_cache=False)
+        model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
+        assert "restart inside a row" not in caplog.text
+        logits = model(packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"]).logits
+        model(packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"])
+        alone = model(torch.tensor([second])).logits
+    assert caplog.text.count("restart inside a row") == 1 and "packing=False" in caplog.text
+    # What the warning says: the second document sees the first, so its logits are not those of running it alone.
+    assert not torch.allclose(logits[0, 9:], alone[0], atol=1e-3)

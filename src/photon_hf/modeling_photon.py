@@ -263,6 +263,21 @@ def _gather_units(stream: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _gather_rows(padded, index.clamp(min=0, max=stream.shape[1]))
 
 
+def _warn_if_packed(position_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+    """Warn once when `position_ids` restart inside a row (between two real tokens): packed documents, which PHOTON
+    runs as one sequence. One host sync; called only by the uncached forward."""
+    restarts = position_ids[..., 1:] <= position_ids[..., :-1]
+    if attention_mask is not None and attention_mask.dim() == 2:  # left padding's positions do not count
+        real = attention_mask.bool()
+        restarts = restarts & real[:, 1:] & real[:, :-1]
+    if bool(restarts.any()):
+        logger.warning_once(
+            "PHOTON ignores `position_ids`, and these restart inside a row: several documents packed into one row "
+            "(TRL's padding-free packing, `DataCollatorWithFlattening`). PHOTON runs each row as one sequence, so "
+            "the packed documents share chunks and later ones attend to earlier ones. To keep documents apart, turn "
+            "packing off (TRL: `SFTConfig(packing=False, padding_free=False)`) and pad each document to its own row."
+        )
+
 # ------------------------------------------------------------------------------------------------------ the model
 class PhotonModel(PhotonPreTrainedModel):
     """The PHOTON hierarchy: encoder token embedding, levels, start latent(s) and decoder token embedding.
@@ -468,7 +483,9 @@ class PhotonModel(PhotonPreTrainedModel):
             input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): token ids; any length.
             attention_mask (`torch.Tensor` of shape `(batch_size, columns)`, *optional*): 1 for real tokens. Left
                 padding is honoured with a per-row chunk grid that starts at the row's first real token.
-            position_ids: accepted for API compatibility and ignored (positions come from the chunk grid).
+            position_ids: ignored: positions come from the chunk grid. Packed rows, whose `position_ids` restart at
+                each document (TRL's padding-free packing, `DataCollatorWithFlattening`), are run as one sequence,
+                with a one-time warning (checked in the uncached forward of training only).
             past_key_values / cache (`PhotonCache`, *optional*): the hierarchical cache (the argument is named
                 `cache` from transformers 5.24 on). An empty cache is filled by a prefill; a filled one is extended.
             logits_to_keep (`int` or `torch.Tensor`): compute the states of the last `k` positions only (0: all),
@@ -518,6 +535,8 @@ class PhotonModel(PhotonPreTrainedModel):
 
         extras = {}
         if cache is None:
+            if position_ids is not None:
+                _warn_if_packed(position_ids, attention_mask)
             ops = photon_ops(self.config, input_ids.device, self.embed_dec.weight.dtype)
             hidden, extras = self._full_forward(input_ids, attention_mask, logits_to_keep, ops)
         elif not cache.is_initialized:
@@ -951,6 +970,7 @@ class PhotonForCausalLM(PhotonPreTrainedModel, GenerationMixin):
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
+            position_ids=position_ids,
             past_key_values=past_key_values,
             cache=cache,
             inputs_embeds=inputs_embeds,
