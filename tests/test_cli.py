@@ -1,6 +1,7 @@
 """The `photon-hf` command line: help texts, info, a tiny train -> generate -> export round trip, resume, LoRA,
 the quickstart on a tiny budget, and errors that say what to change (each mistake through the console script)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ from train_helpers import run_python
 
 from photon_hf import cli, kv_cache_bytes, llama_kv_cache_bytes
 from photon_hf.memory import format_bytes
-from photon_hf.training import model_config
+from photon_hf.training import TrainJob, model_config
 
 COMMANDS = ("quickstart", "train", "generate", "export", "info")
 TINY_TRAIN = ["--size", "tiny", "--max-files", "6", "--block-size", "64", "--batch-size", "4", "--eval-blocks", "4",
@@ -37,6 +38,49 @@ def test_help_of_every_command(capsys):
         text = capsys.readouterr().out
         assert f"usage: photon-hf {command}" in text and "example" in text
     assert cli.main([]) == 2  # no command: the overview, and a usage exit code
+
+
+LIGHT = """
+import sys
+from photon_hf_cli import main
+
+calls = [["--help"], *([command, "--help"] for command in COMMANDS)]
+mistakes = [["generate", "--model", "x", "--prompt", ""], ["generate", "--model", "./runs/missing"],
+            ["info", "--size", "huge"], ["train", "--output-dir", "out", "--block-size", "1"], ["export", "a", "b",
+            "--push-to-hub"], []]
+for argv in calls + mistakes:
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    assert code == (0 if argv in calls else 2), (argv, code)
+heavy = sorted({"torch", "transformers", "peft", "datasets", "accelerate"} & set(sys.modules))
+assert not heavy, f"imported {heavy}"
+"""
+
+
+def test_help_and_usage_errors_import_no_torch():
+    """The console script answers `--help`, `COMMAND --help` and usage mistakes without importing torch,
+    transformers or peft (the time that takes belongs in benchmarks, not here)."""
+    run_python(f"COMMANDS = {(*COMMANDS, 'serve')!r}\n" + LIGHT)
+
+
+def test_train_options_are_the_train_job_fields():
+    """`photon-hf train` has one option per `TrainJob` field, with the field's default: parsing only the required
+    option gives the default job, and each option sets its field."""
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--output-dir", "out"])
+    assert cli._train_job(args) == TrainJob(output_dir="out")
+    help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    for field in dataclasses.fields(TrainJob):
+        flag = field.metadata.get("flag", "--" + field.name.replace("_", "-"))
+        assert flag in help_text, flag
+    argv = ["train", "--output-dir", "out", "--max-steps", "7", "--warmup", "0.5", "--size", "tiny", "--adam-beta2",
+            "0.9", "--max-files", "3", "--no-save-checkpoints", "--bf16", "--lora-chunker", "--set", "hidden_size=96"]
+    job = cli._train_job(parser.parse_args(argv))
+    assert job == TrainJob(output_dir="out", max_steps=7, warmup=0.5, size="tiny", adam_beta2=0.9, max_files=3,
+                           save_checkpoints=False, bf16=True, lora_chunker=True, overrides={"hidden_size": 96})
+    assert cli._train_job(parser.parse_args(["train", "--output-dir", "out", "--resume"])).resume == "last"
 
 
 def _console_script() -> str:
@@ -155,6 +199,7 @@ MISTAKES = {
     "top_p": (["generate", "--model", "x", "--top-p", "1.5"], "--top-p: expected a number in (0, 1]", {}),
     "temperature": (["generate", "--model", "x", "--temperature", "0"], "--temperature: expected a number > 0", {}),
     "repetition_penalty": (["generate", "--model", "x", "--repetition-penalty", "-1"], "--repetition-penalty", {}),
+    "empty_prompt": (["generate", "--model", "x", "--prompt", ""], "--prompt: expected a non-empty prompt", {}),
 }
 
 

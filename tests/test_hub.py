@@ -16,7 +16,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import photon_hf
 from photon_hf import (
-    PhotonConfig, PhotonForCausalLM, export_for_hub, kv_cache_bytes, llama_kv_cache_bytes, lora_target_modules,
+    PhotonConfig,
+    PhotonForCausalLM,
+    export_for_hub,
+    kv_cache_bytes,
+    llama_kv_cache_bytes,
+    lora_target_modules,
 )
 from photon_hf.data import byte_tokenizer
 from photon_hf.hub import AUTO_MAP, auto_class_registration, format_bytes, push_folder_to_hub

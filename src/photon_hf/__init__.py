@@ -10,12 +10,13 @@ the `photon-hf` command line in `photon_hf.cli`.
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 from .cache_photon import PhotonCache, PhotonLevelCache, PhotonRows, PhotonStep
-from .configuration_photon import PHOTON_PRESETS, PhotonConfig, PhotonLevelGeometry, photon_preset
+from .configuration_photon import PhotonConfig, PhotonLevelGeometry
 from .data import byte_tokenizer
 from .hub import export_for_hub
 from .lora import lora_target_modules
 from .memory import kv_cache_bytes, llama_kv_cache_bytes
 from .modeling_photon import PhotonForCausalLM, PhotonModel, PhotonPreTrainedModel
+from .presets import PHOTON_PRESETS, photon_preset
 
 __version__ = "0.1.0"
 

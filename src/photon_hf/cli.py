@@ -4,8 +4,12 @@ Run `photon-hf --help`, or `photon-hf COMMAND --help` for one command. Every com
 library (`photon_hf.training`, `photon_hf.data`, `photon_hf.hub`, `photon_hf.memory`) and stock transformers /
 datasets / peft: `train` parses its flags into a `photon_hf.training.TrainJob` and runs it.
 
-Exit codes: 0 on success, 2 for a mistake in the command line (a bad value, a model that does not resolve), which
-is reported in one line before any model is loaded, 1 for an error during the work.
+Exit codes: 0 on success, 2 for a mistake in the command line (a bad value, an empty prompt, a model that does not
+resolve), which is reported in one line before any model is loaded, 1 for an error during the work.
+
+This module imports no torch, transformers or peft at the top (only `photon_hf.presets` and `photon_hf.train_job`,
+plain Python), and the `photon-hf` console script (`photon_hf_cli`) imports it without running `photon_hf/__init__.py`,
+so help texts and usage errors come at once; each handler loads the package once its arguments are checked.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from .presets import PHOTON_PRESETS
+from .train_job import QUICKSTART_DEFAULTS, TrainJob
 
 EPILOG = """\
 examples:
@@ -35,8 +42,19 @@ The generation benchmark and the kernel benchmark are scripts in a source checko
 """
 
 
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
 class UsageError(Exception):
     """A mistake in the command line; the message says what to change."""
+
+
+def _load_package():
+    """Run `photon_hf/__init__.py` (torch, transformers, the Auto-class and PEFT registrations) if the `photon-hf`
+    console script (`photon_hf_cli`) deferred it to parse the command line first; a no-op otherwise."""
+    package = sys.modules[__package__]
+    if not hasattr(package, "__version__"):
+        package.__spec__.loader.exec_module(package)
 
 
 # ------------------------------------------------------------------------------------------- argument types
@@ -77,13 +95,10 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _dtype(name: str):
-    import torch
-
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    if name not in dtypes:
-        raise argparse.ArgumentTypeError(f"choose one of {sorted(dtypes)}")
-    return dtypes[name]
+def _prompt(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("expected a non-empty prompt")
+    return text
 
 
 def _parse_overrides(pairs: list[str] | None) -> dict:
@@ -200,47 +215,36 @@ def _folder_size(folder: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- train
-def _add_data_arguments(parser, job):
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset", default=job.dataset, metavar="SOURCE",
-        help="'stdlib' (default: the Python standard library's source, no download), a local .txt/.jsonl/.json "
-             "file, a folder of them or a glob, or a Hugging Face dataset name (needs the Hub)",
-    )
-    group.add_argument(
-        "--dataset-config", metavar="NAME", help="configuration of a Hub dataset (e.g. wikitext-2-raw-v1)"
-    )
-    group.add_argument(
-        "--validation-data", metavar="SOURCE",
-        help="separate local validation files (default: the dataset's validation split, else held-out documents)",
-    )
-    group.add_argument("--text-column", default=job.text_column, help="column / JSON field holding the text")
-    group.add_argument(
-        "--validation-fraction", type=float, default=job.validation_fraction,
-        help="share of documents held out when the source has no validation split "
-             f"(default: {job.validation_fraction})",
-    )
-    group.add_argument("--max-files", type=int, metavar="N", help="stdlib corpus only: use the first N files per split")
-    group.add_argument(
-        "--block-size", type=int, default=job.block_size, help=f"tokens per training block (default: {job.block_size})"
-    )
-    group.add_argument(
-        "--eval-blocks", type=int, default=job.eval_blocks,
-        help=f"validation blocks per evaluation, evenly spread over the split; 0 = all (default: {job.eval_blocks})",
-    )
-    group.add_argument(
-        "--tokenizer", default=job.tokenizer,
-        help="'bytes' (default: built-in byte-level tokenizer, no download) or an AutoTokenizer name or folder; "
-             "ignored with --model, which brings its own",
-    )
-    group.add_argument("--num-proc", type=int, help="processes for tokenizing (datasets.map num_proc)")
+def _add_job_arguments(parser):
+    """One option per `TrainJob` field (`--max-steps` for `max_steps`), with the field's type, default, help text and
+    option group (its metadata, which may also name another flag or hold argparse settings)."""
+    types = {"int": int, "float": float, "str": str}
+    groups = {None: parser}
+    for field in dataclasses.fields(TrainJob):
+        settings = dict(field.metadata)
+        group_name = settings.pop("group")
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_name)
+        flag = settings.pop("flag", "--" + field.name.replace("_", "-"))
+        kind = field.type.removesuffix(" | None")
+        default = field.default
+        if default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            settings["required"] = True
+        elif kind == "bool":
+            settings["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+        elif kind == "dict":  # KEY=VALUE pairs (`_parse_overrides`)
+            settings["action"] = "append"
+        else:
+            settings["type"] = types[kind]
+        shown = default not in (dataclasses.MISSING, None) and default is not False
+        if shown and "default:" not in settings["help"]:
+            settings["help"] += f" (default: {'on' if default is True else default})"
+        if default is not dataclasses.MISSING and kind != "dict":
+            settings["default"] = default
+        groups[group_name].add_argument(flag, dest=field.name, **settings)
 
 
 def _add_train_parser(subparsers):
-    from .configuration_photon import PHOTON_PRESETS
-    from .training import TrainJob
-
-    job = TrainJob  # the defaults of every flag below
     parser = subparsers.add_parser(
         "train",
         help="pretrain or fine-tune PHOTON with transformers.Trainer",
@@ -248,95 +252,20 @@ def _add_train_parser(subparsers):
                     "transformers Trainer. Saves a Hugging Face model folder (model, tokenizer, eval_results.json) "
                     "to --output-dir, with checkpoints to resume from. For several processes start it with "
                     "`torchrun --nproc_per_node N -m photon_hf train ...` or `accelerate launch --multi_gpu "
-                    "--num_processes N -m photon_hf train ...`.",
+                    "--num_processes N -m photon_hf train ...`. Every option is a field of "
+                    "photon_hf.training.TrainJob.",
         epilog="example: photon-hf train --output-dir runs/small --max-steps 2000 --eval-steps 200",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--output-dir", required=True, help="folder for checkpoints and the final model")
-    _add_data_arguments(parser, job)
-
-    group = parser.add_argument_group("model")
-    group.add_argument(
-        "--model", metavar="PATH",
-        help="continue from a saved PHOTON model (a folder from `photon-hf train` or save_pretrained); default: a "
-             "new model of --size",
-    )
-    group.add_argument(
-        "--size", default=job.size, choices=list(PHOTON_PRESETS),
-        help=f"shape of a new model (default: {job.size}); tiny/small/base suit CPUs, photon-* are the paper's",
-    )
-    group.add_argument(
-        "--set", action="append", metavar="KEY=VALUE",
-        help="override a PhotonConfig field of a new model, e.g. --set hidden_size=96 --set chunk_sizes=[4,2]",
-    )
-
-    group = parser.add_argument_group("LoRA (fine-tuning a saved --model)")
-    group.add_argument("--lora-r", type=int, default=job.lora_r, help="LoRA rank; 0 (default) trains all weights")
-    group.add_argument("--lora-alpha", type=float, help="LoRA alpha (default: 2 x rank)")
-    group.add_argument("--lora-dropout", type=float, default=job.lora_dropout)
-    group.add_argument("--lora-chunker", action="store_true", help="also adapt each level's chunker")
-    group.add_argument("--lora-converter", action="store_true", help="also adapt each level's converter")
-
-    group = parser.add_argument_group("optimisation")
-    group.add_argument(
-        "--max-steps", type=int, default=job.max_steps, help=f"optimizer steps (default: {job.max_steps})"
-    )
-    group.add_argument(
-        "--max-minutes", type=float,
-        help="also stop after this many minutes of training; the learning rate then decays by time or steps, "
-             "whichever runs out first",
-    )
-    group.add_argument(
-        "--batch-size", type=int, default=job.batch_size, help=f"blocks per device and step (default: {job.batch_size})"
-    )
-    group.add_argument(
-        "--grad-accum", type=int, default=job.grad_accum,
-        help=f"gradient accumulation steps (default: {job.grad_accum})",
-    )
-    group.add_argument(
-        "--learning-rate", type=float, default=job.learning_rate,
-        help="peak learning rate (default: 1e-3 x 128 / hidden size, photon_hf.training.default_learning_rate)",
-    )
-    group.add_argument(
-        "--warmup", type=float, default=job.warmup,
-        help=f"warmup steps, or a fraction of --max-steps if < 1 (default: {job.warmup})",
-    )
-    group.add_argument(
-        "--weight-decay", type=float, default=job.weight_decay, help=f"(default: {job.weight_decay})"
-    )
-    group.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
-    group.add_argument(
-        "--bf16", action=argparse.BooleanOptionalAction, default=job.bf16,
-        help="bf16 mixed precision (default: on where the GPU supports it)",
-    )
-    group.add_argument("--seed", type=int, default=job.seed)
-
-    group = parser.add_argument_group("evaluation and checkpoints")
-    group.add_argument(
-        "--eval-steps", type=int, default=job.eval_steps, help=f"evaluate every N steps (default: {job.eval_steps})"
-    )
-    group.add_argument(
-        "--save-steps", type=int, default=job.save_steps, help=f"checkpoint every N steps (default: {job.save_steps})"
-    )
-    group.add_argument(
-        "--save-checkpoints", action=argparse.BooleanOptionalAction, default=job.save_checkpoints,
-        help="keep checkpoint-* folders (weights and optimizer state) in --output-dir to resume from (default: on)",
-    )
-    group.add_argument("--logging-steps", type=int, default=job.logging_steps)
-    group.add_argument(
-        "--resume", nargs="?", const="last", metavar="CHECKPOINT",
-        help="resume from a checkpoint folder, or (no value) from the last checkpoint in --output-dir",
-    )
+    _add_job_arguments(parser)
     parser.set_defaults(handler=_cmd_train)
 
 
 def _train_job(args):
-    """The `TrainJob` of `photon-hf train ARGS` (flags and fields share their names; --set gives `overrides`)."""
-    from .training import TrainJob
-
+    """The `TrainJob` of `photon-hf train ARGS` (options and fields share their names; --set gives `overrides`)."""
     names = {field.name for field in dataclasses.fields(TrainJob)}
     values = {name: value for name, value in vars(args).items() if name in names}
-    values["overrides"] = _parse_overrides(args.set)
+    values["overrides"] = _parse_overrides(args.overrides)
     if args.model:
         values["model"] = resolve_model(args.model, hub=False)
     try:
@@ -346,11 +275,12 @@ def _train_job(args):
 
 
 def _cmd_train(args) -> int:
+    job = _train_job(args)
+    _load_package()
     from accelerate import PartialState
 
     from .training import resume_checkpoint, run_training
 
-    job = _train_job(args)
     try:
         resume_checkpoint(job)  # a --resume with nothing to resume is a command-line mistake: say so before any work
     except ValueError as error:
@@ -377,7 +307,9 @@ def _add_generate_parser(subparsers):
         epilog="example: photon-hf generate --model runs/small --prompt 'import os' --sample --max-new-tokens 200",
     )
     parser.add_argument("--model", required=True, metavar="PATH", help="model folder (or Hub id, when reachable)")
-    parser.add_argument("--prompt", action="append", help="prompt text; repeat for a batch (default: 'def ')")
+    parser.add_argument(
+        "--prompt", action="append", type=_prompt, help="prompt text; repeat for a batch (default: 'def ')"
+    )
     parser.add_argument(
         "--max-new-tokens", type=_int_at_least(1), default=128, help="tokens to generate (default: 128)"
     )
@@ -415,6 +347,7 @@ def generate_text(model, tokenizer, prompts: list[str], *, stream: bool = False,
 
 def _cmd_generate(args) -> int:
     name = resolve_model(args.model)
+    _load_package()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -470,6 +403,7 @@ def _cmd_export(args) -> int:
     if args.push_to_hub and not args.repo_id:
         raise UsageError("--push-to-hub needs --repo-id USER/NAME.")
     folder = resolve_model(args.model, what="model", hub=False)
+    _load_package()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .hub import export_for_hub, push_folder_to_hub, read_training_info
@@ -501,8 +435,6 @@ def _cmd_export(args) -> int:
 
 # -------------------------------------------------------------------------------------------------- info
 def _add_info_parser(subparsers):
-    from .configuration_photon import PHOTON_PRESETS
-
     parser = subparsers.add_parser(
         "info",
         help="show a config, its parameter count and its KV cache beside a same-shape Llama",
@@ -518,7 +450,7 @@ def _add_info_parser(subparsers):
         "--context-lengths", type=_int_list, default=[1024, 4096, 32768, 131072],
         help="comma-separated context lengths (default: 1024,4096,32768,131072)",
     )
-    parser.add_argument("--dtype", type=_dtype, default="bf16", help="cache dtype: bf16 (default), fp16 or fp32")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16", help="cache dtype (default: bf16)")
     parser.add_argument(
         "--batch-size", type=_int_at_least(1), default=1, help="sequences held in the cache (default: 1)"
     )
@@ -529,6 +461,7 @@ def _cmd_info(args) -> int:
     if args.model and args.set:
         raise UsageError("--set applies to --size shapes, not to a saved model.")
     name = resolve_model(args.model, what="model") if args.model else None
+    _load_package()
     import torch
     from transformers import AutoConfig
 
@@ -551,15 +484,13 @@ def _cmd_info(args) -> int:
     print(f"PHOTON ({title})")
     print("\n".join(_config_summary(config, parameters)))
     print()
-    _print_cache_table(config, args.context_lengths, args.dtype, args.batch_size)
+    _print_cache_table(config, args.context_lengths, getattr(torch, DTYPES[args.dtype]), args.batch_size)
     return 0
 
 
 # -------------------------------------------------------------------------------------------- quickstart
 def _add_quickstart_parser(subparsers):
-    from .configuration_photon import PHOTON_PRESETS
-    from .training import QUICKSTART_DEFAULTS as defaults
-
+    defaults = QUICKSTART_DEFAULTS
     parser = subparsers.add_parser(
         "quickstart",
         help="train a small PHOTON for a few minutes on the Python stdlib, reload it, generate, compare caches",
@@ -596,18 +527,19 @@ def _add_quickstart_parser(subparsers):
         help="also keep the final checkpoint-* folder (weights and optimizer state, about 3x the model) to resume "
              "from with `photon-hf train --resume`",
     )
-    parser.add_argument("--prompt", default="def ", help="prompt for the generation (default: 'def ')")
+    parser.add_argument("--prompt", type=_prompt, default="def ", help="prompt for the generation (default: 'def ')")
     parser.add_argument("--max-new-tokens", type=_int_at_least(1), default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=_cmd_quickstart)
 
 
 def _cmd_quickstart(args) -> int:
+    _load_package()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 
     from .memory import format_bytes, llama_kv_cache_bytes
-    from .training import TrainJob, run_training, steps_in_time, torch_threads
+    from .training import run_training, steps_in_time, torch_threads
 
     started = time.monotonic()
     job = TrainJob(
@@ -699,6 +631,7 @@ def _add_serve_parser(subparsers):
 
 
 def _cmd_serve(args) -> int:
+    _load_package()
     try:
         from .server import serve
     except ImportError as error:
@@ -715,6 +648,14 @@ def _cmd_serve(args) -> int:
 
 
 # -------------------------------------------------------------------------------------------------- main
+# Each command: a function that adds its subparser (options, help, and its handler as `handler`), in the order of
+# `photon-hf --help`. A handler checks what it can first, then calls `_load_package()` and imports the heavy modules.
+COMMANDS = (
+    _add_quickstart_parser, _add_train_parser, _add_generate_parser, _add_export_parser, _add_info_parser,
+    _add_serve_parser,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="photon-hf",
@@ -726,12 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
-    _add_quickstart_parser(subparsers)
-    _add_train_parser(subparsers)
-    _add_generate_parser(subparsers)
-    _add_export_parser(subparsers)
-    _add_info_parser(subparsers)
-    _add_serve_parser(subparsers)
+    for add_parser in COMMANDS:
+        add_parser(subparsers)
     return parser
 
 

@@ -24,7 +24,6 @@ FSDP and DeepSpeed).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import glob
 import json
 import math
@@ -38,7 +37,9 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.utils import logging
 
-from .configuration_photon import PHOTON_PRESETS, PhotonConfig, photon_preset
+from .configuration_photon import PhotonConfig
+from .presets import photon_preset
+from .train_job import TrainJob
 
 logger = logging.get_logger(__name__)
 
@@ -62,144 +63,6 @@ def default_learning_rate(config: PhotonConfig | None = None) -> float:
     """
     width = REFERENCE_WIDTH if config is None else config.hidden_size
     return REFERENCE_LEARNING_RATE * REFERENCE_WIDTH / width
-
-
-@dataclasses.dataclass
-class TrainJob:
-    """One training run, as `run_training` carries it out (`photon-hf train` parses its flags into one).
-
-    The field defaults are the defaults of every PHOTON training run: `photon-hf train` shows them as its own and
-    `training_arguments` reads them, so a default changes here and nowhere else. Bad values raise a `ValueError`
-    naming the field when the job is built, before any data or model is loaded.
-
-    Data: `dataset` is "stdlib" (the Python standard library's source), local text files or a Hub dataset name;
-    `eval_blocks` validation blocks are kept, evenly spread (0 = all). Model: a new model of shape `size` (a
-    `PHOTON_PRESETS` name) with `overrides` applied to its config, or a saved one (`model`, a folder); `lora_r` > 0
-    trains a LoRA adapter on a saved model instead of all weights. `max_minutes` also stops on time, with a
-    learning rate that decays by time or steps, whichever runs out first. `save_checkpoints=False` keeps no
-    `checkpoint-*` folder (optimizer state) in `output_dir`, only the final model; `resume` ("last" or a checkpoint
-    folder) continues a run that kept them.
-    """
-
-    output_dir: str
-    # data
-    dataset: str = "stdlib"
-    dataset_config: str | None = None
-    validation_data: str | None = None
-    text_column: str = "text"
-    validation_fraction: float = 0.05
-    max_files: int | None = None
-    block_size: int = 256
-    eval_blocks: int = 64
-    tokenizer: str = "bytes"
-    num_proc: int | None = None
-    # model
-    model: str | None = None
-    size: str = "small"
-    overrides: dict = dataclasses.field(default_factory=dict)
-    # LoRA
-    lora_r: int = 0
-    lora_alpha: float | None = None  # None: 2 x lora_r
-    lora_dropout: float = 0.0
-    lora_chunker: bool = False
-    lora_converter: bool = False
-    # optimisation
-    max_steps: int = 1000
-    max_minutes: float | None = None
-    batch_size: int = 16
-    grad_accum: int = 1
-    learning_rate: float | None = None  # None: default_learning_rate(the model's config)
-    warmup: float = 0.05  # steps, or a fraction of max_steps when < 1
-    weight_decay: float = 0.1
-    adam_beta2: float = 0.95
-    lr_scheduler_type: str = "cosine"
-    max_grad_norm: float = 1.0
-    gradient_checkpointing: bool = False
-    bf16: bool | None = None  # None: on where the GPU supports it
-    seed: int = 0
-    # evaluation and checkpoints
-    eval_steps: int = 100
-    logging_steps: int = 10
-    save_steps: int = 500
-    save_total_limit: int = 2
-    save_checkpoints: bool = True
-    resume: str | None = None
-
-    def __post_init__(self):
-        def check(name: str, ok: bool, requirement: str):
-            if not ok:
-                raise ValueError(f"`{name}` must be {requirement}, got {getattr(self, name)!r}.")
-
-        def positive_int(name: str, optional: bool = False, minimum: int = 1):
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-            check(name, ok, f"an int >= {minimum}" + (" or None" if optional else ""))
-
-        check("output_dir", bool(self.output_dir), "a folder name")
-        check("size", self.size in PHOTON_PRESETS, f"one of {', '.join(PHOTON_PRESETS)}")
-        check("validation_fraction", 0 < self.validation_fraction < 1, "between 0 and 1")
-        positive_int("block_size", minimum=2)
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_steps", "logging_steps", "save_steps"):
-            positive_int(name)
-        for name in ("max_files", "num_proc", "save_total_limit"):
-            positive_int(name, optional=True)
-        positive_int("eval_blocks", minimum=0)
-        positive_int("lora_r", minimum=0)
-        check("learning_rate", self.learning_rate is None or self.learning_rate > 0, "> 0 or None")
-        check("warmup", self.warmup >= 0, ">= 0")
-        check("weight_decay", self.weight_decay >= 0, ">= 0")
-        check("lora_dropout", 0 <= self.lora_dropout < 1, "in [0, 1)")
-        check("max_minutes", self.max_minutes is None or self.max_minutes > 0, "> 0 or None")
-        if self.lora_r > 0 and not self.model:
-            raise ValueError(
-                "LoRA (`lora_r` > 0, --lora-r) adapts a trained model: set `model` (--model PATH) to a folder saved by "
-                "`photon-hf train`."
-            )
-        if self.model and self.overrides:
-            raise ValueError(
-                "`overrides` (--set) change the shape of a new model; they cannot be combined with `model` (--model)."
-            )
-        if self.max_minutes and self.resume:
-            raise ValueError(
-                "`max_minutes` (--max-minutes) starts a new time budget and cannot resume one: resume with `max_steps` "
-                "(--max-steps) only."
-            )
-        if not self.model:
-            model_config(self.size, **self.overrides)  # a bad `overrides` value raises its ValueError here
-        if self.resume and not self.save_checkpoints:
-            raise ValueError("`resume` continues from checkpoints, so it needs `save_checkpoints=True`.")
-
-    def training_arguments(self, config: PhotonConfig | None = None) -> TrainingArguments:
-        """The `TrainingArguments` of this job for a model with `config` (which sets the default learning rate)."""
-        return training_arguments(
-            self.output_dir,
-            config=config,
-            bf16=self.bf16,
-            per_device_train_batch_size=self.batch_size,
-            per_device_eval_batch_size=self.batch_size,
-            gradient_accumulation_steps=self.grad_accum,
-            learning_rate=self.learning_rate or default_learning_rate(config),
-            warmup_steps=self.warmup,
-            weight_decay=self.weight_decay,
-            adam_beta2=self.adam_beta2,
-            lr_scheduler_type=self.lr_scheduler_type,
-            max_grad_norm=self.max_grad_norm,
-            max_steps=self.max_steps,
-            eval_steps=self.eval_steps,
-            logging_steps=self.logging_steps,
-            save_strategy="steps" if self.save_checkpoints else "no",
-            save_steps=self.save_steps,
-            save_total_limit=self.save_total_limit,
-            gradient_checkpointing=self.gradient_checkpointing,
-            seed=self.seed,
-        )
-
-
-# The quickstart's own defaults: a few minutes of the "small" shape on a CPU (at `default_learning_rate`), and no
-# checkpoint left behind (`photon-hf quickstart --save-checkpoints` keeps them).
-QUICKSTART_DEFAULTS = dict(minutes=3.0, size="small", block_size=256, batch_size=16, learning_rate=None)
 
 
 def model_config(size: str = "small", tokenizer=None, **overrides) -> PhotonConfig:
