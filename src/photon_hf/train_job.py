@@ -210,8 +210,3 @@ class TrainJob:
 # The quickstart's own defaults: a few minutes of the "small" shape on a CPU (at `default_learning_rate`), and no
 # checkpoint left behind (`photon-hf quickstart --save-checkpoints` keeps them).
 QUICKSTART_DEFAULTS = dict(minutes=3.0, size="small", block_size=256, batch_size=16, learning_rate=None)
-
-
-# The quickstart's own defaults: a few minutes of the "small" shape on a CPU (at `default_learning_rate`), and no
-# checkpoint left behind (`photon-hf quickstart --save-checkpoints` keeps them).
-QUICKSTART_DEFAULTS = dict(minutes=3.0, size="small", block_size=256, batch_size=16, learning_rate=None)
