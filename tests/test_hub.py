@@ -26,7 +26,9 @@ from photon_hf import (
 from photon_hf.data import byte_tokenizer
 from photon_hf.hub import AUTO_MAP, auto_class_registration, format_bytes, push_folder_to_hub
 
-SOURCES = ("modeling_photon.py", "configuration_photon.py", "cache_photon.py", "attention_photon.py")
+SOURCES = (
+    "modeling_photon.py", "configuration_photon.py", "cache_photon.py", "attention_photon.py", "serving.py"
+)
 EXPECTED_FILES = {
     "README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
     "tokenizer_config.json", *SOURCES,
