@@ -200,6 +200,8 @@ MISTAKES = {
     "temperature": (["generate", "--model", "x", "--temperature", "0"], "--temperature: expected a number > 0", {}),
     "repetition_penalty": (["generate", "--model", "x", "--repetition-penalty", "-1"], "--repetition-penalty", {}),
     "empty_prompt": (["generate", "--model", "x", "--prompt", ""], "--prompt: expected a non-empty prompt", {}),
+    "serve_folder": (["serve", "./runs/missing"], "MODEL './runs/missing': no such folder", {}),
+    "serve_batch": (["serve", "x", "--max-batch-size", "0"], "--max-batch-size: expected an integer", {}),
 }
 
 

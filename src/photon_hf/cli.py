@@ -631,6 +631,7 @@ def _add_serve_parser(subparsers):
 
 
 def _cmd_serve(args) -> int:
+    name = resolve_model(args.model, what="MODEL")
     _load_package()
     try:
         from .server import serve
@@ -639,7 +640,7 @@ def _cmd_serve(args) -> int:
             f"`photon-hf serve` needs the serving extra: pip install \"photon-hf[serving]\" ({error})"
         ) from None
     serve(
-        args.model, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+        name, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
         max_cache_len=args.max_cache_len, align_phases=not args.mixed_phases, compile=args.compile,
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log_level=args.log_level,
         default_seed=args.default_seed, enable_cors=args.enable_cors,
