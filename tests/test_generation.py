@@ -181,7 +181,17 @@ def test_text_streamer_prints_the_generation(capsys):
 def test_unsupported_cache_implementation_is_refused():
     model = tiny_model()
     with pytest.raises(ValueError, match="cache_implementation"):
-        model.generate(random_ids(1, 5), max_new_tokens=3, cache_implementation="static")
+        model.generate(random_ids(1, 5), max_new_tokens=3, cache_implementation="offloaded")
+
+
+def test_static_cache_implementation_is_photons_own_compileable_cache():
+    """`transformers serve --compile` asks for cache_implementation="static": PHOTON's cache already is one."""
+    model = tiny_model()
+    ids = random_ids(2, 7)
+    kwargs = dict(max_new_tokens=9, min_new_tokens=9, do_sample=False, return_dict_in_generate=True)
+    static = model.generate(ids, cache_implementation="static", **kwargs)
+    assert isinstance(cache_of(static), PhotonCache) and cache_of(static).is_compileable
+    assert torch.equal(static.sequences, model.generate(ids, **kwargs).sequences)
 
 
 def test_measured_cache_size_equals_the_analytic_size():
