@@ -388,9 +388,8 @@ class PhotonSelfLevelCache(PhotonLevelCache):
         """The rows in `mask` start a unit whose C predictions are `predictions` ([B, C, D]); the last kept one
         becomes the carry. Returns each row's carry, [B, D] (what conditions sub-unit 0 of the new unit)."""
         new = torch.cat([self.predictions[:, -1:], predictions.to(self.predictions.dtype)], dim=1)
-        if mask is not None:
-            new = torch.where(mask.view(-1, 1, 1), new, self.predictions)
-        self.predictions.copy_(new)
+        kept = new if mask is None else torch.where(mask.view(-1, 1, 1), new, self.predictions)
+        self.predictions.copy_(kept)
         return new[:, 0]
 
     def store_predictions(self, rows: slice, predictions: torch.Tensor):

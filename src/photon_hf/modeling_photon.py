@@ -11,6 +11,12 @@ level-i conditioning latent into R_i prefix vectors and a small causal decoder G
 [prefix ; inputs of sub-units 0..C_i-2], whose outputs at slots R_i-1.. predict the C_i sub-units. With
 `decoder_input="encoder"` the inputs are the encoder's states (teacher forced) and each prediction conditions its
 own unit below with zero lag; with "self" the decoders read their own outputs and every level is shifted.
+
+The file reads top to bottom: the building blocks (norm, RoPE, attention, MLP, block, stack); the local decoders,
+one class per way of reading (`PhotonLocalDecoder`: the encoder's states; `PhotonSelfDecoder`: its own predictions;
+`PhotonLookbackDecoder`: the token decoder with a look-back), each making the same moves against the cache layer
+it needs; `PhotonLevel`, which picks its decoder once; `PhotonModel` (full passes, prefill and rebuild, the decode
+step); `PhotonForCausalLM`.
 """
 
 from __future__ import annotations
