@@ -299,3 +299,20 @@ def test_the_serving_pool_writes_rows_in_place_and_parks_free_ones():
         pool.write_row(0, _filled(config, pads=(0, 0)))
     with pytest.raises(ValueError, match="static"):
         PhotonCache(config).begin_pool(2, torch.device("cpu"), torch.float32)
+
+
+def test_the_model_talks_to_the_cache_through_its_verbs_only():
+    """No read of a level's storage or bookkeeping from the model file, and no variant branch in the decode step:
+    how a level's decoder reads is its class."""
+    import inspect
+    import re
+
+    from photon_hf import modeling_photon
+    from photon_hf.modeling_photon import PhotonModel
+
+    source = inspect.getsource(modeling_photon)
+    storage = r"\.(pending|predictions|history|encoder_keys|encoder_values|decoder_keys|decoder_values|units|level)\b"
+    assert not re.findall(r"(?:layer|cache)" + storage, source)
+    step = "".join(inspect.getsource(f) for f in (PhotonModel.decode_column, PhotonModel._consume,
+                                                   PhotonModel._encoder_step))
+    assert not re.findall(r"lookback|self_decoding|decoder_input|decoder_reading", step)
