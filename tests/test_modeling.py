@@ -1,6 +1,5 @@
 """The PHOTON forward pass: HF logits convention, causality, padding, losses, checkpointing, save/load, errors."""
 
-import functools
 
 import pytest
 import torch
@@ -272,7 +271,7 @@ def test_lookback_equals_a_block_sparse_reference():
     generator = torch.Generator().manual_seed(0)
     cond = torch.randn(batch, units, hidden, generator=generator, dtype=torch.float64)
     inputs = torch.randn(batch, units * chunk, hidden, generator=generator, dtype=torch.float64)
-    out = inner.decode_tokens_with_lookback(cond, inputs)
+    out = level.decoder.teacher_forced(level.prefix(cond), inputs, inner.rotary_emb, REFERENCE_OPS)
 
     layout = torch.cat([level.prefix(cond), inputs.view(batch, units, chunk, hidden)], dim=2).flatten(1, 2)
     position = torch.arange(units * slots)
@@ -301,8 +300,11 @@ def test_lookback_reaches_exactly_w_tokens_before_the_chunk():
         inner = model.model
         cond = torch.randn(1, 6, model.config.hidden_size, dtype=torch.float64)
         inputs = torch.randn(1, 6 * chunk, model.config.hidden_size, dtype=torch.float64)
-        plain = functools.partial(inner.decode_windows, 0, ops=REFERENCE_OPS)
-        decode = inner.decode_tokens_with_lookback if w else plain
+        level = inner.levels[0]
+
+        def decode(cond, inputs, level=level, inner=inner):
+            return level.decoder.teacher_forced(level.prefix(cond), inputs, inner.rotary_emb, REFERENCE_OPS)
+
         base = decode(cond, inputs)
         k = 4  # chunk 4 covers tokens 16..19; its outputs predict them
         for t in range(k * chunk):

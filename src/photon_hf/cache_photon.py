@@ -1,7 +1,9 @@
 """The hierarchical PHOTON cache (its analytic size is `memory.kv_cache_bytes`).
 
 A PHOTON model never keeps a per-token KV history. The cache is built the way transformers builds its own
-(`Cache(layers=[...])`): one `PhotonLevelCache` per level l (0-based here, bottom-up) owns
+(`Cache(layers=[...])`): one layer per level l (0-based here, bottom-up), of the class its local decoder needs
+(`PhotonLevelCache`, `PhotonSelfLevelCache`, `PhotonLookbackLevelCache`: `PhotonLevelGeometry.decoder_reading`),
+owns
 
 * the context encoder's KV, one entry per level-l unit (every P_l tokens). Only the top level must grow with the
   context; a level with an `encoder_windows` entry keeps a ring of W entries;
@@ -15,7 +17,8 @@ which starts at their first real token: `pads` (left pad columns, on the host) a
 `seen` (host), give each row's real-token count, kept on the device as `counts`. A decode column asks
 `begin_column()` which levels it runs (a `PhotonStep`, looked up on the host, so the step never reads the GPU);
 inside the step, `rows(level, counts, step)` says on the device which rows take part, and where rows differ every
-write is masked by it.
+write is masked by it. A stack talks to its level through update-shaped verbs (`update_encoder`, `update_prefix`,
+`update_decoder`, `add_subunit`, ...): it hands over its new keys and values and gets back what its attention reads.
 With `max_cache_len` every tensor is allocated once, at the prefill, and never moves: the decode step is then a
 static-shape function that `torch.compile` (and CUDA graphs) can capture.
 """
@@ -35,13 +38,16 @@ class PhotonStep(NamedTuple):
 
     `continuing[l]`: some row finished a sub-unit of level l whose unit goes on (a local-decoder step);
     `closing[l]`: some row completed a level-l unit (chunker, encoder step, then the level above, then a new unit's
-    prefix); `every_row[l]`: every row of the batch takes the same path at level l, so no write needs a mask. A
-    column's step depends only on its phase in the meta-chunk (P_L columns) and the rows' padding, so a compiled
-    decode step has at most P_L variants, and at most L + 1 when every row has the same padding.
+    prefix); `feeding[l]`: some row feeds a sub-unit to the level's local decoder (the continuing rows, and with a
+    token look-back the closing rows too: `PhotonLevelGeometry.feeds_last_subunit`); `every_row[l]`: every row of
+    the batch takes the same path at level l, so no write needs a mask. A column's step depends only on its phase in
+    the meta-chunk (P_L columns) and the rows' padding, so a compiled decode step has at most P_L variants, and at
+    most L + 1 when every row has the same padding.
     """
 
     continuing: tuple[bool, ...]
     closing: tuple[bool, ...]
+    feeding: tuple[bool, ...]
     every_row: tuple[bool, ...]
 
 
@@ -50,7 +56,8 @@ class PhotonRows(NamedTuple):
 
     Masks, each None when every row of the batch takes the same path (`PhotonStep.every_row`): `arriving`, the row
     finished a sub-unit of this level (every row at level 0; above, the rows that closed the level below);
-    `closing`, that sub-unit completes the row's unit; `continuing`, arriving but not closing. Positions: `phase`,
+    `closing`, that sub-unit completes the row's unit; `continuing`, arriving but not closing; `feeding`, the rows
+    whose sub-unit the local decoder reads (`continuing`, or `arriving` with a token look-back). Positions: `phase`,
     the sub-unit's index in its unit (0..C-1); `unit`, the index of the row's current unit (the one that closing
     rows just completed).
     """
@@ -58,6 +65,7 @@ class PhotonRows(NamedTuple):
     arriving: torch.Tensor | None
     closing: torch.Tensor | None
     continuing: torch.Tensor | None
+    feeding: torch.Tensor | None
     phase: torch.Tensor
     unit: torch.Tensor
 
@@ -95,24 +103,27 @@ def _static(tensor: torch.Tensor) -> torch.Tensor:
 
 
 class PhotonLevelCache(CacheLayerMixin):
-    """The cached state of one PHOTON level, for every row of the batch.
+    """The cached state of one PHOTON level, for every row of the batch, when its local decoder reads the encoder's
+    states (`decoder_input="encoder"`); `PhotonSelfLevelCache` and `PhotonLookbackLevelCache` extend it for the
+    other two ways of reading (`PhotonLevelGeometry.decoder_reading`).
+
+    Storage (allocated at the prefill, `lazy_initialization`):
 
     - `encoder_keys`, `encoder_values`: per layer [B, Hkv, capacity, hd], the context encoder's KV, one entry per
       unit; a ring of `window` entries when the level's encoder has a sliding window (unless recording for `crop`);
-    - `decoder_keys`, `decoder_values`: per layer [B, Hkv, W + R + C - 1, hd], the local decoder's KV: with a
-      token look-back (`decoder_lookback` = W, level 0) the first W entries hold the W tokens before the current unit,
-      in order, and the window follows (R + C slots then); without one (W = 0) the window of the current unit;
+    - `decoder_keys`, `decoder_values`: per layer [B, Hkv, W + slots, hd], the local decoder's KV: the window of the
+      current unit (R + C - 1 slots; the look-back level puts W entries first);
     - `pending`: the finished sub-units of the current unit, [B, C] token ids at level 0, [B, C, D] states above;
-    - `predictions` ("self" decoding, levels above 0): [B, C + 1, D], the previous unit's last prediction and the
-      current unit's C;
     - `history` (recording only): [B, units, D], every encoder state, from which `crop` rebuilds.
 
-    Storage is allocated at the prefill (`lazy_initialization`). With `max_units` (a static cache) the encoder KV
-    holds that many units and nothing is ever reallocated; without it, it holds what the prompt needs and grows by
-    doubling.
+    The model never reads these: it hands a stack's new keys/values to an `update_*` verb and gets back what its
+    attention reads, the way a transformers stack calls `Cache.update`. With `max_units` (a static cache) the
+    encoder KV holds that many units and nothing is ever reallocated; without it, it holds what the prompt needs
+    and grows by doubling.
     """
 
     is_sliding = False  # a windowed encoder keeps a ring; its bounds come from `encoder_bounds`, not from masks
+    _row_fields = ("pending",)  # batch-first tensors besides the KV lists, moved with the rows
 
     def __init__(self, level: PhotonLevelGeometry, config: PhotonConfig, max_units: int | None = None):
         super().__init__()
@@ -125,7 +136,9 @@ class PhotonLevelCache(CacheLayerMixin):
 
     def _drop_storage(self):
         self.encoder_keys = self.encoder_values = self.decoder_keys = self.decoder_values = None
-        self.pending = self.predictions = self.history = None
+        self.history = None
+        for name in self._row_fields:
+            setattr(self, name, None)
         self.is_initialized = False
 
     @property
@@ -147,38 +160,42 @@ class PhotonLevelCache(CacheLayerMixin):
         return self.encoder_keys[0].shape[2]
 
     def __repr__(self) -> str:
-        return f"PhotonLevelCache(level={self.level.index}, units={self.units})"
+        return f"{type(self).__name__}(level={self.level.index}, units={self.units})"
 
     # ------------------------------------------------------------------------------------------ allocation
     def lazy_initialization(self, batch_size: int, device: torch.device, dtype: torch.dtype, units: int = 0):
         """Allocate the storage for `batch_size` rows, the longest of which has completed `units` units."""
         level = self.level
-        if self.ring:
-            capacity = level.encoder_window
-        else:
-            capacity = max(units, self.max_units or 0, 1)
-        kv = (self.kv_heads, self.head_dim)
-
-        def zeros(*shape, dtype=dtype):
-            return self._placed(torch.zeros(*shape, device=device, dtype=dtype))
+        capacity = level.encoder_window if self.ring else max(units, self.max_units or 0, 1)
 
         def per_layer(layers, slots):
-            return [zeros(batch_size, kv[0], slots, kv[1]) for _ in range(layers)]
+            return [self._zeros(batch_size, self.kv_heads, slots, self.head_dim, device=device, dtype=dtype)
+                    for _ in range(layers)]
 
         self.encoder_keys = per_layer(level.num_encoder_layers, capacity)
         self.encoder_values = per_layer(level.num_encoder_layers, capacity)
         self.decoder_keys = per_layer(level.num_decoder_layers, level.decoder_cache_slots)
         self.decoder_values = per_layer(level.num_decoder_layers, level.decoder_cache_slots)
         if level.index == 0:
-            self.pending = zeros(batch_size, level.chunk_size, dtype=torch.long)
+            self.pending = self._zeros(batch_size, level.chunk_size, device=device, dtype=torch.long)
         else:
-            self.pending = zeros(batch_size, level.chunk_size, self.hidden_size)
-        if level.self_decoding:
-            self.predictions = zeros(batch_size, level.chunk_size + 1, self.hidden_size)
+            self.pending = self._zeros(batch_size, level.chunk_size, self.hidden_size, device=device, dtype=dtype)
         if self.recording:
             self.history = torch.zeros(batch_size, units, self.hidden_size, device=device, dtype=dtype)
         self.units = units
         self.is_initialized = True
+
+    def _zeros(self, *shape, device, dtype) -> torch.Tensor:
+        return self._placed(torch.zeros(*shape, device=device, dtype=dtype))
+
+    def reserve_tokens(self, tokens: int):
+        """The longest row holds `tokens` real tokens: make room for its units (see `reserve`)."""
+        self.reserve(self.level.units_in(tokens))
+
+    def reserve_columns(self, columns: int):
+        """A static cache now holds `columns` columns (a returned cache that generate continues further)."""
+        self.max_units = self.level.units_for(columns)
+        self.reserve(self.units)
 
     def reserve(self, units: int):
         """Make room for `units` encoder entries: a ring or a large enough cache does not move; a growing cache
@@ -197,14 +214,13 @@ class PhotonLevelCache(CacheLayerMixin):
                 store[layer] = self._placed(new)
 
     def nbytes(self) -> int:
-        tensors = [*(self.encoder_keys or []), *(self.encoder_values or []), *(self.decoder_keys or []),
-                   *(self.decoder_values or []), self.pending, self.predictions, self.history]
+        tensors = [*self._row_tensors(), self.history]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     # ------------------------------------------------------------------------------- the context encoder's KV
-    def store_prefill(self, kv: list[tuple[torch.Tensor, torch.Tensor]], units: torch.Tensor, rows: slice):
+    def store_prefill(self, kv: list[tuple[torch.Tensor, torch.Tensor]], tokens: torch.Tensor, rows: slice):
         """Copy a prefill's encoder keys/values ([G, Hkv, M, hd] per layer) into the cache rows `rows`, whose rows
-        have completed `units` ([G]) units each."""
+        hold `tokens` ([G]) real tokens each."""
         if not self.ring:
             n = min(self.capacity, kv[0][0].shape[2])
             for layer, (k, v) in enumerate(kv):
@@ -213,8 +229,8 @@ class PhotonLevelCache(CacheLayerMixin):
             return
         # Ring of W slots: slot s holds the latest unit p < units with p = s (mod W).
         window = self.level.encoder_window
-        count = units[:, None]
-        slots = torch.arange(window, device=units.device)[None, :]
+        count = self.level.units_in(tokens)[:, None]
+        slots = torch.arange(window, device=tokens.device)[None, :]
         latest = (count - 1 - ((count - 1 - slots) % window)).clamp(min=0)
         index = latest[:, None, :, None].expand(-1, self.kv_heads, -1, self.head_dim)
         for layer, (k, v) in enumerate(kv):
@@ -229,8 +245,8 @@ class PhotonLevelCache(CacheLayerMixin):
         start = torch.zeros_like(unit) if window is None else (unit - window + 1).clamp(min=0)
         return start, unit + 1
 
-    def write_encoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, unit: torch.Tensor,
-                      mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def update_encoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, unit: torch.Tensor,
+                       mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys/values [B, Hkv, 1, hd] of unit `unit` ([B]) for the rows in `mask`; return the layer's
         whole encoder KV ([B, Hkv, capacity, hd] each), to be read within `encoder_bounds`."""
         slot = unit % self.level.encoder_window if self.ring else unit
@@ -239,78 +255,53 @@ class PhotonLevelCache(CacheLayerMixin):
         return self.encoder_keys[layer], self.encoder_values[layer]
 
     def store_history(self, rows: slice, states: torch.Tensor):
-        """Recording, at the prefill: the encoder states [G, units, D] of the cache rows `rows`."""
-        self.history[rows, : states.shape[1]] = states
+        """At the prefill: the encoder states [G, >= units, D] of the cache rows `rows` (kept when recording)."""
+        if self.recording:
+            self.history[rows, : self.units] = states[:, : self.units]
 
     def record(self, unit: torch.Tensor, state: torch.Tensor, mask: torch.Tensor | None):
-        """Recording: keep the encoder state [B, D] of unit `unit` for the rows in `mask`."""
+        """After an encoder step: the state [B, D] of unit `unit` for the rows in `mask` (kept when recording)."""
+        if not self.recording:
+            return
         if self.history.shape[1] < self.units:
             grow = self.history.new_zeros(self.history.shape[0], self.units - self.history.shape[1], self.hidden_size)
             self.history = torch.cat([self.history, grow], dim=1)
         _write_rows(self.history, 1, unit.clamp(max=self.history.shape[1] - 1), state, mask)
 
-    # ---------------------------------------------------------------------------- the local decoder's state
-    def write_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
+    # ------------------------------------------------------------------------------ the unfinished unit
+    def add_subunit(self, phase: torch.Tensor, items: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Keep the finished sub-unit `items` ([B] token ids or [B, D] states) at `phase` for the rows in `mask`;
+        return the unit's sub-units so far ([B, C] or [B, C, D]), what the chunker reads when the unit closes."""
+        _write_rows(self.pending, 1, phase, items, mask)
+        return self.pending
+
+    def store_pending(self, rows: slice, pending: torch.Tensor):
+        """Prefill / rebuild: set the finished sub-units of the cache rows `rows`."""
+        self.pending[rows] = pending
+
+    # ---------------------------------------------------------------------------- the local decoder's KV
+    def update_prefix(self, layer: int, keys: torch.Tensor, values: torch.Tensor,
                       mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start a new unit for the rows in `mask`: its prefix keys/values [B, Hkv, R, hd] fill window slots
+        0..R-1. Returns what the prefix attends to: itself, [B, Hkv, R, hd] each."""
+        _write_slots(self.decoder_keys[layer], keys, mask)
+        _write_slots(self.decoder_values[layer], values, mask)
+        return keys, values
+
+    def update_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
+                       mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys/values [B, Hkv, 1, hd] at window slot `slot` ([B]) for the rows in `mask`; return the
-        layer's local KV ([B, Hkv, W + slots, hd] each; window slot s is entry W + s)."""
-        entry = slot + self.level.decoder_lookback
-        _write_rows(self.decoder_keys[layer], 2, entry, keys[:, :, 0], mask)
-        _write_rows(self.decoder_values[layer], 2, entry, values[:, :, 0], mask)
+        layer's local KV ([B, Hkv, entries, hd] each), to be read within `decoder_bounds`."""
+        _write_rows(self.decoder_keys[layer], 2, slot, keys[:, :, 0], mask)
+        _write_rows(self.decoder_values[layer], 2, slot, values[:, :, 0], mask)
         return self.decoder_keys[layer], self.decoder_values[layer]
 
-    def reset_unit(self, layer: int, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
-        """Start a new unit for the rows in `mask`: its prefix keys/values [B, Hkv, R, hd] fill window slots
-        0..R-1."""
-        _write_slots(self.decoder_keys[layer], keys, mask, self.level.decoder_lookback)
-        _write_slots(self.decoder_values[layer], values, mask, self.level.decoder_lookback)
-
-    def lookback(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The look-back keys/values of a layer, [B, Hkv, W, hd] each: the W tokens before the current unit."""
-        lookback = self.level.decoder_lookback
-        return self.decoder_keys[layer][:, :, :lookback], self.decoder_values[layer][:, :, :lookback]
-
-    def close_unit(self, mask: torch.Tensor | None):
-        """Look-back: the rows in `mask` finished their unit (its last token's keys/values are in the window), so
-        their look-back becomes the last W of [look-back ; the unit's C tokens], in every layer."""
-        lookback, width, chunk = self.level.decoder_lookback, self.level.converter_width, self.level.chunk_size
-        device = self.decoder_keys[0].device
-        # Entry e of the new look-back comes from entry e + C of [look-back ; window slots R..R+C-1].
-        source = torch.arange(chunk, lookback + chunk, device=device)
-        source = torch.where(source < lookback, source, source + width)
-        keep = torch.arange(lookback, device=device)
-        for store in (self.decoder_keys, self.decoder_values):
-            for buffer in store:
-                shifted = buffer.index_select(2, source)
-                if mask is not None:
-                    shifted = torch.where(mask.view(-1, 1, 1, 1), shifted, buffer.index_select(2, keep))
-                buffer.index_copy_(2, keep, shifted)
-
-    def write_pending(self, phase: torch.Tensor, items: torch.Tensor, mask: torch.Tensor | None):
-        """Keep the finished sub-unit `items` ([B] token ids or [B, D] states) at `phase` for the rows in `mask`."""
-        _write_rows(self.pending, 1, phase, items, mask)
-
-    def prediction(self, index: torch.Tensor) -> torch.Tensor:
-        """"self" decoding: each row's kept prediction at `index` ([B], 0 = the previous unit's last) -> [B, D]."""
-        gather = index.view(-1, 1, 1).expand(-1, 1, self.hidden_size)
-        return self.predictions.gather(1, gather)[:, 0]
-
-    def write_predictions(self, predictions: torch.Tensor, mask: torch.Tensor | None):
-        """"self" decoding: replace the kept predictions ([B, C + 1, D]) of the rows in `mask`."""
-        predictions = predictions.to(self.predictions.dtype)
-        if mask is not None:
-            predictions = torch.where(mask.view(-1, 1, 1), predictions, self.predictions)
-        self.predictions.copy_(predictions)
-
-    def store_local(self, rows: slice, pending: torch.Tensor, predictions: torch.Tensor | None = None):
-        """Prefill / rebuild: set the pending sub-units (and "self" predictions) of the cache rows `rows`."""
-        self.pending[rows] = pending
-        if predictions is not None:
-            self.predictions[rows] = predictions
+    def decoder_bounds(self, slot: torch.Tensor, tokens: torch.Tensor, phase: torch.Tensor):
+        """The local entries [start, end) that a query at window slot `slot` ([B]) attends to: the window so far."""
+        return torch.zeros_like(slot), slot + 1
 
     def store_decoder(self, layer: int, rows: slice, keys: torch.Tensor, values: torch.Tensor):
-        """Prefill / rebuild: set the local KV ([G, Hkv, W + slots, hd]: look-back, then window) of the cache rows
-        `rows`."""
+        """Prefill / rebuild: set the local KV ([G, Hkv, entries, hd]) of the cache rows `rows`."""
         self.decoder_keys[layer][rows] = keys
         self.decoder_values[layer][rows] = values
 
@@ -319,9 +310,9 @@ class PhotonLevelCache(CacheLayerMixin):
         """Replace every row-major tensor (batch first) t by fn(t)."""
         for store in (self.encoder_keys, self.encoder_values, self.decoder_keys, self.decoder_values):
             store[:] = [fn(t) for t in store]
-        self.pending = fn(self.pending)
-        self.predictions = None if self.predictions is None else fn(self.predictions)
-        self.history = None if self.history is None else fn(self.history)
+        for name in (*self._row_fields, "history"):
+            tensor = getattr(self, name)
+            setattr(self, name, None if tensor is None else fn(tensor))
 
     def reorder(self, index: torch.Tensor):
         """Row i takes the state of row index[i], in place (the storage keeps its address)."""
@@ -342,8 +333,9 @@ class PhotonLevelCache(CacheLayerMixin):
                 mine.index_copy_(0, index, theirs.to(mine.dtype))
 
     def _row_tensors(self) -> list[torch.Tensor | None]:
-        return [*self.encoder_keys, *self.encoder_values, *self.decoder_keys, *self.decoder_values, self.pending,
-                self.predictions]
+        """Every per-row tensor of the decode state (the recorded history aside)."""
+        return [*(self.encoder_keys or []), *(self.encoder_values or []), *(self.decoder_keys or []),
+                *(self.decoder_values or []), *(getattr(self, name) for name in self._row_fields)]
 
     def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
         return _static(tensor) if self.is_compileable else tensor
@@ -360,7 +352,9 @@ class PhotonLevelCache(CacheLayerMixin):
 
     # ----------------------------------------------------------------------- CacheLayerMixin's generic API
     def update(self, key_states, value_states, *args, **kwargs):
-        raise NotImplementedError("A PHOTON level is written through write_encoder / write_decoder / reset_unit.")
+        raise NotImplementedError(
+            "A PHOTON level is written through update_encoder / update_prefix / update_decoder."
+        )
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return (self.capacity if self.is_initialized else 0), 0
@@ -373,6 +367,88 @@ class PhotonLevelCache(CacheLayerMixin):
         return -1
 
 
+class PhotonSelfLevelCache(PhotonLevelCache):
+    """A level whose local decoder reads its own predictions (`decoder_input="self"`, levels above 0): also keeps
+    `predictions`, [B, C + 1, D], the previous unit's last prediction and the current unit's C. (Its local KV is
+    allocated, as `memory.kv_cache_bytes` counts it, but a "self" decoder predicts a whole unit at once.)"""
+
+    _row_fields = ("pending", "predictions")
+
+    def lazy_initialization(self, batch_size: int, device: torch.device, dtype: torch.dtype, units: int = 0):
+        super().lazy_initialization(batch_size, device, dtype, units)
+        self.predictions = self._zeros(batch_size, self.level.chunk_size + 1, self.hidden_size, device=device,
+                                       dtype=dtype)
+
+    def prediction(self, index: torch.Tensor) -> torch.Tensor:
+        """Each row's kept prediction at `index` ([B], 0 = the previous unit's last) -> [B, D]."""
+        gather = index.view(-1, 1, 1).expand(-1, 1, self.hidden_size)
+        return self.predictions.gather(1, gather)[:, 0]
+
+    def update_predictions(self, predictions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The rows in `mask` start a unit whose C predictions are `predictions` ([B, C, D]); the last kept one
+        becomes the carry. Returns each row's carry, [B, D] (what conditions sub-unit 0 of the new unit)."""
+        new = torch.cat([self.predictions[:, -1:], predictions.to(self.predictions.dtype)], dim=1)
+        kept = new if mask is None else torch.where(mask.view(-1, 1, 1), new, self.predictions)
+        self.predictions.copy_(kept)
+        return new[:, 0]
+
+    def store_predictions(self, rows: slice, predictions: torch.Tensor):
+        """Prefill / rebuild: the kept predictions ([G, C + 1, D]) of the cache rows `rows`."""
+        self.predictions[rows] = predictions
+
+
+class PhotonLookbackLevelCache(PhotonLevelCache):
+    """The token level with a look-back (`decoder_lookback` = W): the local KV's first W entries hold the W tokens
+    before the current unit, in order, and the window (R + C slots) follows; a closing unit shifts its tokens into
+    the look-back before the next unit's prefix is written."""
+
+    def update_prefix(self, layer: int, keys: torch.Tensor, values: torch.Tensor,
+                      mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Close the unit of the rows in `mask` (the look-back becomes the last W of [look-back ; its C tokens])
+        and write the new prefix keys/values [B, Hkv, R, hd] at window slots 0..R-1. Returns what the prefix
+        attends to: [look-back ; prefix], [B, Hkv, W + R, hd] each (read under the look-back mask)."""
+        lookback = self.level.decoder_lookback
+        out = []
+        for buffer, new in ((self.decoder_keys[layer], keys), (self.decoder_values[layer], values)):
+            self._close_unit(buffer, mask)
+            _write_slots(buffer, new, mask, lookback)
+            out.append(torch.cat([buffer[:, :, :lookback].to(new.dtype), new], dim=2))
+        return out[0], out[1]
+
+    def _close_unit(self, buffer: torch.Tensor, mask: torch.Tensor | None):
+        """In place, for the rows in `mask`: entry e of the new look-back is entry e + C of [look-back ; window
+        slots R..R+C-1]."""
+        lookback, width, chunk = self.level.decoder_lookback, self.level.converter_width, self.level.chunk_size
+        source = torch.arange(chunk, lookback + chunk, device=buffer.device)
+        source = torch.where(source < lookback, source, source + width)
+        keep = torch.arange(lookback, device=buffer.device)
+        shifted = buffer.index_select(2, source)
+        if mask is not None:
+            shifted = torch.where(mask.view(-1, 1, 1, 1), shifted, buffer.index_select(2, keep))
+        buffer.index_copy_(2, keep, shifted)
+
+    def update_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
+                       mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the base class, window slot s being entry W + s."""
+        return super().update_decoder(layer, keys, values, slot + self.level.decoder_lookback, mask)
+
+    def decoder_bounds(self, slot: torch.Tensor, tokens: torch.Tensor, phase: torch.Tensor):
+        """The look-back entries that exist (the row has `tokens` [B] tokens, the last one at `phase` in its unit),
+        then the window up to `slot`."""
+        lookback = self.level.decoder_lookback
+        return lookback - (tokens - 1 - phase).clamp(max=lookback), lookback + slot + 1
+
+
+_LEVEL_CACHES = {"encoder": PhotonLevelCache, "self": PhotonSelfLevelCache, "lookback": PhotonLookbackLevelCache}
+
+
+def level_cache(level: PhotonLevelGeometry, config: PhotonConfig, max_columns: int | None = None) -> PhotonLevelCache:
+    """The cache layer of a level, for the way its local decoder reads, sized for `max_columns` columns (None:
+    it grows)."""
+    cls = _LEVEL_CACHES[level.decoder_reading]
+    return cls(level, config, None if max_columns is None else level.units_for(max_columns))
+
+
 class PhotonCache(Cache):
     """Hierarchical cache for `PhotonForCausalLM` (see the module docstring): one `PhotonLevelCache` per level in
     `layers`, plus the rows' bookkeeping.
@@ -383,12 +459,10 @@ class PhotonCache(Cache):
     """
 
     def __init__(self, config: PhotonConfig, max_cache_len: int | None = None):
-        levels = config.levels
-        sizes = [None if max_cache_len is None else max(max_cache_len // level.tokens_per_unit, 1) for level in levels]
-        super().__init__(layers=[PhotonLevelCache(lvl, config, size) for lvl, size in zip(levels, sizes, strict=True)])
+        super().__init__(layers=[level_cache(level, config, max_cache_len) for level in config.levels])
         self.config = config
         self.max_columns = max_cache_len  # columns (pads included) the static storage holds; None: it grows
-        self.period = levels[-1].tokens_per_unit  # P_L: steps repeat with the meta-chunk
+        self.period = config.levels[-1].tokens_per_unit  # P_L: steps repeat with the meta-chunk
         self.recording = False
         self._reset_rows()
 
@@ -452,8 +526,7 @@ class PhotonCache(Cache):
             return
         self.max_columns = max_cache_len
         for layer in self.layers:
-            layer.max_units = max(max_cache_len // layer.level.tokens_per_unit, 1)
-            layer.reserve(layer.units)
+            layer.reserve_columns(max_cache_len)
 
     # -------------------------------------------------------------------------------------------- the prefill
     def begin_prefill(self, pads: list[int], columns: int, device: torch.device, dtype: torch.dtype):
@@ -465,7 +538,7 @@ class PhotonCache(Cache):
         if self.is_compileable:
             _static(self.counts)
         for layer in self.layers:
-            layer.lazy_initialization(len(pads), device, dtype, max(counts) // layer.level.tokens_per_unit)
+            layer.lazy_initialization(len(pads), device, dtype, layer.level.units_in(max(counts)))
         if self.recording:
             self.history_tokens = torch.zeros(len(pads), 0, dtype=torch.long, device=device)
         self._steps = {}
@@ -476,7 +549,7 @@ class PhotonCache(Cache):
         self.seen += 1
         longest = self.seen - min(self.pads)
         for layer in self.layers:
-            layer.reserve(longest // layer.level.tokens_per_unit)
+            layer.reserve_tokens(longest)
         if not self._steps:
             self._steps = {phase: self._step_at(phase) for phase in range(self.period)}
         return self._steps[self.seen % self.period]
@@ -485,18 +558,19 @@ class PhotonCache(Cache):
         """The step of every column that brings `seen` to `phase` (mod P_L), from the rows' distinct paddings."""
         # Real-token counts mod P_L, as 1..P_L (a multiple of P_L completes a unit at every level).
         counts = {(phase - pad) % self.period or self.period for pad in set(self.pads)}
-        continuing, closing, every_row = [], [], []
+        continuing, closing, feeding, every_row = [], [], [], []
         arriving = counts
         for level in self.config.levels:
-            arrived = {c for c in arriving if c % level.tokens_per_subunit == 0}
-            closed = {c for c in arrived if c % level.tokens_per_unit == 0}
+            arrived = {c for c in arriving if level.arrives(c)}
+            closed = {c for c in arrived if level.closes(c)}
             continuing.append(bool(arrived - closed))
             closing.append(bool(closed))
+            feeding.append(bool(arrived if level.feeds_last_subunit else arrived - closed))
             every_row.append(arrived == counts and closed in (arrived, set()))
             if not closed:
                 break
             arriving = closed
-        return PhotonStep(tuple(continuing), tuple(closing), tuple(every_row))
+        return PhotonStep(tuple(continuing), tuple(closing), tuple(feeding), tuple(every_row))
 
     def advance(self) -> torch.Tensor:
         """The device side of consuming one column (inside the step): count it; returns the counts [B]."""
@@ -506,18 +580,19 @@ class PhotonCache(Cache):
     def rows(self, level: int, counts: torch.Tensor, step: PhotonStep) -> PhotonRows:
         """Where each row stands at `level` once it has consumed `counts` ([B]) real tokens, in column `step`."""
         geometry = self.layers[level].level
-        below = geometry.tokens_per_subunit
-        phase = (counts // below - 1) % geometry.chunk_size
-        unit = counts // geometry.tokens_per_unit - 1
+        phase, unit = geometry.arrival(counts)
         if step.every_row[level]:
-            return PhotonRows(None, None, None, phase, unit)
-        arriving = counts % below == 0
-        closing = counts % geometry.tokens_per_unit == 0
-        return PhotonRows(arriving, closing, arriving & ~closing, phase, unit)
+            return PhotonRows(None, None, None, None, phase, unit)
+        arriving = geometry.arrives(counts)
+        closing = geometry.closes(counts)
+        continuing = arriving & ~closing
+        return PhotonRows(arriving, closing, continuing, arriving if geometry.feeds_last_subunit else continuing,
+                          phase, unit)
 
     def record_tokens(self, tokens: torch.Tensor):
-        """Recording: append input columns [B, n] to the token history."""
-        self.history_tokens = torch.cat([self.history_tokens, tokens], dim=1)
+        """Append input columns [B, n] to the token history (when recording)."""
+        if self.recording:
+            self.history_tokens = torch.cat([self.history_tokens, tokens], dim=1)
 
     # ------------------------------------------------------------------------------------------ batch reshaping
     def _new_pads(self, pads: list[int], counts: torch.Tensor):
@@ -652,7 +727,7 @@ class PhotonCache(Cache):
         self.history_tokens = self.history_tokens[:, : self.seen]
         longest = self.seen - min(self.pads)
         for layer in self.layers:
-            layer.crop(longest // layer.level.tokens_per_unit)
+            layer.crop(layer.level.units_in(longest))
         self._stale = True
         self._steps = {}
 

@@ -62,6 +62,52 @@ class PhotonLevelGeometry:
         window."""
         return self.decoder_lookback + self.decoder_slots
 
+    @property
+    def decoder_reading(self) -> str:
+        """How this level's local decoder reads: "encoder" (the encoder's states, teacher forced), "self" (its own
+        predictions) or "lookback" (the token decoder, also attending to the W tokens before its unit). The model
+        picks its decoder class and the cache its level layer from it."""
+        if self.decoder_lookback:
+            return "lookback"
+        return "self" if self.self_decoding else "encoder"
+
+    @property
+    def feeds_last_subunit(self) -> bool:
+        """Whether a unit's last sub-unit is fed to the local decoder too (with a look-back: the units after it
+        attend to its keys and values); without, the last sub-unit only completes the unit."""
+        return self.decoder_lookback > 0
+
+    # Unit and phase arithmetic: the one place that turns token counts (ints or tensors) into positions.
+    def units_in(self, tokens):
+        """Complete units of this level in `tokens` tokens (the index of the unfinished one)."""
+        return tokens // self.tokens_per_unit
+
+    def units_for(self, columns: int) -> int:
+        """Encoder entries a static cache of `columns` columns holds at this level (at least one)."""
+        return max(columns // self.tokens_per_unit, 1)
+
+    def subunits_done(self, tokens):
+        """Finished sub-units of the unfinished unit after `tokens` tokens (0..C-1)."""
+        return (tokens // self.tokens_per_subunit) % self.chunk_size
+
+    def arrival(self, tokens):
+        """Where the sub-unit that `tokens` tokens just finished stands: (its index in its unit, 0..C-1; the index
+        of its unit). Meaningful for the rows whose count is a multiple of `tokens_per_subunit`."""
+        return (tokens // self.tokens_per_subunit - 1) % self.chunk_size, tokens // self.tokens_per_unit - 1
+
+    def arrives(self, tokens):
+        """Whether `tokens` tokens just finished a sub-unit of this level."""
+        return tokens % self.tokens_per_subunit == 0
+
+    def closes(self, tokens):
+        """Whether `tokens` tokens just completed a unit of this level."""
+        return tokens % self.tokens_per_unit == 0
+
+    def decoder_slot(self, phase):
+        """The local-decoder window slot (R + phase) where sub-unit `phase` is fed; clamped into the window (a
+        unit's last sub-unit has no slot without a look-back: those rows do not write)."""
+        return self.converter_width + phase.clamp(max=self.decoder_slots - self.converter_width - 1)
+
 
 class PhotonConfig(PretrainedConfig):
     r"""

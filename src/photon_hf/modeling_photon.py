@@ -11,6 +11,12 @@ level-i conditioning latent into R_i prefix vectors and a small causal decoder G
 [prefix ; inputs of sub-units 0..C_i-2], whose outputs at slots R_i-1.. predict the C_i sub-units. With
 `decoder_input="encoder"` the inputs are the encoder's states (teacher forced) and each prediction conditions its
 own unit below with zero lag; with "self" the decoders read their own outputs and every level is shifted.
+
+The file reads top to bottom: the building blocks (norm, RoPE, attention, MLP, block, stack); the local decoders,
+one class per way of reading (`PhotonLocalDecoder`: the encoder's states; `PhotonSelfDecoder`: its own predictions;
+`PhotonLookbackDecoder`: the token decoder with a look-back), each making the same moves against the cache layer
+it needs; `PhotonLevel`, which picks its decoder once; `PhotonModel` (full passes, prefill and rebuild, the decode
+step); `PhotonForCausalLM`.
 """
 
 from __future__ import annotations
@@ -153,6 +159,280 @@ class PhotonStack(nn.Module):
         return self.norm(hidden_states)
 
 
+# ------------------------------------------------------------------------------------------------- local decoders
+def _lookback_mask(before: torch.Tensor, lookback: int, slots: int) -> torch.Tensor:
+    """Which keys the first `slots` slots of a token-decoder window may attend to with a look-back of W tokens:
+    the look-back entries that exist (the last min(W, before) of the W; `before` [N] counts the tokens before each
+    window), then the window's own slots, causally. Returns [N, 1, slots, W + slots] (True: attend)."""
+    back = torch.arange(lookback, device=before.device)[None, :] >= lookback - before.clamp(max=lookback)[:, None]
+    own = torch.ones(slots, slots, dtype=torch.bool, device=before.device).tril()
+    mask = torch.cat([back[:, None, :].expand(-1, slots, -1), own.expand(before.shape[0], -1, -1)], dim=-1)
+    return mask[:, None]
+
+
+def _fit_units(stream: torch.Tensor, units: int) -> torch.Tensor:
+    """stream [B, M, D] cut or zero-padded to [B, units, D]."""
+    if stream.shape[1] >= units:
+        return stream[:, :units]
+    return torch.cat([stream, stream.new_zeros(stream.shape[0], units - stream.shape[1], stream.shape[2])], dim=1)
+
+
+def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x: [B, N, *], index: [B, K] (values in [0, N)) -> [B, K, *]."""
+    shape = index.shape + x.shape[2:]
+    flat = index.reshape(index.shape[0], -1, *([1] * (x.dim() - 2))).expand(index.shape[0], -1, *x.shape[2:])
+    return x.gather(1, flat).view(shape)
+
+
+def _gather_units(stream: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """stream: [B, M, D] (M may be 0), index: [B, K] -> [B, K, D]; out-of-range indices read a zero unit (the
+    callers only use such entries where they are masked or replaced)."""
+    padded = torch.cat([stream, stream.new_zeros(stream.shape[0], 1, stream.shape[2])], dim=1)
+    return _gather_rows(padded, index.clamp(min=0, max=stream.shape[1]))
+
+
+def _rope(rotary: PhotonRotaryEmbedding, positions: torch.Tensor, dtype: torch.dtype):
+    """cos, sin for one query per row at `positions` ([B]): [B, 1, 1, hd]."""
+    cos, sin = rotary(positions, dtype)
+    return cos[:, None, None], sin[:, None, None]
+
+
+def _window_rope(rotary: PhotonRotaryEmbedding, length: int, device, dtype):
+    """cos, sin of positions 0..length-1: [1, 1, length, hd]."""
+    cos, sin = rotary(torch.arange(length, device=device), dtype)
+    return cos[None, None], sin[None, None]
+
+
+def _shift(stream: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """[start ; stream] cut to the length of stream ([B, M, D]): each unit is conditioned on the one before it."""
+    start = start.to(stream.dtype).expand(stream.shape[0], 1, -1)
+    return torch.cat([start, stream], dim=1)[:, : stream.shape[1]]
+
+
+@dataclass
+class PhotonTrace:
+    """What a teacher-forced pass (`PhotonModel.decode`) records for a cache rebuild.
+
+    `conditions[i]`: [B, M_i, D], the conditioning latent of every level-i unit; `token_kv`: the token decoder's
+    per-layer (key, value) pairs when it records them (with a look-back: [B * M_0, Hkv, R + C, hd]); `hidden`:
+    [B, T, D], the token states; `predictions[i]` (i >= 1): [B, M_{i-1}, D], decoder i's predictions.
+    """
+
+    conditions: list
+    token_kv: list
+    hidden: torch.Tensor | None = None
+    predictions: list | None = None
+
+
+class PhotonLocalDecoder(PhotonStack):
+    """A local decoder G_i that reads the encoder's states (`decoder_input="encoder"`, the default): teacher forced,
+    each of its predictions conditions its own unit below with zero lag.
+
+    Every local decoder makes the same moves, whatever it reads; a level picks its class once, at construction
+    (`PhotonLevelGeometry.decoder_reading`), and the cache gives it the matching layer (`cache_photon`):
+
+    - `teacher_forced(prefix, inputs)`: the full forward, every unit's window at once;
+    - `conditioning(predictions, start)`: its predictions -> the conditioning latents of the level below;
+    - `start_unit(cache, rows, prefix, tokens)`: a decode step's closing rows start a unit from its converter prefix;
+    - `step(cache, rows, x, tokens)`: a decode step's feeding rows hand it a finished sub-unit;
+    - `rebuild(cache, group, prefix, inputs, tokens, history)`: after a prefill or a crop, its cached state.
+
+    The window of a unit is [prefix (R slots) ; inputs of sub-units 0..C-2]; outputs at slots R-1.. predict the C
+    sub-units. Parameters are the stack's (`layers`, `norm`), so checkpoints do not depend on the class.
+    """
+
+    def __init__(self, config: PhotonConfig, geometry):
+        super().__init__(config, geometry.num_decoder_layers)
+        self.geometry = geometry
+
+    def teacher_forced(self, prefix: torch.Tensor, inputs: torch.Tensor, rotary: PhotonRotaryEmbedding,
+                       ops: PhotonOps, capture: list | None = None) -> torch.Tensor:
+        """prefix: [B, M, R, D] converter prefixes; inputs: [B, M * C, D] the sub-units' inputs. Returns the C
+        predictions per unit: [B, M * C, D]."""
+        b, m, width, d = prefix.shape
+        chunk = self.geometry.chunk_size
+        windows = torch.cat([prefix, inputs.view(b, m, chunk, d)[:, :, : chunk - 1]], dim=2)
+        cos, sin = _window_rope(rotary, self.geometry.decoder_slots, prefix.device, prefix.dtype)
+        out = self(windows.flatten(0, 1), cos, sin, lambda q, k, v, _: ops.chunk_local_attention(q, k, v))
+        return out[:, width - 1 :].reshape(b, m * chunk, d)
+
+    def conditioning(self, predictions: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """[B, M * C, D] predictions -> conditioning latents of the level below: the predictions themselves."""
+        return predictions
+
+    def start_unit(self, cache: PhotonLevelCache, rows: PhotonRows, prefix: torch.Tensor, tokens: torch.Tensor,
+                   rotary: PhotonRotaryEmbedding, ops: PhotonOps) -> torch.Tensor:
+        """Run the prefix [B, R, D] of the closing rows' new unit (slots 0..R-1, written to the cache) and return the
+        output at slot R-1, which conditions sub-unit 0: [B, D]. `tokens` [B]: each row's real-token count."""
+        cos, sin = _window_rope(rotary, self.geometry.converter_width, prefix.device, prefix.dtype)
+
+        def attend(q, k, v, layer_idx):
+            keys, values = cache.update_prefix(layer_idx, k, v, rows.closing)
+            return ops.chunk_local_attention(q, keys, values)
+
+        return self(prefix, cos, sin, attend)[:, -1]
+
+    def step(self, cache: PhotonLevelCache, rows: PhotonRows, x: torch.Tensor, tokens: torch.Tensor,
+             rotary: PhotonRotaryEmbedding, ops: PhotonOps) -> torch.Tensor:
+        """Feed the input x [B, D] of finished sub-unit j (`rows.phase`) at window slot R + j (the feeding rows
+        write); return the output there, which conditions sub-unit j + 1: [B, D]."""
+        slot = self.geometry.decoder_slot(rows.phase)
+        cos, sin = _rope(rotary, self._position(slot, tokens), x.dtype)
+        start, end = cache.decoder_bounds(slot, tokens, rows.phase)
+
+        def attend(q, k, v, layer_idx):
+            keys, values = cache.update_decoder(layer_idx, k, v, slot, rows.feeding)
+            return ops.decode_attention(q[:, :, 0], keys, values, start, end)[:, :, None]
+
+        return self(x[:, None], cos, sin, attend)[:, 0]
+
+    def _position(self, slot: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The RoPE position of a decode step's query: its window slot."""
+        return slot
+
+    def rebuild(self, cache: PhotonLevelCache, group: slice, prefix: torch.Tensor, inputs: torch.Tensor,
+                tokens: torch.Tensor, history: Callable[[], PhotonTrace], rotary: PhotonRotaryEmbedding,
+                ops: PhotonOps) -> torch.Tensor:
+        """Rebuild the cached state of the unfinished unit of the cache rows `group` (prefix [G, R, D] from its
+        conditioning latent, inputs [G, C, D] of its sub-units, `tokens` [G] real tokens per row; `history()` a
+        teacher-forced pass, computed on demand) and return what conditions each row's next sub-unit: [G, D]."""
+        chunk, width = self.geometry.chunk_size, self.geometry.converter_width
+        window = torch.cat([prefix, inputs[:, : chunk - 1]], dim=1)
+        cos, sin = _window_rope(rotary, self.geometry.decoder_slots, window.device, window.dtype)
+
+        def attend(q, k, v, layer_idx):
+            cache.store_decoder(layer_idx, group, k, v)
+            return ops.chunk_local_attention(q, k, v)
+
+        out = self(window, cos, sin, attend)
+        rows = torch.arange(out.shape[0], device=out.device)
+        return out[rows, width - 1 + self.geometry.subunits_done(tokens)]
+
+
+class PhotonSelfDecoder(PhotonLocalDecoder):
+    """A latent decoder that reads its own predictions (`decoder_input="self"`, the paper-literal reading): it
+    unrolls a unit's C predictions from the prefix alone, each fed back; the level below is shifted by one unit
+    (a learned start latent first). In a decode step it predicts a whole unit when the unit starts, and the
+    cache keeps the predictions (`PhotonSelfLevelCache`)."""
+
+    def unroll(self, prefix: torch.Tensor, rotary: PhotonRotaryEmbedding, ops: PhotonOps) -> torch.Tensor:
+        """prefix [N, R, D] -> the C predictions [N, C, D], each fed back (sequential by definition)."""
+        window, outputs = prefix, []
+        for _ in range(self.geometry.chunk_size):
+            cos, sin = _window_rope(rotary, window.shape[1], prefix.device, prefix.dtype)
+            h = self(window, cos, sin, lambda q, k, v, _: ops.chunk_local_attention(q, k, v))[:, -1]
+            outputs.append(h)
+            window = torch.cat([window, h[:, None]], dim=1)
+        return torch.stack(outputs, dim=1)
+
+    def teacher_forced(self, prefix, inputs, rotary, ops, capture=None):
+        """prefix: [B, M, R, D] -> [B, M * C, D], every unit unrolled (`inputs` are not read)."""
+        b, m = prefix.shape[:2]
+        return self.unroll(prefix.flatten(0, 1), rotary, ops).reshape(b, m * self.geometry.chunk_size, -1)
+
+    def conditioning(self, predictions, start):
+        """The level below is shifted: sub-unit k is conditioned on prediction k - 1 (`start` [D] first)."""
+        return _shift(predictions, start)
+
+    def start_unit(self, cache, rows, prefix, tokens, rotary, ops):
+        """Predict the closing rows' new unit at once, keep it, and return the carry (the last prediction of the
+        unit before), which conditions sub-unit 0: [B, D]."""
+        return cache.update_predictions(self.unroll(prefix, rotary, ops), rows.closing)
+
+    def step(self, cache, rows, x, tokens, rotary, ops):
+        """Sub-unit j + 1 is conditioned on the kept prediction j: [B, D]."""
+        return cache.prediction(rows.phase + 1)
+
+    def rebuild(self, cache, group, prefix, inputs, tokens, history, rotary, ops):
+        """The kept predictions [carry ; C] of each row's unfinished unit, read from the teacher-forced pass (the
+        shifted predictions are the conditioning latents of the level below)."""
+        chunk, index, trace = self.geometry.chunk_size, self.geometry.index, history()
+        # [start ; every prediction] ([G, M_{i-1} + 1, D]): the level below's conditioning latents, and one more.
+        below = torch.cat([trace.conditions[index - 1][:, :1], trace.predictions[index]], dim=1)
+        unit = self.geometry.units_in(tokens)
+        window = _gather_rows(below, unit[:, None] * chunk + torch.arange(chunk + 1, device=tokens.device))
+        cache.store_predictions(group, window)
+        return window[torch.arange(window.shape[0], device=tokens.device), self.geometry.subunits_done(tokens)]
+
+
+class PhotonLookbackDecoder(PhotonLocalDecoder):
+    """The token decoder with a look-back of W tokens (`decoder_lookback`): chunk k's window is [prefix (R) ; its C
+    tokens] (the last token is fed too, so that later chunks can attend to it) and at every layer its slots also
+    attend to the keys and values, at that layer, of tokens kC - W .. kC - 1, computed in their own windows. RoPE
+    runs on token positions (prefix slot r at kC - R + r, token j at kC + j), so distances across windows are the
+    true ones. No Triton kernel takes this mask: windows and prefixes attend through `masked_attention` (SDPA).
+    The cache keeps the W tokens' keys and values before the window (`PhotonLookbackLevelCache`)."""
+
+    def teacher_forced(self, prefix, inputs, rotary, ops, capture=None):
+        """prefix: [B, M, R, D]; inputs: [B, M * C, D] token embeddings -> the token states [B, M * C, D];
+        `capture` (a list) receives each layer's (key, value): [B * M, Hkv, R + C, hd]."""
+        geometry = self.geometry
+        b, m, width, d = prefix.shape
+        chunk, lookback, slots = geometry.chunk_size, geometry.decoder_lookback, geometry.decoder_slots
+        device = prefix.device
+        windows = torch.cat([prefix, inputs.view(b, m, chunk, d)], dim=2).flatten(0, 1)
+        before = torch.arange(m, device=device) * chunk  # tokens before each chunk
+        cos, sin = rotary(before[:, None] - width + torch.arange(slots, device=device), prefix.dtype)
+        cos, sin = cos.repeat(b, 1, 1)[:, None], sin.repeat(b, 1, 1)[:, None]  # [B * M, 1, S, hd], b-major
+        mask = _lookback_mask(before, lookback, slots).repeat(b, 1, 1, 1)
+        back = (before[:, None] - lookback + torch.arange(lookback, device=device)).clamp(min=0)  # [M, W] tokens
+
+        def with_lookback(x: torch.Tensor) -> torch.Tensor:
+            """[B * M, Hkv, S, hd] per-window keys (or values) -> [B * M, Hkv, W + S, hd], the look-back first."""
+            heads, head_dim = x.shape[1], x.shape[3]
+            tokens = x.view(b, m, heads, slots, head_dim)[:, :, :, width:].transpose(1, 2)
+            tokens = tokens.reshape(b, heads, m * chunk, head_dim)[:, :, back]  # [B, Hkv, M, W, hd]
+            return torch.cat([tokens.transpose(1, 2).reshape(b * m, heads, lookback, head_dim), x], dim=2)
+
+        def attend(q, k, v, layer_idx):
+            if capture is not None:
+                capture.append((k, v))
+            return masked_attention(q, with_lookback(k), with_lookback(v), mask)
+
+        out = self(windows, cos, sin, attend)
+        return out.view(b, m, slots, d)[:, :, width - 1 : width - 1 + chunk].reshape(b, m * chunk, d)
+
+    def start_unit(self, cache, rows, prefix, tokens, rotary, ops):
+        """The prefix also attends to the look-back (`tokens` [B] before the new chunk) and sits at token
+        positions."""
+        width = self.geometry.converter_width
+        cos, sin = rotary(tokens[:, None] - width + torch.arange(width, device=tokens.device), prefix.dtype)
+        mask = _lookback_mask(tokens, self.geometry.decoder_lookback, width)
+
+        def attend(q, k, v, layer_idx):
+            keys, values = cache.update_prefix(layer_idx, k, v, rows.closing)
+            return masked_attention(q, keys, values, mask)
+
+        return self(prefix, cos[:, None], sin[:, None], attend)[:, -1]
+
+    def _position(self, slot, tokens):
+        """A token's RoPE position is its index in the sequence."""
+        return tokens - 1
+
+    def rebuild(self, cache, group, prefix, inputs, tokens, history, rotary, ops):
+        """The keys/values depend on the chunks before: each row keeps, from the teacher-forced pass, the W tokens
+        before its current chunk and that chunk's window, and gets the token state that predicts its next token."""
+        geometry = self.geometry
+        chunk, width, lookback = geometry.chunk_size, geometry.converter_width, geometry.decoder_lookback
+        trace = history()
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        unit = geometry.units_in(tokens)  # each row's current (unfinished) chunk
+        back = (unit[:, None] * chunk - lookback + torch.arange(lookback, device=tokens.device)).clamp(min=0)
+        for layer_idx, (keys, values) in enumerate(trace.token_kv):
+            stored = []
+            for x in (keys, values):
+                heads, head_dim = x.shape[1], x.shape[3]
+                x = x.view(tokens.shape[0], -1, heads, geometry.decoder_slots, head_dim)
+                token_kv = x[:, :, :, width:].transpose(1, 2).flatten(2, 3)  # [G, Hkv, M * C, hd]
+                back_kv = token_kv.gather(2, back[:, None, :, None].expand(-1, heads, -1, head_dim))
+                stored.append(torch.cat([back_kv, x[rows, unit]], dim=2))
+            cache.store_decoder(layer_idx, group, *stored)
+        return trace.hidden[rows, tokens]
+
+
+_DECODERS = {"encoder": PhotonLocalDecoder, "self": PhotonSelfDecoder, "lookback": PhotonLookbackDecoder}
+
+
 class PhotonLevel(nn.Module):
     """One level of the hierarchy: chunker, context encoder, converter and local decoder (shape: `geometry`)."""
 
@@ -167,7 +447,7 @@ class PhotonLevel(nn.Module):
         self.chunker = nn.Linear(width, config.hidden_size, bias=True) if needs_projection else None
         self.encoder = PhotonStack(config, geometry.num_encoder_layers)
         self.converter = nn.Linear(config.hidden_size, geometry.converter_width * config.hidden_size, bias=True)
-        self.decoder = PhotonStack(config, geometry.num_decoder_layers)
+        self.decoder = _DECODERS[geometry.decoder_reading](config, geometry)  # chosen once: how it reads
 
     def chunk(self, units: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
         """[..., C, width] units of the level below -> [..., D] one unit of this level."""
@@ -232,35 +512,72 @@ class PhotonCausalLMOutputWithPast(CausalLMOutputWithPast):
     recursive_loss: torch.FloatTensor | None = None
 
 
-def _lookback_mask(before: torch.Tensor, lookback: int, slots: int) -> torch.Tensor:
-    """Which keys the first `slots` slots of a token-decoder window may attend to with a look-back of W tokens:
-    the look-back entries that exist (the last min(W, before) of the W; `before` [N] counts the tokens before each
-    window), then the window's own slots, causally. Returns [N, 1, slots, W + slots] (True: attend)."""
-    back = torch.arange(lookback, device=before.device)[None, :] >= lookback - before.clamp(max=lookback)[:, None]
-    own = torch.ones(slots, slots, dtype=torch.bool, device=before.device).tril()
-    mask = torch.cat([back[:, None, :].expand(-1, slots, -1), own.expand(before.shape[0], -1, -1)], dim=-1)
-    return mask[:, None]
+def _check_inputs(input_ids, inputs_embeds, cache, past_key_values) -> PhotonCache | None:
+    """Refuse what PHOTON cannot take (embeddings, other caches, malformed ids); return the one cache given."""
+    if inputs_embeds is not None:
+        raise ValueError(
+            "PHOTON does not accept `inputs_embeds`: its encoder and its token decoder embed token ids with two "
+            "different tables (widths E and D). Pass `input_ids`. (PEFT prompt tuning and p-tuning feed "
+            "`inputs_embeds`; PHOTON supports LoRA-style adapters only.)"
+        )
+    if input_ids is None:
+        raise ValueError("PhotonModel needs `input_ids`.")
+    if input_ids.dim() != 2:
+        raise ValueError(f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}.")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"`input_ids` is empty (shape {tuple(input_ids.shape)}): PHOTON needs at least one token.")
+    for given in (cache, past_key_values):
+        if given is not None and not isinstance(given, PhotonCache):
+            raise TypeError(
+                f"PHOTON needs a PhotonCache, got {type(given).__name__}. Leave the cache out and generate() or "
+                "the model will build one. (PEFT prefix tuning and the other prompt-learning methods inject a "
+                "standard per-layer KV cache, which a hierarchical PHOTON model cannot use: fine-tune with LoRA.)"
+            )
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("Got two different caches, `cache` and `past_key_values`: pass one.")
+    return cache if cache is not None else past_key_values
 
 
-def _fit_units(stream: torch.Tensor, units: int) -> torch.Tensor:
-    """stream [B, M, D] cut or zero-padded to [B, units, D]."""
-    if stream.shape[1] >= units:
-        return stream[:, :units]
-    return torch.cat([stream, stream.new_zeros(stream.shape[0], units - stream.shape[1], stream.shape[2])], dim=1)
+def _check_ids(input_ids: torch.Tensor, vocab_size: int):
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(f"`input_ids` must lie in [0, vocab_size={vocab_size}); got values from {low} to {high}.")
 
 
-def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x: [B, N, *], index: [B, K] (values in [0, N)) -> [B, K, *]."""
-    shape = index.shape + x.shape[2:]
-    flat = index.reshape(index.shape[0], -1, *([1] * (x.dim() - 2))).expand(index.shape[0], -1, *x.shape[2:])
-    return x.gather(1, flat).view(shape)
+def _row_pads(attention_mask: torch.Tensor | None, input_ids: torch.Tensor, for_cache: bool) -> list[int]:
+    """Left pad columns per row, from a mask whose ones form one run per row (holes are an error)."""
+    batch, length = input_ids.shape
+    if attention_mask is None:
+        return [0] * batch
+    mask = attention_mask.to(torch.bool)
+    ones = mask.sum(1)
+    first = mask.to(torch.int8).argmax(1)
+    last = length - 1 - mask.flip(1).to(torch.int8).argmax(1)
+    stats = torch.stack([ones, first, last], 1).tolist()
+    for row, (count, lo, hi) in enumerate(stats):
+        if count == 0:
+            raise ValueError(f"Row {row} of `attention_mask` has no real token.")
+        if hi - lo + 1 != count:
+            raise ValueError(
+                f"Row {row} of `attention_mask` has holes: PHOTON supports left padding (zeros, then ones) only."
+            )
+        if for_cache and hi != length - 1:
+            raise ValueError(
+                f"Row {row} of `attention_mask` is right-padded; with a cache (generation) pad on the left "
+                "(tokenizer.padding_side = 'left')."
+            )
+    return [lo for _, lo, _ in stats]
 
 
-def _gather_units(stream: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """stream: [B, M, D] (M may be 0), index: [B, K] -> [B, K, D]; out-of-range indices read a zero unit (the
-    callers only use such entries where they are masked or replaced)."""
-    padded = torch.cat([stream, stream.new_zeros(stream.shape[0], 1, stream.shape[2])], dim=1)
-    return _gather_rows(padded, index.clamp(min=0, max=stream.shape[1]))
+def _to_columns(hidden: torch.Tensor, pad_t: torch.Tensor, length: int, logits_to_keep) -> torch.Tensor:
+    """Aligned token states [B, T', D] -> the HF layout: column c holds the state that predicts column c + 1."""
+    columns = torch.arange(length, device=hidden.device)
+    if isinstance(logits_to_keep, int):
+        columns = columns[-logits_to_keep:] if logits_to_keep > 0 else columns
+    else:
+        columns = columns[logits_to_keep]
+    aligned = (columns[None, :] - pad_t[:, None] + 1).clamp(min=0)
+    return _gather_rows(hidden, aligned)
 
 
 def _warn_if_packed(position_ids: torch.Tensor, attention_mask: torch.Tensor | None):
@@ -283,7 +600,10 @@ class PhotonModel(PhotonPreTrainedModel):
     """The PHOTON hierarchy: encoder token embedding, levels, start latent(s) and decoder token embedding.
 
     `forward` returns the token decoder's final states, aligned like a causal LM's hidden states: position t
-    holds the state that predicts token t + 1.
+    holds the state that predicts token t + 1. It runs one of three paths: the full (uncached) pass, `encode`
+    then `decode`; a prefill, which fills an empty `PhotonCache` (`_prefill`, `_rebuild`); or decode steps, one
+    per column (`decode_column`), which the cache plans on the host (`PhotonStep`) and which `torch.compile`
+    captures. How each level's local decoder reads is its decoder's class (`PhotonLocalDecoder` and subclasses).
     """
 
     prefill_group_tokens = 1 << 16  # a cache prefill encodes rows in groups of about this many (padded) tokens
@@ -314,17 +634,6 @@ class PhotonModel(PhotonPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_dec = value
 
-    # ------------------------------------------------------------------------------------------- small helpers
-    def _rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin for one query per row at `positions` ([B]): [B, 1, 1, hd]."""
-        cos, sin = self.rotary_emb(positions, dtype)
-        return cos[:, None, None], sin[:, None, None]
-
-    def _window_rope(self, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of positions 0..length-1: [1, 1, length, hd]."""
-        cos, sin = self.rotary_emb(torch.arange(length, device=device), dtype)
-        return cos[None, None], sin[None, None]
-
     def _start(self, level: int) -> torch.Tensor:
         """The start latent that precedes the shifted stream of a level: [D]."""
         return self.start_latents[level if self.self_decoding else -1]
@@ -340,7 +649,7 @@ class PhotonModel(PhotonPreTrainedModel):
         for level in self.levels:
             geometry = level.geometry
             units = level.chunk(x.unflatten(1, (-1, geometry.chunk_size)), ops)
-            cos, sin = self._window_rope(units.shape[1], units.device, units.dtype)
+            cos, sin = _window_rope(self.rotary_emb, units.shape[1], units.device, units.dtype)
             kv = []
 
             def attend(q, k, v, layer_idx, window=geometry.encoder_window, kv=kv):
@@ -356,111 +665,27 @@ class PhotonModel(PhotonPreTrainedModel):
             streams.append(x)
         return streams
 
-    def decode_windows(self, level: int, cond: torch.Tensor, inputs: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
-        """Teacher-forced local decoding of every unit of a level.
-
-        cond: [B, M, D] conditioning latents; inputs: [B, M * C, D] decoder inputs of the sub-units.
-        Returns the C predictions per unit: [B, M * C, D].
-        """
-        lvl = self.levels[level]
-        b, m, d = cond.shape
-        chunk, width = lvl.geometry.chunk_size, lvl.geometry.converter_width
-        windows = torch.cat([lvl.prefix(cond), inputs.view(b, m, chunk, d)[:, :, : chunk - 1]], dim=2)
-        cos, sin = self._window_rope(lvl.geometry.decoder_slots, cond.device, cond.dtype)
-        out = lvl.decoder(windows.flatten(0, 1), cos, sin, lambda q, k, v, _: ops.chunk_local_attention(q, k, v))
-        return out[:, width - 1 :].reshape(b, m * chunk, d)
-
-    def unroll(self, level: int, cond: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
-        """Self-recursive decoding ("self" mode): cond [..., D] -> the C predictions [..., C, D], each fed back."""
-        lvl = self.levels[level]
-        lead = cond.shape[:-1]
-        window = lvl.prefix(cond.reshape(-1, cond.shape[-1]))
-        outputs = []
-        for _ in range(lvl.geometry.chunk_size):  # the recursion is sequential by definition (C steps)
-            cos, sin = self._window_rope(window.shape[1], cond.device, cond.dtype)
-            h = lvl.decoder(window, cos, sin, lambda q, k, v, _: ops.chunk_local_attention(q, k, v))[:, -1]
-            outputs.append(h)
-            window = torch.cat([window, h[:, None]], dim=1)
-        return torch.stack(outputs, dim=1).reshape(*lead, lvl.geometry.chunk_size, cond.shape[-1])
-
-    def _shift(self, stream: torch.Tensor, level: int, keep: int) -> torch.Tensor:
-        """[start ; stream] truncated to `keep` units: each unit is conditioned on the one before it."""
-        start = self._start(level).to(stream.dtype).expand(stream.shape[0], 1, -1)
-        return torch.cat([start, stream], dim=1)[:, :keep]
-
-    def self_chain(self, top: torch.Tensor, units: int, ops: PhotonOps) -> list[torch.Tensor | None]:
-        """"self" decoding of the latent levels for the first `units` top units (top: [B, >= units - 1, D]).
-
-        Returns predictions[i] (i >= 1): [B, units * C_{L-1} * ... * C_i, D], decoder i's own outputs.
-        """
-        top_level = len(self.levels) - 1
-        predictions: list[torch.Tensor | None] = [None] * len(self.levels)
-        cond = self._shift(top, top_level, units)
-        for i in reversed(range(1, len(self.levels))):
-            predictions[i] = self.unroll(i, cond, ops).flatten(1, 2)
-            cond = self._shift(predictions[i], i - 1, predictions[i].shape[1])
-        return predictions
-
-    def decode(self, streams: list[torch.Tensor], tokens: torch.Tensor, ops: PhotonOps, capture: list | None = None):
-        """Top-down teacher-forced pass over whole streams (T tokens, M_i units per level).
+    def decode(self, streams: list[torch.Tensor], tokens: torch.Tensor, ops: PhotonOps,
+               trace: PhotonTrace | None = None):
+        """Top-down pass over whole streams (T tokens, M_i units per level), each level's decoder teacher forced.
 
         Returns the token states [B, T, D] and predictions[i] (i >= 1) = Xhat_{i-1}: [B, M_{i-1}, D], what
-        decoder i predicts for the level below. With a token look-back, `capture` (a list) receives the token
-        decoder's per-layer (key, value) pairs ([B * M_0, Hkv, R + C, hd], see `decode_tokens_with_lookback`).
+        decoder i predicts for the level below. `trace` (a `PhotonTrace`) records what a cache rebuild reads.
         """
-        top = streams[-1]
-        if self.self_decoding:
-            predictions = self.self_chain(top, top.shape[1], ops)
-            cond = self._shift(predictions[1], 0, predictions[1].shape[1])
-        else:
-            predictions = [None] * len(self.levels)
-            cond = self._shift(top, len(self.levels) - 1, top.shape[1])
-            for i in reversed(range(1, len(self.levels))):
-                predictions[i] = cond = self.decode_windows(i, cond, streams[i - 1], ops)
-        if self.levels[0].geometry.decoder_lookback:
-            return self.decode_tokens_with_lookback(cond, self.embed_dec(tokens), capture), predictions
-        return self.decode_windows(0, cond, self.embed_dec(tokens), ops), predictions
-
-    def decode_tokens_with_lookback(self, cond: torch.Tensor, inputs: torch.Tensor,
-                                    capture: list | None = None) -> torch.Tensor:
-        """Teacher-forced token decoding with a look-back of W tokens (`decoder_lookback`).
-
-        Chunk k's window is [prefix (R) ; its C tokens] (the last token is fed too, so that later chunks can attend
-        to it); at every layer its slots also attend to the keys and values, at that layer, of tokens kC - W ..
-        kC - 1, computed in their own windows. RoPE runs on token positions (prefix slot r at kC - R + r, token j at
-        kC + j), so distances across windows are the true ones. No Triton kernel takes this mask: the attention is
-        `masked_attention` (SDPA).
-
-        cond: [B, M, D] conditioning latents; inputs: [B, M * C, D] token embeddings. Returns the token states
-        [B, M * C, D]; `capture` (a list) receives each layer's (key, value): [B * M, Hkv, R + C, hd].
-        """
-        lvl = self.levels[0]
-        geometry = lvl.geometry
-        b, m, d = cond.shape
-        chunk, width, lookback, slots = (geometry.chunk_size, geometry.converter_width, geometry.decoder_lookback,
-                                         geometry.decoder_slots)
-        device = cond.device
-        windows = torch.cat([lvl.prefix(cond), inputs.view(b, m, chunk, d)], dim=2).flatten(0, 1)
-        before = torch.arange(m, device=device) * chunk  # tokens before each chunk
-        cos, sin = self.rotary_emb(before[:, None] - width + torch.arange(slots, device=device), cond.dtype)
-        cos, sin = cos.repeat(b, 1, 1)[:, None], sin.repeat(b, 1, 1)[:, None]  # [B * M, 1, S, hd], b-major
-        mask = _lookback_mask(before, lookback, slots).repeat(b, 1, 1, 1)
-        back = (before[:, None] - lookback + torch.arange(lookback, device=device)).clamp(min=0)  # [M, W] tokens
-
-        def with_lookback(x: torch.Tensor) -> torch.Tensor:
-            """[B * M, Hkv, S, hd] per-window keys (or values) -> [B * M, Hkv, W + S, hd], the look-back first."""
-            heads, head_dim = x.shape[1], x.shape[3]
-            tokens = x.view(b, m, heads, slots, head_dim)[:, :, :, width:].transpose(1, 2)
-            tokens = tokens.reshape(b, heads, m * chunk, head_dim)[:, :, back]  # [B, Hkv, M, W, hd]
-            return torch.cat([tokens.transpose(1, 2).reshape(b * m, heads, lookback, head_dim), x], dim=2)
-
-        def attend(q, k, v, layer_idx):
-            if capture is not None:
-                capture.append((k, v))
-            return masked_attention(q, with_lookback(k), with_lookback(v), mask)
-
-        out = lvl.decoder(windows, cos, sin, attend)
-        return out.view(b, m, slots, d)[:, :, width - 1 : width - 1 + chunk].reshape(b, m * chunk, d)
+        top = len(self.levels) - 1
+        cond = _shift(streams[-1], self._start(top))  # the top stream is shifted by one unit
+        predictions: list[torch.Tensor | None] = [None] * len(self.levels)
+        for i in reversed(range(len(self.levels))):
+            level = self.levels[i]
+            if trace is not None:
+                trace.conditions[i] = cond
+            inputs = streams[i - 1] if i > 0 else self.embed_dec(tokens)
+            capture = trace.token_kv if trace is not None and i == 0 else None
+            out = level.decoder.teacher_forced(level.prefix(cond), inputs, self.rotary_emb, ops, capture)
+            if i == 0:
+                return out, predictions
+            predictions[i] = out
+            cond = level.decoder.conditioning(out, self._start(i - 1))
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(
@@ -493,30 +718,7 @@ class PhotonModel(PhotonPreTrainedModel):
             decode_step (`Callable`, *optional*): a compiled `decode_column` (from `compiled_decode_column`), which
                 extends a compileable cache; what generate's auto-compile passes (`get_compiled_call`).
         """
-        if inputs_embeds is not None:
-            raise ValueError(
-                "PHOTON does not accept `inputs_embeds`: its encoder and its token decoder embed token ids with two "
-                "different tables (widths E and D). Pass `input_ids`. (PEFT prompt tuning and p-tuning feed "
-                "`inputs_embeds`; PHOTON supports LoRA-style adapters only.)"
-            )
-        if input_ids is None:
-            raise ValueError("PhotonModel needs `input_ids`.")
-        if input_ids.dim() != 2:
-            raise ValueError(
-                f"`input_ids` must have shape (batch_size, sequence_length), got {tuple(input_ids.shape)}."
-            )
-        if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-            raise ValueError(f"`input_ids` is empty (shape {tuple(input_ids.shape)}): PHOTON needs at least one token.")
-        for given in (cache, past_key_values):
-            if given is not None and not isinstance(given, PhotonCache):
-                raise TypeError(
-                    f"PHOTON needs a PhotonCache, got {type(given).__name__}. Leave the cache out and generate() or "
-                    "the model will build one. (PEFT prefix tuning and the other prompt-learning methods inject a "
-                    "standard per-layer KV cache, which a hierarchical PHOTON model cannot use: fine-tune with LoRA.)"
-                )
-        if cache is not None and past_key_values is not None and cache is not past_key_values:
-            raise ValueError("Got two different caches, `cache` and `past_key_values`: pass one.")
-        cache = cache if cache is not None else past_key_values
+        cache = _check_inputs(input_ids, inputs_embeds, cache, past_key_values)
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if not use_cache:
             cache = None
@@ -531,16 +733,15 @@ class PhotonModel(PhotonPreTrainedModel):
             )
         decoding = cache is not None and cache.is_initialized
         if not decoding or not input_ids.is_cuda:  # no host-device sync inside a GPU decode step
-            self._check_ids(input_ids)
+            _check_ids(input_ids, self.config.vocab_size)
 
         extras = {}
+        ops = photon_ops(self.config, input_ids.device, self.embed_dec.weight.dtype)
         if cache is None:
             if position_ids is not None:
                 _warn_if_packed(position_ids, attention_mask)
-            ops = photon_ops(self.config, input_ids.device, self.embed_dec.weight.dtype)
             hidden, extras = self._full_forward(input_ids, attention_mask, logits_to_keep, ops)
-        elif not cache.is_initialized:
-            ops = photon_ops(self.config, input_ids.device, self.embed_dec.weight.dtype)
+        elif not decoding:
             hidden = self._prefill(cache, input_ids, attention_mask, logits_to_keep, ops)
         else:
             if batch != cache.batch_size:
@@ -551,9 +752,7 @@ class PhotonModel(PhotonPreTrainedModel):
                     "decoding, or was built without max_cache_len and grows)."
                 )
                 decode_step = None
-            ops = REFERENCE_OPS if decode_step is not None else photon_ops(
-                self.config, input_ids.device, self.embed_dec.weight.dtype
-            )
+            ops = REFERENCE_OPS if decode_step is not None else ops
             stale = cache.pending_rebuild()
             if stale is not None:  # after crop(): the unfinished units' local state is rebuilt from the history
                 with torch.no_grad():
@@ -564,8 +763,7 @@ class PhotonModel(PhotonPreTrainedModel):
             columns = []
             for t in range(length):
                 step = cache.begin_column()
-                if cache.recording:
-                    cache.record_tokens(input_ids[:, t : t + 1])
+                cache.record_tokens(input_ids[:, t : t + 1])
                 columns.append(run(cache, input_ids[:, t], step, ops))
             hidden = _keep(torch.stack(columns, dim=1), logits_to_keep)
         return PhotonModelOutputWithPast(
@@ -574,37 +772,6 @@ class PhotonModel(PhotonPreTrainedModel):
             **extras,
             **{CACHE_NAME: cache},
         )
-
-    def _check_ids(self, input_ids: torch.Tensor):
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(
-                f"`input_ids` must lie in [0, vocab_size={self.config.vocab_size}); got values from {low} to {high}."
-            )
-
-    def _row_pads(self, attention_mask: torch.Tensor | None, input_ids: torch.Tensor, for_cache: bool) -> list[int]:
-        """Left pad columns per row, from a mask whose ones form one run per row (holes are an error)."""
-        batch, length = input_ids.shape
-        if attention_mask is None:
-            return [0] * batch
-        mask = attention_mask.to(torch.bool)
-        ones = mask.sum(1)
-        first = mask.to(torch.int8).argmax(1)
-        last = length - 1 - mask.flip(1).to(torch.int8).argmax(1)
-        stats = torch.stack([ones, first, last], 1).tolist()
-        for row, (count, lo, hi) in enumerate(stats):
-            if count == 0:
-                raise ValueError(f"Row {row} of `attention_mask` has no real token.")
-            if hi - lo + 1 != count:
-                raise ValueError(
-                    f"Row {row} of `attention_mask` has holes: PHOTON supports left padding (zeros, then ones) only."
-                )
-            if for_cache and hi != length - 1:
-                raise ValueError(
-                    f"Row {row} of `attention_mask` is right-padded; with a cache (generation) pad on the left "
-                    "(tokenizer.padding_side = 'left')."
-                )
-        return [lo for _, lo, _ in stats]
 
     def _aligned(self, input_ids: torch.Tensor, pads: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Shift each row left by its padding, so that its chunk grid starts at its first real token, and pad
@@ -619,148 +786,84 @@ class PhotonModel(PhotonPreTrainedModel):
         return input_ids.gather(1, source), pad_t
 
     def _full_forward(self, input_ids, attention_mask, logits_to_keep, ops: PhotonOps):
-        pads = self._row_pads(attention_mask, input_ids, for_cache=False)
+        pads = _row_pads(attention_mask, input_ids, for_cache=False)
         tokens, pad_t = self._aligned(input_ids, pads)
         streams = self.encode(tokens, ops)
         hidden, predictions = self.decode(streams, tokens, ops)
         extras = dict(encoder_streams=streams, decoder_predictions=predictions, real_lengths=input_ids.shape[1] - pad_t)
-        return self._to_columns(hidden, pad_t, input_ids.shape[1], logits_to_keep), extras
-
-    def _to_columns(self, hidden, pad_t, length, logits_to_keep) -> torch.Tensor:
-        """Aligned token states -> the HF layout: column c holds the state that predicts column c + 1."""
-        columns = torch.arange(length, device=hidden.device)
-        if isinstance(logits_to_keep, int):
-            columns = columns[-logits_to_keep:] if logits_to_keep > 0 else columns
-        else:
-            columns = columns[logits_to_keep]
-        aligned = (columns[None, :] - pad_t[:, None] + 1).clamp(min=0)
-        return _gather_rows(hidden, aligned)
+        return _to_columns(hidden, pad_t, input_ids.shape[1], logits_to_keep), extras
 
     # ------------------------------------------------------------------------------------ cache: prefill/rebuild
     def _prefill(self, cache: PhotonCache, input_ids, attention_mask, logits_to_keep, ops: PhotonOps) -> torch.Tensor:
         """Fill an empty cache from a prompt. Rows are processed in groups of about `prefill_group_tokens` tokens,
         so the prefill's activations stay bounded and do not grow with the batch."""
         length = input_ids.shape[1]
-        pads = self._row_pads(attention_mask, input_ids, for_cache=True)
+        pads = _row_pads(attention_mask, input_ids, for_cache=True)
         tokens, pad_t = self._aligned(input_ids, pads)
         cache.begin_prefill(pads, length, input_ids.device, self.embed_enc.weight.dtype)
         counts = cache.real_tokens()
-        if cache.recording:
-            cache.record_tokens(input_ids)
+        cache.record_tokens(input_ids)
         group_rows = max(1, self.prefill_group_tokens // tokens.shape[1])
         outputs = []
         for start in range(0, tokens.shape[0], group_rows):
             group = slice(start, start + group_rows)
             capture: list = []
             streams = self.encode(tokens[group], ops, capture)
-            for layer, kv in zip(cache.layers, capture, strict=True):
-                units = torch.tensor(counts[group], device=input_ids.device) // layer.level.tokens_per_unit
-                layer.store_prefill(kv, units, group)
-            if cache.recording:
-                for layer, stream in zip(cache.layers, streams, strict=True):
-                    layer.store_history(group, stream[:, : layer.units])
+            count = torch.tensor(counts[group], device=input_ids.device)
+            for layer, kv, stream in zip(cache.layers, capture, streams, strict=True):
+                layer.store_prefill(kv, count, group)
+                layer.store_history(group, stream)
             last = self._rebuild(cache, streams, tokens[group], counts[group], ops, group)
             if isinstance(logits_to_keep, int) and logits_to_keep == 1:
                 outputs.append(last[:, None])
             else:
                 hidden, _ = self.decode(streams, tokens[group], ops)
-                outputs.append(self._to_columns(hidden, pad_t[group], length, logits_to_keep))
+                outputs.append(_to_columns(hidden, pad_t[group], length, logits_to_keep))
         return torch.cat(outputs, dim=0)
 
-    def _rebuild(
-        self,
-        cache: PhotonCache,
-        streams: list[torch.Tensor],
-        tokens: torch.Tensor,
-        counts: list[int],
-        ops: PhotonOps,
-        group: slice = slice(None),
-    ) -> torch.Tensor:
-        """Rebuild the unfinished-unit state (pending sub-units, local decoder KV, "self" predictions) of the cache
-        rows `group`, top-down from their encoder streams, and return the token state that predicts each row's
-        next token: [G, D].
+    def _rebuild(self, cache: PhotonCache, streams: list[torch.Tensor], tokens: torch.Tensor, counts: list[int],
+                 ops: PhotonOps, group: slice = slice(None)) -> torch.Tensor:
+        """Rebuild the unfinished-unit state (sub-units so far, each local decoder's cached state) of the cache rows
+        `group`, top-down from their encoder streams, and return the token state that predicts each row's next
+        token: [G, D].
 
-        streams[i]: [G, >= units, D] aligned encoder states; tokens: [G, >= count] aligned token ids.
+        streams[i]: [G, >= units, D] aligned encoder states; tokens: [G, >= count] aligned token ids. A decoder
+        whose state depends on earlier units reads a teacher-forced pass (`history`), run once and only if asked.
         """
-        device = tokens.device
-        count = torch.tensor(counts, device=device)
-        batch = count.shape[0]
-        rows = torch.arange(batch, device=device)
-        if self.self_decoding:
-            top_units = max(counts) // self.levels[-1].geometry.tokens_per_unit + 1
-            predictions = self.self_chain(streams[-1], top_units, ops)
+        count = torch.tensor(counts, device=tokens.device)
+        history = functools.cache(lambda: self._history(streams, tokens, max(counts), ops))
         cond = None
         for i in reversed(range(len(self.levels))):
-            lvl, layer = self.levels[i], cache.layers[i]
-            geometry = lvl.geometry
-            chunk, width = geometry.chunk_size, geometry.converter_width
-            unit = count // geometry.tokens_per_unit  # the unfinished unit of each row
-            done = (count // geometry.tokens_per_subunit) % chunk  # its finished sub-units
+            level, layer = self.levels[i], cache.layers[i]
+            geometry = level.geometry
+            unit = geometry.units_in(count)  # the unfinished unit of each row
             if geometry.is_top:
                 previous = _gather_units(streams[i], (unit - 1)[:, None])[:, 0]
-                start = self._start(i).to(previous.dtype).expand(batch, -1)
+                start = self._start(i).to(previous.dtype).expand(count.shape[0], -1)
                 cond = torch.where((unit > 0)[:, None], previous, start)
-            subunits = unit[:, None] * chunk + torch.arange(chunk, device=device)[None, :]
+            subunits = unit[:, None] * geometry.chunk_size + torch.arange(geometry.chunk_size, device=tokens.device)
             if i == 0:
                 pending = tokens.gather(1, subunits.clamp(max=tokens.shape[1] - 1))
                 inputs = self.embed_dec(pending)
-                if geometry.decoder_lookback:
-                    layer.store_local(group, pending)
-                    return self._rebuild_lookback(layer, streams, tokens, count, max(counts), ops, group)
             else:
                 pending = inputs = _gather_units(streams[i - 1], subunits)
-            if geometry.self_decoding:
-                pred = predictions[i]  # [B, >= M_{i-1}, D] predictions of the level below
-                slots = unit[:, None] * chunk - 1 + torch.arange(chunk + 1, device=device)[None, :]
-                window_pred = _gather_rows(pred, slots.clamp(min=0, max=pred.shape[1] - 1))
-                start = self._start(i - 1).to(pred.dtype)
-                first = torch.where((slots[:, :1, None] < 0), start.expand(batch, 1, -1), window_pred[:, :1])
-                window_pred = torch.cat([first, window_pred[:, 1:]], dim=1)
-                layer.store_local(group, pending, window_pred)
-                cond = window_pred[rows, done]
-                continue
-            layer.store_local(group, pending)
-            window = torch.cat([lvl.prefix(cond), inputs[:, : chunk - 1]], dim=1)
-            cos, sin = self._window_rope(geometry.decoder_slots, device, window.dtype)
-
-            def attend(q, k, v, layer_idx, layer=layer):
-                layer.store_decoder(layer_idx, group, k, v)
-                return ops.chunk_local_attention(q, k, v)
-
-            out = lvl.decoder(window, cos, sin, attend)
-            cond = out[rows, width - 1 + done]
+            layer.store_pending(group, pending)
+            cond = level.decoder.rebuild(layer, group, level.prefix(cond), inputs, count, history, self.rotary_emb,
+                                         ops)
         return cond
 
-    def _rebuild_lookback(self, layer: PhotonLevelCache, streams: list[torch.Tensor], tokens: torch.Tensor,
-                          count: torch.Tensor, longest: int, ops: PhotonOps, group: slice) -> torch.Tensor:
-        """The token decoder's cached state with a look-back: its keys/values depend on the chunks before, so the
-        whole teacher-forced pass runs (over the meta-chunks up to the `longest` row's current one) and each row
-        keeps the W tokens before its current chunk and that chunk's window. Returns the token state that predicts
-        each row's next token: [G, D]."""
-        geometry = layer.level
-        chunk, width, lookback = geometry.chunk_size, geometry.converter_width, geometry.decoder_lookback
+    def _history(self, streams: list[torch.Tensor], tokens: torch.Tensor, longest: int, ops: PhotonOps) -> PhotonTrace:
+        """The teacher-forced pass over the meta-chunks up to the `longest` row's current one, traced."""
         period = self.levels[-1].geometry.tokens_per_unit
         length = (longest // period + 1) * period
-        tokens = tokens.gather(1, torch.arange(length, device=tokens.device).clamp(max=tokens.shape[1] - 1).expand(
-            tokens.shape[0], -1))
+        index = torch.arange(length, device=tokens.device).clamp(max=tokens.shape[1] - 1)
+        tokens = tokens.gather(1, index.expand(tokens.shape[0], -1))
         # Units past a row's count (unfinished, or not recorded after a crop) only reach later positions.
-        streams = [_fit_units(s, length // lvl.geometry.tokens_per_unit) for s, lvl in zip(streams, self.levels,
-                                                                                            strict=True)]
-        capture: list = []
-        hidden, _ = self.decode(streams, tokens, ops, capture)
-        rows = torch.arange(count.shape[0], device=count.device)
-        unit = count // chunk  # each row's current (unfinished) chunk
-        back = (unit[:, None] * chunk - lookback + torch.arange(lookback, device=count.device)).clamp(min=0)
-        for layer_idx, (keys, values) in enumerate(capture):
-            stored = []
-            for x in (keys, values):
-                heads, head_dim = x.shape[1], x.shape[3]
-                x = x.view(count.shape[0], -1, heads, geometry.decoder_slots, head_dim)
-                token_kv = x[:, :, :, width:].transpose(1, 2).flatten(2, 3)  # [G, Hkv, M * C, hd]
-                back_kv = token_kv.gather(2, back[:, None, :, None].expand(-1, heads, -1, head_dim))
-                stored.append(torch.cat([back_kv, x[rows, unit]], dim=2))
-            layer.store_decoder(layer_idx, group, *stored)
-        return hidden[rows, count]
+        streams = [_fit_units(s, length // level.geometry.tokens_per_unit) for s, level in
+                   zip(streams, self.levels, strict=True)]
+        trace = PhotonTrace(conditions=[None] * len(self.levels), token_kv=[])
+        trace.hidden, trace.predictions = self.decode(streams, tokens, ops, trace)
+        return trace
 
     # -------------------------------------------------------------------------------------------- decode step
     def decode_column(self, cache: PhotonCache, tokens: torch.Tensor, step: PhotonStep, ops: PhotonOps) -> torch.Tensor:
@@ -781,30 +884,17 @@ class PhotonModel(PhotonPreTrainedModel):
         (the token state at level 0), valid for the arriving rows."""
         lvl, layer = self.levels[level], cache.layers[level]
         rows = cache.rows(level, counts, step)
-        layer.write_pending(rows.phase, items, rows.arriving)
+        subunits = layer.add_subunit(rows.phase, items, rows.arriving)
         continuing = closing = None
-        # With a look-back every token is fed to the token decoder, the last of its chunk too (later chunks attend
-        # to its keys and values).
-        lookback = lvl.geometry.decoder_lookback
-        if step.continuing[level] or lookback:
-            if lvl.geometry.self_decoding:
-                continuing = layer.prediction(rows.phase + 1)
-            else:
-                x = self.embed_dec(items) if level == 0 else items
-                continuing = self._decoder_step(level, layer, rows, x, counts, ops)
+        if step.feeding[level]:
+            x = self.embed_dec(items) if level == 0 else items
+            continuing = lvl.decoder.step(layer, rows, x, counts, self.rotary_emb, ops)
         if step.closing[level]:
-            units = lvl.chunk(self.embed_enc(layer.pending) if level == 0 else layer.pending, ops)
+            units = lvl.chunk(self.embed_enc(subunits) if level == 0 else subunits, ops)
             state = self._encoder_step(level, layer, rows, units, ops)
-            if lvl.geometry.is_top:
-                cond = state  # the top stream is shifted: the unit just finished conditions the next one
-            else:
-                cond = self._consume(cache, step, level + 1, state, counts, ops)
-            if lvl.geometry.self_decoding:
-                closing = self._predict_unit(level, layer, rows, cond, ops)
-            else:
-                if lookback:
-                    layer.close_unit(rows.closing)
-                closing = self._decoder_prefix(level, layer, rows, cond, counts, ops)
+            # The top stream is shifted: the unit just finished conditions the next one.
+            cond = state if lvl.geometry.is_top else self._consume(cache, step, level + 1, state, counts, ops)
+            closing = lvl.decoder.start_unit(layer, rows, lvl.prefix(cond), counts, self.rotary_emb, ops)
         if not step.closing[level]:
             return continuing
         if not step.continuing[level]:
@@ -816,77 +906,16 @@ class PhotonModel(PhotonPreTrainedModel):
         """One context-encoder step at each row's current unit: units [B, D] -> states [B, D]; the closing rows'
         keys and values enter the encoder cache."""
         position = rows.unit.clamp(min=0)  # rows that do not close: any valid position (their writes are masked)
-        cos, sin = self._rope(position, units.dtype)
+        cos, sin = _rope(self.rotary_emb, position, units.dtype)
         start, end = layer.encoder_bounds(position)
 
         def attend(q, k, v, layer_idx):
-            keys, values = layer.write_encoder(layer_idx, k, v, position, rows.closing)
+            keys, values = layer.update_encoder(layer_idx, k, v, position, rows.closing)
             return ops.decode_attention(q[:, :, 0], keys, values, start, end)[:, :, None]
 
         state = self.levels[level].encoder(units[:, None], cos, sin, attend)[:, 0]
-        if layer.recording:
-            layer.record(position, state, rows.closing)
+        layer.record(position, state, rows.closing)
         return state
-
-    def _decoder_prefix(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, cond: torch.Tensor,
-                        counts: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
-        """Start a new unit for the closing rows: run the converter prefix (slots 0..R-1) of `cond` [B, D] through
-        the local decoder and return the output at slot R-1 (what conditions sub-unit 0): [B, D]. With a look-back
-        the prefix also attends to it (`counts` [B] tokens before the new chunk) and sits at token positions."""
-        lvl = self.levels[level]
-        geometry = lvl.geometry
-        prefix = lvl.prefix(cond)
-        if geometry.decoder_lookback:
-            width = geometry.converter_width
-            cos, sin = self.rotary_emb(counts[:, None] - width + torch.arange(width, device=counts.device), cond.dtype)
-            cos, sin = cos[:, None], sin[:, None]
-            mask = _lookback_mask(counts, geometry.decoder_lookback, width)
-
-            def attend(q, k, v, layer_idx):
-                layer.reset_unit(layer_idx, k, v, rows.closing)
-                back_k, back_v = layer.lookback(layer_idx)
-                return masked_attention(q, torch.cat([back_k.to(k.dtype), k], 2), torch.cat([back_v.to(v.dtype), v], 2),
-                                        mask)
-
-            return lvl.decoder(prefix, cos, sin, attend)[:, -1]
-        cos, sin = self._window_rope(geometry.converter_width, cond.device, cond.dtype)
-
-        def attend(q, k, v, layer_idx):
-            layer.reset_unit(layer_idx, k, v, rows.closing)
-            return ops.chunk_local_attention(q, k, v)
-
-        return lvl.decoder(prefix, cos, sin, attend)[:, -1]
-
-    def _decoder_step(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, x: torch.Tensor,
-                      counts: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
-        """Feed the input of finished sub-unit j (rows.phase) at slot R + j of the local decoder: x [B, D] -> the
-        output there, which conditions sub-unit j + 1: [B, D]. Without a look-back only continuing rows write (a
-        unit's last sub-unit is never fed); with one (level 0) every row feeds its token, at its token position
-        (`counts` - 1), and also attends to the look-back entries that exist."""
-        geometry = self.levels[level].geometry
-        width, lookback = geometry.converter_width, geometry.decoder_lookback
-        slot = width + rows.phase.clamp(max=geometry.decoder_slots - width - 1)  # closing rows: unused
-        if lookback:
-            cos, sin = self._rope(counts - 1, x.dtype)
-            start = lookback - (counts - 1 - rows.phase).clamp(max=lookback)  # the look-back entries that exist
-            writers = rows.arriving
-        else:
-            cos, sin = self._rope(slot, x.dtype)
-            start, writers = torch.zeros_like(slot), rows.continuing
-
-        def attend(q, k, v, layer_idx):
-            keys, values = layer.write_decoder(layer_idx, k, v, slot, writers)
-            return ops.decode_attention(q[:, :, 0], keys, values, start, lookback + slot + 1)[:, :, None]
-
-        return self.levels[level].decoder(x[:, None], cos, sin, attend)[:, 0]
-
-    def _predict_unit(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, cond: torch.Tensor,
-                      ops: PhotonOps) -> torch.Tensor:
-        """"self" decoding: predict all C sub-units of the closing rows' new unit at once, keep them, and return the
-        carry (the last prediction of the unit before), which conditions sub-unit 0: [B, D]."""
-        new = torch.cat([layer.predictions[:, -1:], self.unroll(level, cond, ops)], dim=1)  # copies the carry
-        layer.write_predictions(new, rows.closing)
-        return new[:, 0]
 
     # ---------------------------------------------------------------------------------------- compiled steps
     def compiled_decode_column(self, compile_config: CompileConfig) -> Callable:
