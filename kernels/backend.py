@@ -15,7 +15,7 @@ OPS = (
     "decode_attention",  # one query per row over a cache, in generation steps
 )
 
-# Where "auto" keeps the PyTorch path although Triton could run, by measurement (bench/bench_kernels.py on an H200,
-# docs/kernels.md): full causal attention over the encoders stays on SDPA's FlashAttention (the Triton kernel is
+# Where "auto" keeps the PyTorch path although Triton could run, by measurement (bench/kernels/bench_kernels.py on an
+# H200, docs/kernels.md): full causal attention over the encoders stays on SDPA's FlashAttention (the Triton kernel is
 # 0.64-0.74x in forward+backward), and the chunker stays RMSNorm + cuBLAS (the fused kernel is 0.39x).
 AUTO_PREFERS_TORCH = frozenset({"latent_attention_full", "chunk_compress"})

@@ -1,26 +1,24 @@
-"""The generation benchmark in bench/, end to end on tiny CPU models (structure and arithmetic, never speed).
+"""The generation benchmark (`bench.generation`), end to end on tiny CPU models (structure and arithmetic, never
+speed).
 
-bench/ is not installed with the package: its modules are imported from the checkout."""
+bench/ is not installed with the package: its modules are imported from the checkout's root (pytest's
+`pythonpath`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
+from bench.common import GIB, Budget
+from bench.generation import harness as generation_harness
+from bench.generation import report as generation_report
+from bench.generation import run_generation
+from bench.generation.harness import search_batches, stock_generate
+from bench.generation.protocol import MODELS, REQUIRED_FIELDS, Regime, parse_regime
 from photon_hf import kv_cache_bytes, llama_kv_cache_bytes, photon_preset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-import generation_harness  # noqa: E402
-import generation_report  # noqa: E402
-import run_generation  # noqa: E402
-from bench_utils import GIB, Budget  # noqa: E402
-from generation_harness import search_batches, stock_generate  # noqa: E402
-from generation_protocol import MODELS, REQUIRED_FIELDS, Regime, parse_regime  # noqa: E402
 
 OOM_FROM = 3  # the simulated Llama runs out of memory from this batch size on
 

@@ -1,18 +1,13 @@
-"""bench/decode_latency.py end to end on CPU with tiny shapes (the GPU run measures the 600M shapes)."""
+"""`bench.generation.decode_latency` end to end on CPU with tiny shapes (the GPU run measures the 600M shapes)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "decode_latency.py"
+from bench.generation import decode_latency as module
 
 
 def test_decode_latency_smoke(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("decode_latency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "latency.json"
     torch._dynamo.reset()
     try:

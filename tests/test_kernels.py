@@ -362,13 +362,14 @@ def test_auto_on_cpu_uses_pytorch(monkeypatch):
 
 # ---------------------------------------------------------------------------------------------- the benchmark
 def test_benchmark_quick_mode(tmp_path):
-    """bench/bench_kernels.py --quick runs every section end to end on CPU and writes its JSON."""
+    """`python -m bench.kernels.bench_kernels --quick` runs every section end to end on CPU and writes its JSON."""
     import json
 
-    script = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "bench_kernels.py")
+    root = os.path.join(os.path.dirname(__file__), os.pardir)
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, script, "--quick", "--out", str(out)], capture_output=True, text=True,
-                            env=dict(os.environ, TRITON_INTERPRET="1"), timeout=600)
+    result = subprocess.run([sys.executable, "-m", "bench.kernels.bench_kernels", "--quick", "--out", str(out)],
+                            capture_output=True, text=True, cwd=root, env=dict(os.environ, TRITON_INTERPRET="1"),
+                            timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["errors"] == [], report["errors"]

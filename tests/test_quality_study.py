@@ -1,29 +1,17 @@
 """The quality study end to end on tiny models, and the pieces its fairness rests on."""
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("quality_study", BENCH / "quality_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("quality_study", module)
-    spec.loader.exec_module(module)
-    return module
+from bench.quality import study
 
 
 def test_sweep_and_report_end_to_end(tmp_path):
-    study = _load()
     results = tmp_path / "runs.jsonl"
     args = ["sweep", "--widths", "32", "--models", "photon", "llama", "llama-size", "--lrs", "1e-3", "3e-3",
             "--steps", "4", "--seq-len", "32", "--batch", "2", "--eval-tokens", "1024", "--results", str(results)]
@@ -61,7 +49,6 @@ def test_sweep_and_report_end_to_end(tmp_path):
 
 
 def test_matched_llama_has_the_closest_training_flops():
-    study = _load()
     photon = study.photon_config(128)
     chosen = study.matched_llama(photon, 512)
     target = study.training_flops_per_token(photon, 512)
@@ -72,7 +59,6 @@ def test_matched_llama_has_the_closest_training_flops():
 
 
 def test_weight_decay_reaches_linear_weights_only():
-    study = _load()
     import photon_hf
 
     model = photon_hf.PhotonForCausalLM(study.photon_config(32))
@@ -87,7 +73,6 @@ def test_weight_decay_reaches_linear_weights_only():
 
 
 def test_copyable_positions_by_hand():
-    study = _load()
     span = study.COPY_SPAN
     pattern = np.arange(1, span + 1, dtype=np.int32)
     window = np.concatenate([pattern, [99, 98], pattern, [97]]).astype(np.int32)
@@ -98,7 +83,6 @@ def test_copyable_positions_by_hand():
 
 
 def test_schedule_warms_up_then_decays_to_a_tenth():
-    study = _load()
     recipe = study.Recipe(steps=200, warmup=0.05)
     factors = [recipe.lr_factor(s) for s in range(200)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
@@ -113,7 +97,6 @@ def test_training_flops_per_token_of_the_600m_shapes():
 
     import photon_hf
 
-    study = _load()
     llama = LlamaConfig(vocab_size=32000, hidden_size=1664, intermediate_size=4096, num_hidden_layers=16,
                         num_attention_heads=32, tie_word_embeddings=False)
     matmul = 6 * (16 * (4 * 1664**2 + 3 * 1664 * 4096) + 1664 * 32000)

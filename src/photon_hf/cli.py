@@ -38,7 +38,7 @@ examples:
   torchrun --nproc_per_node 2 -m photon_hf train --output-dir runs/ddp    data parallel (CPU or GPU)
 
 The generation benchmark and the kernel benchmark are scripts in a source checkout, not commands:
-  python bench/run_generation.py --help, python bench/bench_kernels.py --help
+  python -m bench.generation.run_generation --help, python -m bench.kernels.bench_kernels --help
 """
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Serving on a GPU, in one device call (about 9 minutes), from the repository root:
 #
-#   bash bench/serving/gpu_serving.sh OUT_DIR
+#   bash bench/gpu/serving.sh OUT_DIR
 #
 # The 600M shapes in bf16 (../shared/BENCH.md, "Serving"): 128 concurrent streaming clients (prompts of 128-512
 # tokens, 128 new tokens each) against `photon-hf serve` (continuous batching, the decode step compiled by default
@@ -13,7 +13,7 @@ set -u
 out=${1:-${OUT:-bench/serving/results/gpu}}
 mkdir -p "$out"
 log="$out/serving.log"
-source "$(dirname "$0")/../gpu_env.sh"
+source "$(dirname "$0")/env.sh"
 python -c "import fastapi, uvicorn, openai" 2>/dev/null || pip install -q "transformers[serving]" >>"$log" 2>&1
 
 stamp "serving: photon-cb and llama-cb, 128 clients, then aligned vs mixed phases at 256 rows"

@@ -8,11 +8,11 @@ At every stack's final RMSNorm (and PHOTON's chunkers and converters) the probe 
   position carries the same vector: after the norm the latent says nothing about its input;
 * `grad`: the L2 norm of the loss gradient at the module's output.
 
-    python bench/quality_probe.py --width 512 --steps 60                      # PHOTON, the model's own init
-    python bench/quality_probe.py --width 512 --steps 60 --init hf             # the old init (0.02 everywhere)
-    python bench/quality_probe.py --width 512 --steps 60 --model llama
+    python -m bench.quality.probe --width 512 --steps 60                      # PHOTON, the model's own init
+    python -m bench.quality.probe --width 512 --steps 60 --init hf             # the old init (0.02 everywhere)
+    python -m bench.quality.probe --width 512 --steps 60 --model llama
 
-It uses `bench/quality_study.py`'s data, recipe (`--schedule-steps` sets the warm-up and decay length) and models.
+It uses `bench/quality/study.py`'s data, recipe (`--schedule-steps` sets the warm-up and decay length) and models.
 """
 
 from __future__ import annotations
@@ -21,10 +21,18 @@ import argparse
 import json
 
 import torch
-from quality_study import INIT_SCHEMES, Recipe, batch_offsets, load_data, matched_llama, parameter_groups, photon_config
 from transformers import LlamaForCausalLM
 
 import photon_hf
+from bench.quality.study import (
+    INIT_SCHEMES,
+    Recipe,
+    batch_offsets,
+    load_data,
+    matched_llama,
+    parameter_groups,
+    photon_config,
+)
 
 
 def interfaces(model) -> dict[str, torch.nn.Module]:
@@ -64,7 +72,7 @@ def main(argv=None):
     parser.add_argument("--schedule-steps", type=int, default=600, help="length of the warm-up/decay schedule")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--init", choices=sorted(INIT_SCHEMES), default="default")
-    parser.add_argument("--hierarchy-lr", type=float, default=1.0, help="as in quality_study.py sweep")
+    parser.add_argument("--hierarchy-lr", type=float, default=1.0, help="as in bench.quality.study sweep")
     parser.add_argument("--photon", default="{}", help="PhotonConfig overrides as JSON")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="JSON file for the trace")

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """PHOTON vs a same-size Llama through stock generate(): throughput, memory per sample, TPM and their ratios.
 
-The entry point of the generation benchmark (protocol: `generation_protocol.py` and BENCH.md; harness:
-`generation_harness.py`; tables and plots: `generation_report.py`). It runs from a source checkout, with the
-checkout's `photon_hf` whether or not the package is installed. Examples (docs/benchmarks.md has the full story):
+The entry point of the generation benchmark (protocol: `bench.generation.protocol` and BENCH.md; harness:
+`bench.generation.harness`; tables and plots: `bench.generation.report`). Run from the repository root, with the
+package installed (or `bench/gpu/env.sh` on a bare machine). Examples (docs/benchmarks.md has the full story):
 
-    python bench/run_generation.py --preset cpu-smoke          # tiny models on the CPU, a minute or two
-    python bench/run_generation.py --preset gpu-short          # the paper's 600M shapes, about 4 minutes of a GPU
-    python bench/run_generation.py --profile --profile-batch 1024
+    python -m bench.generation.run_generation --preset cpu-smoke    # tiny models on the CPU, a minute or two
+    python -m bench.generation.run_generation --preset gpu-short    # the paper's 600M shapes, about 4 minutes of a GPU
+    python -m bench.generation.run_generation --profile --profile-batch 1024
 """
 
 from __future__ import annotations
@@ -16,19 +16,15 @@ import argparse
 import sys
 
 import torch
-from bench_utils import use_checkout_sources
 
-use_checkout_sources()
-
-from generation_harness import run  # noqa: E402
-from generation_protocol import RUN_PRESETS, SECTIONS, parse_regime  # noqa: E402
-
-from photon_hf import PHOTON_PRESETS  # noqa: E402
+from bench.generation.harness import run
+from bench.generation.protocol import RUN_PRESETS, SECTIONS, parse_regime
+from photon_hf import PHOTON_PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python bench/run_generation.py",
+        prog="python -m bench.generation.run_generation",
         description="PHOTON vs a same-size Llama through the same stock generate(): throughput, memory per sample, "
         "TPM and their ratios (BENCH.md protocol). Options left out come from the preset.",
     )
@@ -88,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sweep-batch", type=int, help="the sweep's large batch (halved while it does not fit)")
     parser.add_argument("--sweep-gen", type=int, help="tokens generated at each sweep point (>= 2)")
-    parser.add_argument("--out-dir", default="bench/results", help="where the JSON and plots go (default: %(default)s)")
+    parser.add_argument("--out-dir", default="bench/generation/results",
+                        help="where the JSON and plots go (default: %(default)s)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and prompts (default: %(default)s)")
     return parser
@@ -125,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python bench/run_generation.py ARGS`. Returns 0 when at least one generation was measured."""
+    """`python -m bench.generation.run_generation ARGS`. Returns 0 when at least one generation was measured."""
     _, results = run(parse_args(argv))
     return 0 if any(r.get("status") == "ok" for r in results["records"]) else 1
 

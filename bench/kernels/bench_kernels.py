@@ -12,8 +12,8 @@ For the shapes of a preset (default the paper's 600M, bf16) at batch x seq token
 Every section catches its own failure (traceback printed, the run goes on) and the run keeps to --budget-s. The
 JSON goes to --out; a markdown table is printed last.
 
-    python bench/bench_kernels.py --out bench.json                    # CUDA, photon-600m, batch 8 x 2048
-    TRITON_INTERPRET=1 python bench/bench_kernels.py --quick --out q.json  # CPU smoke test, tiny shapes
+    python -m bench.kernels.bench_kernels --out bench.json                    # CUDA, photon-600m, batch 8 x 2048
+    TRITON_INTERPRET=1 python -m bench.kernels.bench_kernels --quick --out q.json  # CPU smoke test, tiny shapes
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ if "--quick" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
 
 import photon_kernels as pk  # noqa: E402
 import torch  # noqa: E402
-from bench_utils import Budget, cuda_ms, host_ms, versions  # noqa: E402
 
+from bench.common import Budget, cuda_ms, host_ms, versions  # noqa: E402
 from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset  # noqa: E402
 from photon_hf.attention_photon import cached_attention, causal_attention, window_attention  # noqa: E402
 from photon_hf.modeling_photon import PhotonRMSNorm  # noqa: E402

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one time-boxed run (about 9 minutes on an H100/H200), from the repository root:
 #
-#   bash bench/gpu_session.sh OUT_DIR
+#   bash bench/gpu/session.sh OUT_DIR
 #
 # 1. the gpu-marked tests: the model on CUDA (exactness, no host sync per decode step) and every Triton kernel
 #    against its reference at the 600M shapes;
@@ -12,16 +12,16 @@
 # 4. the quality study (PHOTON against an equal-FLOP Llama, same data, same wall clock).
 # Each step has its own time limit and the next one runs whatever happened. Output: OUT_DIR/session.log, the
 # kernel JSON, the generation JSON / plots / profile and the quality JSON (at most 8 files).
-# The compiled decode step (generate's auto-compile, CUDA graphs) has its own run: bench/gpu_compiled.sh.
+# The compiled decode step (generate's auto-compile, CUDA graphs) has its own run: bench/gpu/compiled.sh.
 set -u
-out=${1:-${OUT:-bench/results/gpu}}
+out=${1:-${OUT:-bench/gpu/results/session}}
 mkdir -p "$out"
 log="$out/session.log"
-source "$(dirname "$0")/gpu_env.sh"
+source "$(dirname "$0")/env.sh"
 
 stamp "1. gpu tests"
 timeout 150 python -m pytest -m gpu tests/test_gpu_model.py tests/test_kernels_gpu.py -q -rA -p no:cacheprovider \
-    -k "not compiled" --durations=5 >>"$log" 2>&1  # the compiled test runs in bench/gpu_compiled.sh
+    -k "not compiled" --durations=5 >>"$log" 2>&1  # the compiled test runs in bench/gpu/compiled.sh
 tests_rc=$?
 tail -n 25 "$log"
 backend=auto
@@ -29,16 +29,16 @@ backend=auto
 stamp "gpu tests exit $tests_rc: generation and quality use kernel_backend=$backend"
 
 stamp "2. kernel benchmark"
-timeout 140 python bench/bench_kernels.py --budget-s 80 --out "$out/bench_kernels.json" >>"$log" 2>&1
+timeout 140 python -m bench.kernels.bench_kernels --budget-s 80 --out "$out/bench_kernels.json" >>"$log" 2>&1
 stamp "kernel benchmark exit $?"
 
 stamp "3. generation benchmark"
-timeout 200 python bench/run_generation.py --preset gpu-short --budget-s 140 --kernel-backend "$backend" \
+timeout 200 python -m bench.generation.run_generation --preset gpu-short --budget-s 140 --kernel-backend "$backend" \
     --out-dir "$out" >>"$log" 2>&1
 stamp "generation benchmark exit $?"
 
-stamp "4. quality study (bench/gpu_quality.sh has the full protocol)"
-timeout 100 python bench/quality_study.py sweep --widths 512 --batch 32 --steps 1000 --no-agreement --models photon llama --lrs 5e-4 1e-3 --results "$out/quality_runs.jsonl" \
+stamp "4. quality study (bench/gpu/quality.sh has the full protocol)"
+timeout 100 python -m bench.quality.study sweep --widths 512 --batch 32 --steps 1000 --no-agreement --models photon llama --lrs 5e-4 1e-3 --results "$out/quality_runs.jsonl" \
     >>"$log" 2>&1
 stamp "quality study exit $?"
 

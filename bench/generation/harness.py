@@ -1,9 +1,9 @@
 """The generation benchmark harness: PHOTON against a same-size Llama through the same `generate()` call.
 
 `GenerationBench` holds the two models, the records and the metadata of one run; each `run_*` method is one section
-of the protocol (`generation_protocol.py`), and `run(options)` runs them all within a budget and writes one JSON per
+of the protocol (`bench.generation.protocol`), and `run(options)` runs them all within a budget and writes one JSON per
 run (`{"meta": {...}, "records": [...]}`, rewritten after every section so that a run cut short keeps what it
-measured), the PNG plots beside it and the markdown summary (`generation_report.py`).
+measured), the PNG plots beside it and the markdown summary (`bench.generation.report`).
 
 Every generation goes through one function, `generate(name, model, input_ids, **kwargs)`, by default
 `stock_generate` (`model.generate`); `run(options, generate=...)` takes another, e.g. one that simulates running
@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 import transformers
-from bench_utils import (
+from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from bench.common import (
     GIB,
     Budget,
     cuda_ms,
@@ -40,10 +42,8 @@ from bench_utils import (
     versions,
     write_json,
 )
-from generation_protocol import LABELS, MODELS, PROFILE_PROMPT_LEN, WARMUP_TOKENS, Regime
-from generation_report import fmt, make_plots, render_markdown
-from transformers import AutoModelForCausalLM, GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
+from bench.generation.protocol import LABELS, MODELS, PROFILE_PROMPT_LEN, WARMUP_TOKENS, Regime
+from bench.generation.report import fmt, make_plots, render_markdown
 from photon_hf import photon_preset
 from photon_hf.memory import decode_step_cost, kv_cache_bytes, llama_config_for, llama_kv_cache_bytes, roofline_step_ms
 

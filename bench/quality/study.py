@@ -19,10 +19,10 @@ resumed; `report` picks each model's best learning rate and writes a table, a JS
 bits per byte against the analytic cache bytes per token and the decode FLOPs per token (the quality/efficiency
 frontier).
 
-    python bench/quality_study.py sweep --widths 128 --models photon llama --lrs 1e-3 2e-3 4e-3 --steps 600
-    python bench/quality_study.py sweep --widths 128 --models photon --lrs 2e-3 --photon chunk_sizes=2,2
-    python bench/quality_study.py report --results bench/results/quality/cpu.jsonl
-    python bench/quality_study.py sweep --widths 32 --models photon llama --lrs 1e-3 --steps 5 --seq-len 64 \\
+    python -m bench.quality.study sweep --widths 128 --models photon llama --lrs 1e-3 2e-3 4e-3 --steps 600
+    python -m bench.quality.study sweep --widths 128 --models photon --lrs 2e-3 --photon chunk_sizes=2,2
+    python -m bench.quality.study report --results bench/quality/results/cpu.jsonl
+    python -m bench.quality.study sweep --widths 32 --models photon llama --lrs 1e-3 --steps 5 --seq-len 64 \\
         --batch 2 --eval-tokens 2048 --results /tmp/smoke.jsonl                                   # smoke test
 """
 
@@ -656,9 +656,9 @@ def main(argv=None):
     run.add_argument("--valid-files", nargs="*")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    run.add_argument("--results", default="bench/results/quality/runs.jsonl")
+    run.add_argument("--results", default="bench/quality/results/runs.jsonl")
     rep = commands.add_parser("report", help="table, JSON and plot of the best run of every model")
-    rep.add_argument("--results", nargs="+", default=["bench/results/quality/runs.jsonl"], help="JSONL run files")
+    rep.add_argument("--results", nargs="+", default=["bench/quality/results/runs.jsonl"], help="JSONL run files")
     rep.add_argument("--out", default=None, help="output stem (default: the first results file without .jsonl)")
     args = parser.parse_args(argv)
     return sweep(args) if args.command == "sweep" else report(args)

@@ -113,7 +113,7 @@ RUN_PRESETS: dict[str, dict] = {
     # The compiled-decoding GPU figures in about nine minutes a run: the paper's DE regime 128/2048 with PHOTON's
     # largest batch searched, PF 2048/128 on a ladder, the profile at batch 256. Every new batch size compiles
     # PHOTON's decode step once, in its warm-up: 36 to 46 s for the 600M shapes on an H200 (2026-11-30), so 200 s
-    # measured nothing but the Llama. Run it twice, --decode auto and --decode eager (bench/gpu_compiled.sh).
+    # measured nothing but the Llama. Run it twice, --decode auto and --decode eager (bench/gpu/compiled.sh).
     "gpu-compiled": dict(
         shape="photon-600m",
         budget_s=520.0,

@@ -16,10 +16,9 @@ difference divided by N, so the prefill and generate's fixed costs cancel. Both 
 1 + N tokens; the difference over N is one step): wall time per step, GPU busy time per step (the sum of kernel
 times) and kernels per step.
 
-    python bench/decode_latency.py --out lat.json                                   # 600M shapes, a GPU
-    python bench/decode_latency.py --preset tiny --contexts 16 40 --new-tokens 4 --compile-backend eager  # CPU smoke
-
-Imports only from `photon_hf` (and transformers), so it runs from a checkout without installing the package.
+    python -m bench.generation.decode_latency --out lat.json                       # 600M shapes, a GPU
+    python -m bench.generation.decode_latency --preset tiny --contexts 16 40 --new-tokens 4 \
+        --compile-backend eager                                                     # CPU smoke
 """
 
 from __future__ import annotations
@@ -32,15 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
-if (SRC / "photon_hf").is_dir():  # run from a checkout: use its code, installed or not
-    sys.path.insert(0, str(SRC))
+import torch
+from transformers import AutoModelForCausalLM, CompileConfig, LlamaConfig
 
-import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, CompileConfig, LlamaConfig  # noqa: E402
-
-from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset  # noqa: E402
-from photon_hf.memory import llama_config_for  # noqa: E402
+from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset
+from photon_hf.memory import llama_config_for
 
 # The registry's tiny shape with GQA and an odd vocabulary (a CPU smoke test; figures mean nothing there).
 TINY = dict(vocab_size=97, num_key_value_heads=2)

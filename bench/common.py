@@ -1,7 +1,8 @@
-"""Timing, budgets and bookkeeping shared by the benchmarks in bench/ (`run_generation.py`, `bench_kernels.py`).
+"""Timing, budgets and bookkeeping shared by the benchmark jobs (`bench.generation`, `bench.kernels`).
 
-bench/ is not part of the installed package: its scripts run from a source checkout (`use_checkout_sources()` lets
-them use the checkout's `photon_hf` and `photon_kernels` whether or not the package is installed).
+bench/ is not part of the installed package: its scripts run as modules from the repository root of a source
+checkout (`python -m bench.generation.run_generation`), with `photon_hf` installed or made importable by
+`bench/gpu/env.sh`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,13 +20,6 @@ import torch
 GIB = 2**30
 REPO = Path(__file__).resolve().parents[1]
 OutOfMemoryError = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
-def use_checkout_sources():
-    """Put this checkout's `src/` first on `sys.path`, so that `import photon_hf` reads the tree the script is in."""
-    source = REPO / "src"
-    if (source / "photon_hf").is_dir() and str(source) not in sys.path:
-        sys.path.insert(0, str(source))
 
 
 def is_oom(exc: BaseException) -> bool:

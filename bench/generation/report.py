@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Reports of the generation benchmark: the markdown tables and the PNG plots of a results JSON.
 
-A run (`bench/run_generation.py`) prints the tables and draws the plots itself; this script redraws them from a
-JSON it wrote:
+A run (`bench.generation.run_generation`) prints the tables and draws the plots itself; this script redraws them
+from a JSON it wrote:
 
-    python bench/generation_report.py bench/results/gen_YYYYmmdd-HHMMSS_DEVICE.json [--plots]
+    python -m bench.generation.report bench/generation/results/gen_YYYYmmdd-HHMMSS_DEVICE.json [--plots]
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-from generation_protocol import LABELS, MODELS
+from bench.generation.protocol import LABELS, MODELS
 
 
 def fmt(value, spec: str = ".3g", none: str = "–") -> str:
@@ -188,7 +188,7 @@ def make_plots(results: dict, stem: str) -> list[str]:
     except ImportError:
         print(
             "matplotlib is not installed: no plots. Install it (pip install matplotlib, or the checkout's "
-            "'.[bench]' extra) and redraw them with: python bench/generation_report.py RESULTS.json --plots",
+            "'.[bench]' extra) and redraw them with: python -m bench.generation.report RESULTS.json --plots",
             flush=True,
         )
         return []
@@ -350,7 +350,7 @@ def _plain_labels(axis):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python bench/generation_report.py RESULTS.json [--plots]`: print the markdown tables of a results JSON (and
+    """`python -m bench.generation.report RESULTS.json [--plots]`: print the markdown tables of a results JSON (and
     redraw its plots)."""
     parser = argparse.ArgumentParser(
         description="Render the markdown tables (and optionally the plots) of a results JSON."

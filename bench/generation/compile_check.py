@@ -4,7 +4,7 @@ registers, spill stack and tensor-core instructions (HGMMA = Hopper wgmma; HMMA 
 Triton ships ptxas and cuobjdump, so this needs no device: it catches compile errors before a GPU run and shows
 which tile configs spill. It drives Triton's internal `triton.compile(ASTSource(...))`, checked with Triton 3.9.
 
-    python bench/compile_check.py [--dtype bf16 fp32]
+    python -m bench.generation.compile_check [--dtype bf16 fp32]
 """
 
 from __future__ import annotations

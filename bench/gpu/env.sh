@@ -1,9 +1,12 @@
-# Sourced by the GPU scripts (gpu_session.sh, gpu_compiled.sh, gpu_quality.sh, gpu_lease.sh) after they set `out` and
-# `log`: the environment of a bare device machine, the checkout's packages importable without an install, a
-# `stamp` helper that logs a timed heading, `gpu_model_tests`, and the device and versions at the top of the log.
+# The one set-up of the GPU scripts in this folder (session.sh, compiled.sh, lease.sh, quality.sh, kernel_checks.sh,
+# serving.sh), sourced after they set `out` and `log`: the environment of a bare device machine, the checkout's
+# packages importable without an install, a `stamp` helper that logs a timed heading, `gpu_model_tests`, and the
+# device and versions at the top of the log.
+# TRITON_CACHE_AUTOTUNING: Triton versions that know it reuse the tests' autotuning in the benchmarks.
 export PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1
 unset TRITON_INTERPRET
-if ! python -c "import photon_kernels, photon_hf" 2>/dev/null; then  # run from the tree, no install
+# Run from the tree, no install (`python -m bench...` finds bench/ itself, from the repository root).
+if ! python -c "import photon_kernels, photon_hf" 2>/dev/null; then
     shim=$(mktemp -d)
     ln -s "$PWD/kernels" "$shim/photon_kernels"
     ln -s "$PWD/src/photon_hf" "$shim/photon_hf"

@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# The quality protocol (bench/quality_study.py, docs/quality.md) on a GPU, in parts that each fit one device call
+# The quality protocol (bench/quality/study.py, docs/quality.md) on a GPU, in parts that each fit one device call
 # (10 minutes), from the repository root:
 #
-#   bash bench/gpu_quality.sh OUT_DIR 512     # about 8 minutes on an H200
-#   bash bench/gpu_quality.sh OUT_DIR 1024    # about 9 minutes
+#   bash bench/gpu/quality.sh OUT_DIR 512     # about 8 minutes on an H200
+#   bash bench/gpu/quality.sh OUT_DIR 1024    # about 9 minutes
 #
 # Each part trains PHOTON (default [4,4], and with a token look-back of 16) and the FLOP-matched Llama of one width
 # on the same bytes, batch 32 x 512, bf16 autocast, every model at each learning rate of its sweep, then writes the
 # report (table, JSON, frontier plot). Runs already in OUT_DIR/runs.jsonl are skipped, so a part cut short by the
 # time limit resumes where it stopped.
 set -u
-out=${1:-${OUT:-bench/results/gpu-quality}}
+out=${1:-${OUT:-bench/quality/results/gpu}}
 width=${2:-512}
 mkdir -p "$out"
 log="$out/quality.log"
-source "$(dirname "$0")/gpu_env.sh"
+source "$(dirname "$0")/env.sh"
 
-study() { timeout "$1" python bench/quality_study.py sweep --widths "$width" --batch 32 --results "$out/runs.jsonl" \
+study() { timeout "$1" python -m bench.quality.study sweep --widths "$width" --batch 32 --results "$out/runs.jsonl" \
     "${@:2}" >>"$log" 2>&1; stamp "exit $?"; }
 if [ "$width" = 512 ]; then
     stamp "width 512: PHOTON and Llama, learning-rate sweeps"
@@ -29,6 +29,6 @@ else
     study 150 --steps 1000 --models llama --lrs 5e-4 1e-3 2e-3
     study 120 --steps 1000 --models photon --lrs 2.5e-4 --photon decoder_lookback=16
 fi
-python bench/quality_study.py report --results "$out/runs.jsonl" >>"$log" 2>&1
+python -m bench.quality.study report --results "$out/runs.jsonl" >>"$log" 2>&1
 stamp "report exit $?"
 tail -n 30 "$log"
