@@ -3,7 +3,7 @@
 import pytest
 import torch
 from helpers import tiny_config
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import photon_hf
 from photon_hf import PhotonConfig, PhotonForCausalLM, PhotonModel, kv_cache_bytes, llama_kv_cache_bytes
@@ -77,17 +77,6 @@ def test_600m_preset_parameter_count():
     assert PhotonConfig().to_dict() == config.to_dict()  # the defaults are the 600M shape
     with pytest.raises(ValueError, match="preset"):
         photon_hf.photon_preset("photon-7b")
-
-
-def test_paper_vanilla_baseline_parameter_count():
-    """The same-shape Llama of BENCH.md (610,915,968 parameters), for the memory comparison."""
-    config = photon_hf.photon_preset("photon-600m")
-    llama = LlamaConfig(vocab_size=32000, hidden_size=1664, intermediate_size=4096, num_hidden_layers=16,
-                        num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(llama)
-    assert sum(p.numel() for p in model.parameters()) == 610_915_968
-    assert sum(config.num_encoder_layers) + sum(config.num_decoder_layers) == llama.num_hidden_layers
 
 
 def test_600m_cache_is_10x_smaller_than_llama_at_2176_tokens():

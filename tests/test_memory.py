@@ -181,3 +181,12 @@ def test_matched_llamas():
         assert abs(math.log(count_parameters(llama_config_for(photon, layers)) / count_parameters(photon))) >= abs(
             math.log(count_parameters(size) / count_parameters(photon)))
     assert llama_config_for(photon, 5, max_position_embeddings=4096).max_position_embeddings == 4096
+
+
+def test_training_flops_per_token_of_the_600m_shapes():
+    """Sanity at scale: the vanilla 600M Llama does about 6 x 0.61 GFLOP per token in matmuls (plus attention), and
+    PHOTON's four stacks of four layers do fewer per token (the encoders see 1/4 and 1/16 of the tokens)."""
+    config = photon_preset("photon-600m")
+    matmul = 6 * (16 * (4 * 1664**2 + 3 * 1664 * 4096) + 1664 * 32000)
+    assert matmul < training_flops_per_token(llama_config_for(config), 2048) < 1.2 * matmul
+    assert 0.3 * matmul < training_flops_per_token(config, 2048) < 0.7 * matmul

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from bench.quality import study
+from photon_hf import memory
 
 
 def test_sweep_and_report_end_to_end(tmp_path):
@@ -48,14 +49,23 @@ def test_sweep_and_report_end_to_end(tmp_path):
     assert "| 32 |" in (tmp_path / "report.md").read_text()
 
 
-def test_matched_llama_has_the_closest_training_flops():
+def test_the_study_takes_its_costs_and_llamas_from_the_cost_model():
+    """The study's Llamas are `photon_hf.memory`'s (the study adds room for its positions), and every cost figure a
+    run records, or a report recomputes from the recorded config, is the cost model's."""
     photon = study.photon_config(128)
-    chosen = study.matched_llama(photon, 512)
-    target = study.training_flops_per_token(photon, 512)
-    for layers in (chosen.num_hidden_layers - 1, chosen.num_hidden_layers + 1):
-        other = study.llama_config(128, max(1, layers), photon, 512)
-        assert abs(math.log(study.training_flops_per_token(other, 512) / target)) >= abs(
-            math.log(study.training_flops_per_token(chosen, 512) / target))
+    chosen = study.matched_llama(photon, 4096)
+    assert chosen.to_dict() == memory.flop_matched_llama(photon, 4096, max_position_embeddings=4096).to_dict()
+    assert (chosen.pad_token_id, chosen.bos_token_id, chosen.eos_token_id) == (study.PAD, study.BOS, study.EOS)
+    size = study.same_size_llama(photon, 512)
+    assert size.num_hidden_layers == memory.parameter_matched_llama(photon).num_hidden_layers
+    assert size.num_hidden_layers > chosen.num_hidden_layers
+    for config in (photon, chosen):
+        figures = study.cost_figures(config, 512)
+        assert figures["train_flops_per_token"] == memory.training_flops_per_token(config, 512)
+        record = {"config": config.to_diff_dict()}
+        assert study.cost_figures(study.recorded_config(record), 512) == figures
+    assert study.decode_flops_per_token(photon) == memory.decode_step_cost(photon, "photon", 2048)["sample_flops"]
+    assert study.cache_bytes_per_token(chosen) == memory.llama_kv_cache_bytes(chosen, 2048) / 2048
 
 
 def test_weight_decay_reaches_linear_weights_only():
@@ -88,21 +98,6 @@ def test_schedule_warms_up_then_decays_to_a_tenth():
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
     assert factors[-1] == pytest.approx(0.1, abs=1e-3)
-
-
-def test_training_flops_per_token_of_the_600m_shapes():
-    """Sanity of the analytic count: the vanilla 600M Llama does about 6 x 0.61 GFLOP per token in matmuls, and
-    PHOTON's four stacks of four layers do fewer per token (the encoders see 1/4 and 1/16 of the tokens)."""
-    from transformers import LlamaConfig
-
-    import photon_hf
-
-    llama = LlamaConfig(vocab_size=32000, hidden_size=1664, intermediate_size=4096, num_hidden_layers=16,
-                        num_attention_heads=32, tie_word_embeddings=False)
-    matmul = 6 * (16 * (4 * 1664**2 + 3 * 1664 * 4096) + 1664 * 32000)
-    assert matmul < study.training_flops_per_token(llama, 2048) < 1.2 * matmul
-    photon = study.training_flops_per_token(photon_hf.photon_preset("photon-600m"), 2048)
-    assert 0.3 * matmul < photon < 0.7 * matmul
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,8 @@ The protocol (docs/quality.md):
 Every run appends one JSON line to a results file (runs already there are skipped), so a sweep can be stopped and
 resumed; `report` picks each model's best learning rate and writes a table, a JSON summary and a plot of held-out
 bits per byte against the analytic cache bytes per token and the decode FLOPs per token (the quality/efficiency
-frontier).
+frontier). Every cost figure (training FLOPs, cache bytes, decode FLOPs) and the Llamas' depths come from
+`photon_hf.memory`, and `report` recomputes them from each run's recorded config.
 
     python -m bench.quality.study sweep --widths 128 --models photon llama --lrs 1e-3 2e-3 4e-3 --steps 600
     python -m bench.quality.study sweep --widths 128 --models photon --lrs 2e-3 --photon chunk_sizes=2,2
@@ -42,6 +43,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import photon_hf
+from photon_hf import memory
 from photon_hf.data import stdlib_files, stdlib_root
 
 PAD, BOS, EOS = 256, 257, 258  # the byte tokenizer's specials (photon_hf.data.byte_tokenizer)
@@ -86,94 +88,50 @@ def copyable_positions(window: np.ndarray, stream_tail: np.ndarray) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------------------------ the compute
-def _layer_matmul_params(hidden: int, intermediate: int, heads: int, kv_heads: int) -> int:
-    head_dim = hidden // heads
-    return 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim + 3 * hidden * intermediate
-
-
-def _attention_flops(context: float, heads: int, head_dim: int) -> float:
-    return 4.0 * context * heads * head_dim  # QK^T and AV, forward, per query and layer
-
-
-def photon_forward_flops_per_token(config: photon_hf.PhotonConfig, context: float) -> float:
-    """Forward matmul and attention FLOPs per token when the encoders attend over `context` earlier units' worth
-    of tokens on average (seq_len / 2 in training; the cached context in generation)."""
-    d, heads, head_dim = config.hidden_size, config.num_attention_heads, config.head_dim
-    layer = _layer_matmul_params(d, config.intermediate_size, heads, config.num_key_value_heads)
-    matmul, attention = d * config.vocab_size, 0.0  # the LM head, once per token
-    for level in config.levels:
-        per_unit, window = level.tokens_per_unit, level.decoder_slots
-        in_width = level.chunk_size * level.input_width
-        if level.index > 0 or in_width != d:
-            matmul += in_width * d / per_unit  # chunker
-        matmul += level.num_encoder_layers * layer / per_unit
-        matmul += d * level.converter_width * d / per_unit  # converter
-        matmul += level.num_decoder_layers * layer * window / per_unit  # decoder windows
-        span = context / per_unit if level.encoder_window is None else min(context / per_unit, level.encoder_window)
-        attention += level.num_encoder_layers * _attention_flops(span, heads, head_dim) / per_unit
-        attention += level.num_decoder_layers * _attention_flops((window + 1) / 2, heads, head_dim) * window / per_unit
-    return 2.0 * matmul + attention
-
-
-def llama_forward_flops_per_token(config: LlamaConfig, context: float) -> float:
-    d, heads = config.hidden_size, config.num_attention_heads
-    layer = _layer_matmul_params(d, config.intermediate_size, heads, config.num_key_value_heads)
-    matmul = config.num_hidden_layers * layer + d * config.vocab_size
-    return 2.0 * matmul + config.num_hidden_layers * _attention_flops(context, heads, d // heads)
-
-
-def training_flops_per_token(config, seq_len: int) -> float:
-    """Forward + backward FLOPs per token (3x the forward), with the causal average context of seq_len / 2."""
-    if isinstance(config, photon_hf.PhotonConfig):
-        return 3.0 * photon_forward_flops_per_token(config, seq_len / 2)
-    return 3.0 * llama_forward_flops_per_token(config, seq_len / 2)
-
-
+# Every figure comes from the one cost model, `photon_hf.memory` (training FLOPs, decode cost, cache bytes, the
+# Llama builder and the FLOP- and parameter-matched depths).
 def decode_flops_per_token(config, context: int = CACHE_CONTEXT) -> float:
-    """Forward FLOPs of generating one token at `context` (PHOTON: amortised over its units' steps)."""
-    if isinstance(config, photon_hf.PhotonConfig):
-        return photon_forward_flops_per_token(config, context)
-    return llama_forward_flops_per_token(config, context)
+    """FLOPs of generating one token at `context` (`photon_hf.memory.decode_step_cost`; PHOTON: averaged over the
+    steps of a meta-chunk)."""
+    model = "photon" if isinstance(config, photon_hf.PhotonConfig) else "llama"
+    return memory.decode_step_cost(config, model, context)["sample_flops"]
 
 
 def cache_bytes_per_token(config, context: int = CACHE_CONTEXT) -> float:
     """Analytic KV-cache bytes per token of context (bf16) after `context` tokens."""
     if isinstance(config, photon_hf.PhotonConfig):
         return photon_hf.kv_cache_bytes(config, context) / context
-    kv = 2 * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
-    return config.num_hidden_layers * kv * 2
+    return memory.llama_kv_cache_bytes(config, context) / context
 
 
-def llama_config(width: int, layers: int, like: photon_hf.PhotonConfig, seq_len: int) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=like.vocab_size, hidden_size=width, intermediate_size=like.intermediate_size,
-        num_hidden_layers=layers, num_attention_heads=like.num_attention_heads,
-        num_key_value_heads=like.num_key_value_heads, max_position_embeddings=max(seq_len, 2048),
-        rope_theta=like.rope_theta, rms_norm_eps=like.rms_norm_eps, initializer_range=like.initializer_range,
-        tie_word_embeddings=False, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
-    )
+def cost_figures(config, seq_len: int) -> dict:
+    """The cost figures of a model of the study: training FLOPs per token at `seq_len` (matmuls, causal attention,
+    `photon_hf.memory.training_flops_per_token`), cache bytes and decode FLOPs per token at CACHE_CONTEXT."""
+    return {"train_flops_per_token": memory.training_flops_per_token(config, seq_len),
+            "cache_bytes_per_token": cache_bytes_per_token(config),
+            "decode_flops_per_token": decode_flops_per_token(config)}
+
+
+def recorded_config(record: dict):
+    """The model config a run recorded (`PhotonConfig` or `LlamaConfig`)."""
+    fields = {k: v for k, v in record["config"].items() if k not in ("model_type", "transformers_version")}
+    return (photon_hf.PhotonConfig if record["config"]["model_type"] == "photon" else LlamaConfig)(**fields)
+
+
+def llama_overrides(seq_len: int) -> dict:
+    """The study's Llamas: room for `seq_len` positions (PHOTON's width, heads and special tokens come from
+    `photon_hf.memory.llama_config_for`)."""
+    return {"max_position_embeddings": max(seq_len, 2048)}
 
 
 def matched_llama(photon: photon_hf.PhotonConfig, seq_len: int) -> LlamaConfig:
     """The Llama of the same width whose training FLOPs per token are closest to PHOTON's."""
-    target = training_flops_per_token(photon, seq_len)
-    candidates = [llama_config(photon.hidden_size, n, photon, seq_len) for n in range(1, 65)]
-    return min(candidates, key=lambda c: abs(math.log(training_flops_per_token(c, seq_len) / target)))
+    return memory.flop_matched_llama(photon, seq_len, **llama_overrides(seq_len))
 
 
 def same_size_llama(photon: photon_hf.PhotonConfig, seq_len: int) -> LlamaConfig:
     """The paper's baseline: the Llama of the same width whose parameter count is closest to PHOTON's."""
-    target = count_parameters(photon)
-    candidates = [llama_config(photon.hidden_size, n, photon, seq_len) for n in range(1, 65)]
-    return min(candidates, key=lambda c: abs(math.log(count_parameters(c) / target)))
-
-
-def count_parameters(config) -> int:
-    with torch.device("meta"):
-        model = (photon_hf.PhotonForCausalLM if isinstance(config, photon_hf.PhotonConfig) else LlamaForCausalLM)(
-            config
-        )
-    return sum(p.numel() for p in model.parameters())
+    return memory.parameter_matched_llama(photon, **llama_overrides(seq_len))
 
 
 # ---------------------------------------------------------------------------------------------- the protocol
@@ -371,8 +329,8 @@ def build(model_name: str, width: int, recipe: Recipe, photon_overrides: dict) -
     if model_name == "llama":
         return matched_llama(photon, recipe.seq_len), photon, recipe.steps
     llama = same_size_llama(photon, recipe.seq_len)  # the paper's protocol: same total training FLOPs
-    budget = training_flops_per_token(photon, recipe.seq_len) * recipe.steps
-    steps = max(1, round(budget / training_flops_per_token(llama, recipe.seq_len)))
+    budget = memory.training_flops_per_token(photon, recipe.seq_len) * recipe.steps
+    steps = max(1, round(budget / memory.training_flops_per_token(llama, recipe.seq_len)))
     return llama, photon, steps
 
 
@@ -399,10 +357,8 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
         "eval_tokens": args.eval_tokens,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "bf16": bf16,
         "config": config.to_diff_dict(), "parameters": sum(p.numel() for p in model.parameters()),
-        "train_flops_per_token": training_flops_per_token(config, recipe.seq_len),
-        "cache_bytes_per_token": cache_bytes_per_token(config),
-        "decode_flops_per_token": decode_flops_per_token(config),
-        "photon_train_flops_per_token": training_flops_per_token(photon, recipe.seq_len),
+        **cost_figures(config, recipe.seq_len),
+        "photon_train_flops_per_token": memory.training_flops_per_token(photon, recipe.seq_len),
     }
     label = f"[{model_name} D={width} lr={lr:g}{' ' + json.dumps(photon_overrides) if photon_overrides else ''}" + (
         f" init={init}" if init != "default" else "") + (
@@ -507,6 +463,8 @@ def report(args) -> dict:
     records = [r for path in results for r in load_results(Path(path))]
     if not records:
         raise SystemExit(f"No runs in {', '.join(results)}.")
+    # The cost figures come from the cost model as it is now, not as it was when a run was recorded.
+    records = [r | cost_figures(recorded_config(r), r["recipe"]["seq_len"]) for r in records]
     best = best_runs(records)
     rows = sorted(best.values(), key=lambda r: (r["width"], json.dumps(r["recipe"], sort_keys=True),
                                                  r["model"] != "llama", variant_name(r)))
