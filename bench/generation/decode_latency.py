@@ -42,11 +42,9 @@ TINY = dict(vocab_size=97, num_key_value_heads=2)
 
 
 def llama_like(config: PhotonConfig, context: int) -> LlamaConfig:
-    """The same-size Llama (`photon_hf.memory.llama_config_for`), with room for `context` positions."""
-    llama = llama_config_for(config)
-    llama.max_position_embeddings = max(context, llama.max_position_embeddings)
-    llama.pad_token_id, llama.eos_token_id = 0, None
-    return llama
+    """The same-shape Llama (`photon_hf.memory.llama_config_for`), with room for `context` positions."""
+    return llama_config_for(config, max_position_embeddings=max(context, config.max_position_embeddings),
+                            pad_token_id=0, eos_token_id=None)
 
 
 def compile_config(args) -> CompileConfig:
