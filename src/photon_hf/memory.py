@@ -1,4 +1,5 @@
-"""Memory accounting of PHOTON generation: analytic cache sizes and the cost of one decode step.
+"""The cost model of PHOTON and its Llama baselines: analytic cache sizes, the cost of one decode step and the FLOPs of
+a training step.
 
 Everything here reads the one per-level geometry of a config, `config.levels` (`PhotonLevelGeometry`), the same
 geometry the model and `PhotonCache` use, so the analytic figures cannot drift from what the cache allocates:
