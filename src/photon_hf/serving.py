@@ -42,8 +42,8 @@ from .cache_photon import PhotonCache
 
 logger = logging.get_logger(__name__)
 
-# GenerationConfig fields the manager honours per request; any other setting that changes generation is refused.
-_SUPPORTED = ("max_new_tokens", "eos_token_id", "do_sample", "temperature", "top_k", "top_p")
+# The manager honours max_new_tokens, EOS, do_sample, temperature, top_k and top_p per request; a generation config
+# that sets any of these other settings away from its neutral value is refused.
 _NEUTRAL = dict(
     num_beams=1, num_return_sequences=1, repetition_penalty=1.0, min_new_tokens=None, min_length=0,
     no_repeat_ngram_size=0, bad_words_ids=None, min_p=None, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0,
