@@ -224,7 +224,6 @@ class PhotonBatchingManager:
         self.cache = PhotonCache(self.config, max_cache_len=self.max_cache_len)
         self.cache.begin_pool(max_batch_size, model.device, model.dtype)
         self._rows: list[_Request | None] = [None] * max_batch_size
-        self._counts = [0] * max_batch_size  # real tokens each row has consumed (host mirror of cache.counts)
         self._next = [0] * max_batch_size  # the token each row feeds at the next step
 
         self._lock = threading.Lock()
@@ -513,10 +512,9 @@ class PhotonBatchingManager:
         ids = torch.tensor([request.prompt[:prefix]], device=model.device)
         logits = model(ids, cache=single, use_cache=True, logits_to_keep=1).logits[:, -1]
         self.cache.write_row(row, single)
-        self._counts[row] = prefix
         if self.align_phases and idle:  # the pool takes this request's phase: move the free rows to it
             others = [r for r in range(self.max_batch_size) if r != row]
-            self._park(others, [prefix % self.period] * len(others))
+            self.cache.park_rows(others, [prefix % self.period] * len(others))
         request.row, request.started = row, time.perf_counter()
         request.forced = deque(request.prompt[prefix:])
         self._rows[row] = request
@@ -527,20 +525,15 @@ class PhotonBatchingManager:
             if output is not None:
                 self._deliver(output)
 
-    def _park(self, rows: list[int], counts: list[int]):
-        self.cache.park_rows(rows, counts)
-        for row, count in zip(rows, counts, strict=True):
-            self._counts[row] = count
-
     def _free(self, row: int):
         self._rows[row] = None
 
     def _decode(self) -> torch.Tensor:
         """One decode column for every row of the pool: logits [B, V]."""
-        limit = self.max_cache_len - 1
-        stale = [row for row in range(self.max_batch_size) if self._rows[row] is None and self._counts[row] >= limit]
+        counts = self.cache.real_tokens()
+        stale = [row for row, r in enumerate(self._rows) if r is None and counts[row] >= self.max_cache_len - 1]
         if stale:  # free rows step with the batch: move them back by whole meta-chunks (same phase)
-            self._park(stale, [self._counts[row] % self.period for row in stale])
+            self.cache.park_rows(stale, [counts[row] % self.period for row in stale])
         tokens = torch.tensor(self._next, device=self.model.device)
         step = self.cache.begin_column()
         if self._step_fn is not None:
@@ -548,7 +541,6 @@ class PhotonBatchingManager:
         else:
             ops = photon_ops(self.config, self.model.device, self.model.dtype)
             hidden = self.model.model.decode_column(self.cache, tokens, step, ops)
-        self._counts = [c + 1 for c in self._counts]
         self.steps += 1
         return self.model.lm_head(hidden)
 
