@@ -15,7 +15,8 @@ from photon_hf import memory
 def test_sweep_and_report_end_to_end(tmp_path):
     results = tmp_path / "runs.jsonl"
     args = ["sweep", "--widths", "32", "--models", "photon", "llama", "llama-size", "--lrs", "1e-3", "3e-3",
-            "--steps", "4", "--seq-len", "32", "--batch", "2", "--eval-tokens", "1024", "--results", str(results)]
+            "--steps", "4", "--seq-len", "32", "--batch", "2", "--eval-tokens", "1024", "--selection-tokens", "512",
+            "--legacy-tokens", "256", "--eval-every", "2", "--results", str(results)]
     study.main(args)
     runs = [json.loads(line) for line in results.read_text().splitlines()]
     assert len(runs) == 6
@@ -27,6 +28,13 @@ def test_sweep_and_report_end_to_end(tmp_path):
         assert r["tokens_seen"] == r["steps"] * 2 * 32
         assert 0 <= r["copyable_fraction"] <= 1
         assert len(r["valid_bits_by_chunk_position"]) == study.CHUNK_PHASES
+        # Scored on three sets of windows; the learning curve has a point every 2 steps, the last one at the end.
+        assert r["valid_bits_per_byte"] != r["selection_bits_per_byte"] != r["legacy_bits_per_byte"]
+        assert [p["step"] for p in r["curve"]][-1] == r["steps"]
+        assert r["curve"][-1]["tokens_seen"] == r["tokens_seen"]
+    for r in photon + llama:
+        assert [p["step"] for p in r["curve"]] == [2, 4]
+        assert r["curve"][0]["bits_per_byte"] != r["curve"][1]["bits_per_byte"]
     # Equal tokens for the FLOP-matched Llama, equal total training FLOPs (fewer tokens) for the same-size one.
     assert all(r["steps"] == 4 for r in photon + llama)
     assert size[0]["parameters"] > llama[0]["parameters"]
@@ -47,6 +55,45 @@ def test_sweep_and_report_end_to_end(tmp_path):
     assert math.isclose(best["photon"]["perplexity_ratio_vs_llama"], ratio, rel_tol=1e-12)
     assert (tmp_path / "report.png").stat().st_size > 0
     assert "| 32 |" in (tmp_path / "report.md").read_text()
+    assert {r["selected_on"] for r in summary} == {"selection"}
+
+    curves = study.main(["trend", "--results", str(results), "--out", str(tmp_path / "trend")])["curves"]
+    by_name = {c["variant"]: c for c in curves}
+    assert set(by_name) == {"photon", "llama", "llama-size"}
+    for point, ref in zip(by_name["photon"]["points"], by_name["llama"]["points"], strict=True):
+        assert point["ratio_vs_llama"] == pytest.approx(2 ** (point["bits_per_byte"] - ref["bits_per_byte"]))
+        assert point["copyable_gap_bits"] == pytest.approx(point["bits_copyable"] - ref["bits_copyable"])
+    assert (tmp_path / "trend.png").stat().st_size > 0
+
+
+def test_evaluation_windows_spread_over_the_whole_stream_without_overlap():
+    stream = np.arange(10_000, dtype=np.int32) % 251
+    windows = study.spread_windows(stream, 40 * 64, 64)
+    assert windows.ids.shape == (40, 64) and windows.copyable.shape == (40, 63)
+    positions = np.linspace(0, len(stream) - 64 - study.COPY_SPAN, 40).astype(np.int64)
+    assert np.array_equal(windows.ids, np.stack([stream[p : p + 64] for p in positions]))
+    assert positions[0] == 0 and positions[-1] + 64 + study.COPY_SPAN == len(stream)  # first byte to last
+    assert np.all(np.diff(positions) >= 64)  # no window overlaps the next
+    leading = study.leading_windows(stream, 3 * 64, 64)
+    assert np.array_equal(leading.ids.ravel(), stream[: 3 * 64])
+    assert np.array_equal(windows.every(2).ids, windows.ids[::2])
+
+
+def test_selection_split_is_held_out_of_training_and_validation():
+    train, selection, validation = (set(study.study_files(s)) for s in ("train", "selection", "validation"))
+    assert selection and not selection & train and not selection & validation and not train & validation
+    assert 0.01 < len(selection) / (len(train) + len(selection) + len(validation)) < 0.06
+
+
+def test_learning_rates_are_picked_on_the_selection_split():
+    def run(lr, valid, selection):
+        return {"model": "photon", "width": 64, "lr": lr, "photon_overrides": {}, "recipe": {"steps": 1},
+                "eval_tokens": 1, "valid_bits_per_byte": valid, "selection_bits_per_byte": selection}
+
+    best = study.best_runs([run(1e-3, 2.0, 2.5), run(2e-3, 1.9, 2.6), run(4e-3, 2.1, 2.7)])
+    (winner,) = best.values()
+    assert winner["lr"] == 1e-3 and winner["selected_on"] == "selection"  # not 2e-3, the best on the reported set
+    assert winner["sweep"] == [[1e-3, 2.5], [2e-3, 2.6], [4e-3, 2.7]] and winner["lr_at_edge"]
 
 
 def test_the_study_takes_its_costs_and_llamas_from_the_cost_model():

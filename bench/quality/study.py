@@ -44,7 +44,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import photon_hf
 from photon_hf import memory
-from photon_hf.data import stdlib_files, stdlib_root
+from photon_hf.data import split_key, stdlib_files, stdlib_root
 
 PAD, BOS, EOS = 256, 257, 258  # the byte tokenizer's specials (photon_hf.data.byte_tokenizer)
 VOCAB = 259
@@ -54,6 +54,10 @@ MODELS = ("photon", "llama", "llama-size")
 # first byte of a chunk is predicted from the converter prefix alone, so it measures what the hierarchy carries.
 CHUNK_PHASES = 4
 CACHE_CONTEXT = 2048  # context (tokens) at which cache bytes and decode FLOPs per token are reported
+# Learning rates are picked on a selection split, never on the windows that are reported: the training files whose
+# split key (`photon_hf.data.split_key`) lies in [VALIDATION_FRACTION, + SELECTION_FRACTION), held out of training.
+VALIDATION_FRACTION = 0.05  # `photon_hf.data.stdlib_files`' default
+SELECTION_FRACTION = 0.03
 
 
 # --------------------------------------------------------------------------------------------------- the data
@@ -64,6 +68,16 @@ def byte_stream(files: list) -> np.ndarray:
         data = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8).astype(np.int32)
         parts.extend([data, np.array([EOS], dtype=np.int32)])
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+def study_files(split: str) -> list[str]:
+    """The stdlib files (relative paths) of a split of the study: "validation" (the package's validation split, what
+    the study reports), "selection" (about 3% of the package's training files, held out for picking learning rates)
+    or "train" (the rest)."""
+    if split == "validation":
+        return stdlib_files("validation", VALIDATION_FRACTION)
+    held_out = [split_key(p) < VALIDATION_FRACTION + SELECTION_FRACTION for p in stdlib_files("train")]
+    return [p for p, held in zip(stdlib_files("train"), held_out, strict=True) if held == (split == "selection")]
 
 
 def batch_offsets(stream_length: int, seq_len: int, batch: int, steps: int, seed: int) -> np.ndarray:
@@ -85,6 +99,40 @@ def copyable_positions(window: np.ndarray, stream_tail: np.ndarray) -> np.ndarra
             seen.add(data[start * item : t * item])
         flags[t - 1] = data[t * item : (t + COPY_SPAN) * item] in seen
     return flags
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalWindows:
+    """Held-out windows and, for each target, whether it is copyable."""
+
+    ids: np.ndarray  # [windows, seq_len] int32
+    copyable: np.ndarray  # [windows, seq_len - 1] bool, aligned with the targets ids[:, 1:]
+
+    def every(self, stride: int) -> EvalWindows:
+        """Every `stride`-th window (still spread over the whole stream)."""
+        return EvalWindows(self.ids[::stride], self.copyable[::stride])
+
+
+def window_set(stream: np.ndarray, starts: np.ndarray, seq_len: int) -> EvalWindows:
+    ids = np.stack([stream[s : s + seq_len] for s in starts])
+    copyable = np.stack([copyable_positions(stream[s : s + seq_len], stream[s + seq_len : s + seq_len + COPY_SPAN])
+                         for s in starts])
+    return EvalWindows(ids, copyable)
+
+
+def spread_windows(stream: np.ndarray, tokens: int, seq_len: int) -> EvalWindows:
+    """tokens // seq_len non-overlapping windows spread evenly over the whole stream, first byte to last (fewer when
+    the stream is too short)."""
+    count = max(1, min(tokens // seq_len, (len(stream) - COPY_SPAN) // seq_len))
+    starts = np.linspace(0, len(stream) - seq_len - COPY_SPAN, count).astype(np.int64)
+    return window_set(stream, starts, seq_len)
+
+
+def leading_windows(stream: np.ndarray, tokens: int, seq_len: int) -> EvalWindows:
+    """The study's first evaluation set, kept to compare with earlier runs: consecutive windows from the start of
+    the stream (with the stdlib validation split, its first 16 files in path order)."""
+    count = max(1, min(tokens // seq_len, (len(stream) - COPY_SPAN) // seq_len))
+    return window_set(stream, np.arange(count) * seq_len, seq_len)
 
 
 # ------------------------------------------------------------------------------------------------ the compute
@@ -239,7 +287,9 @@ def parameter_groups(model: nn.Module, weight_decay: float, hierarchy_lr: float 
 
 
 def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, device, bf16: bool,
-          progress: str = "", hierarchy_lr: float = 1.0) -> dict:
+          progress: str = "", hierarchy_lr: float = 1.0, eval_every: int = 0, checkpoint=None) -> dict:
+    """Train `steps` steps of the recipe; with `eval_every`, call `checkpoint(steps_done)` after every that many
+    steps (not after the last: the caller evaluates the trained model)."""
     offsets = batch_offsets(len(stream), recipe.seq_len, recipe.batch, recipe.steps, recipe.seed)
     groups = parameter_groups(model, recipe.weight_decay, hierarchy_lr)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=recipe.betas)
@@ -266,42 +316,60 @@ def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, devi
                 break
             rate = (step + 1) * batch.numel() / (time.perf_counter() - start)
             print(f"\r{progress} step {step + 1}/{steps} loss {value:.3f} ({rate:.0f} tok/s)", end="", flush=True)
+        if eval_every and checkpoint is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
+            paused = time.perf_counter()
+            checkpoint(step + 1)
+            model.train()
+            start += time.perf_counter() - paused  # train_seconds counts training only
     print(file=sys.stdout, flush=True)
     return {"steps": steps, "tokens_seen": steps * recipe.batch * recipe.seq_len, "train_loss_trace": trace,
             "train_seconds": time.perf_counter() - start}
 
 
 @torch.no_grad()
-def evaluate(model, stream: np.ndarray, recipe: Recipe, eval_tokens: int, device, bf16: bool) -> dict:
-    """Held-out bits per byte, overall, on copyable / other positions and by position in a 4-byte chunk."""
+def window_losses(model, windows: EvalWindows, batch: int, device, bf16: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per window, the summed negative log-likelihood (nats) and the number of targets of each kind: columns "all",
+    "copyable", "other", then each position in a CHUNK_PHASES-byte chunk. Two float64 arrays [windows, 3 + phases]."""
     model.eval()
-    seq = recipe.seq_len
-    windows = min(eval_tokens // seq, (len(stream) - COPY_SPAN) // seq)
-    sums = {"all": 0.0, "copyable": 0.0, "other": 0.0}
-    counts = dict.fromkeys(sums, 0)
-    for first in range(0, windows, recipe.batch):
-        index = range(first, min(first + recipe.batch, windows))
-        rows = np.stack([stream[w * seq : (w + 1) * seq] for w in index])
-        copyable = torch.from_numpy(
-            np.stack([copyable_positions(stream[w * seq : (w + 1) * seq], stream[(w + 1) * seq :]) for w in index])
-        )
-        ids = torch.from_numpy(rows).long().to(device)
+    seq = windows.ids.shape[1]
+    phase = torch.arange(1, seq) % CHUNK_PHASES
+    sums, counts = [], []
+    for first in range(0, len(windows.ids), batch):
+        ids = torch.from_numpy(windows.ids[first : first + batch]).long().to(device)
+        copyable = torch.from_numpy(windows.copyable[first : first + batch])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids=ids, use_cache=False).logits
         nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
-        ).cpu()
-        for name, mask in (("all", torch.ones_like(copyable)), ("copyable", copyable), ("other", ~copyable)):
-            sums[name] += float(nll[mask].sum())
-            counts[name] += int(mask.sum())
-        phase = (torch.arange(1, seq) % CHUNK_PHASES).expand_as(copyable)
-        for p in range(CHUNK_PHASES):
-            sums[f"phase{p}"] = sums.get(f"phase{p}", 0.0) + float(nll[phase == p].sum())
-            counts[f"phase{p}"] = counts.get(f"phase{p}", 0) + int((phase == p).sum())
-    bits = {name: sums[name] / max(1, counts[name]) / math.log(2) for name in sums}
-    return {"valid_bits_per_byte": bits["all"], "valid_bits_copyable": bits["copyable"],
-            "valid_bits_other": bits["other"], "copyable_fraction": counts["copyable"] / max(1, counts["all"]),
-            "valid_bits_by_chunk_position": [bits[f"phase{p}"] for p in range(CHUNK_PHASES)]}
+        ).cpu().double()
+        masks = [torch.ones_like(copyable), copyable, ~copyable] + [(phase == p).expand_as(copyable)
+                                                                    for p in range(CHUNK_PHASES)]
+        sums.append(torch.stack([(nll * m).sum(1) for m in masks], 1))
+        counts.append(torch.stack([m.sum(1) for m in masks], 1).double())
+    return torch.cat(sums).numpy(), torch.cat(counts).numpy()
+
+
+def bits_summary(sums: np.ndarray, counts: np.ndarray) -> dict:
+    """Bits per byte overall, on copyable / other targets and by position in the chunk, from `window_losses`."""
+    bits = sums.sum(0) / np.maximum(counts.sum(0), 1) / math.log(2)
+    return {"bits_per_byte": float(bits[0]), "bits_copyable": float(bits[1]), "bits_other": float(bits[2]),
+            "copyable_fraction": float(counts[:, 1].sum() / max(1, counts[:, 0].sum())),
+            "bits_by_chunk_position": [float(b) for b in bits[3:]]}
+
+
+def evaluate(model, windows: EvalWindows, batch: int, device, bf16: bool) -> dict:
+    """Held-out bits per byte of `windows` (`bits_summary`)."""
+    return bits_summary(*window_losses(model, windows, batch, device, bf16))
+
+
+def reported(summary: dict, prefix: str = "valid") -> dict:
+    """`bits_summary` under a run record's names: valid_bits_per_byte, valid_bits_copyable, ..."""
+    names = {"bits_per_byte": "bits_per_byte", "bits_copyable": "bits_copyable", "bits_other": "bits_other",
+             "bits_by_chunk_position": "bits_by_chunk_position"}
+    record = {f"{prefix}_{v}": summary[k] for k, v in names.items()}
+    if prefix == "valid":
+        record["copyable_fraction"] = summary["copyable_fraction"]
+    return record
 
 
 @torch.no_grad()
@@ -335,13 +403,22 @@ def build(model_name: str, width: int, recipe: Recipe, photon_overrides: dict) -
 
 
 def run_key(record: dict) -> str:
-    keys = ("model", "width", "lr", "photon_overrides", "init", "hierarchy_lr", "recipe", "eval_tokens")
-    defaults = {"init": "default", "hierarchy_lr": 1.0}
+    keys = ("model", "width", "lr", "photon_overrides", "init", "hierarchy_lr", "recipe", "eval_tokens", "evaluation")
+    defaults = {"init": "default", "hierarchy_lr": 1.0, "evaluation": None}
     return json.dumps({k: record.get(k, defaults.get(k)) for k in keys}, sort_keys=True)
+
+
+def evaluation_protocol(args) -> dict:
+    """How a run is evaluated (part of a run's key: runs scored differently are never compared)."""
+    return {"windows": "spread", "eval_tokens": args.eval_tokens, "selection_tokens": args.selection_tokens,
+            "legacy_tokens": args.legacy_tokens, "eval_every": args.eval_every, "curve_stride": args.curve_stride}
 
 
 def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overrides: dict, init: str,
             hierarchy_lr: float, data: dict, args, device) -> dict:
+    """Train one model, evaluating on the curve windows every `args.eval_every` steps, then score it on the
+    evaluation windows (`valid_*`, what is reported), the selection windows (`selection_*`, what picks learning
+    rates) and the study's first evaluation set (`legacy_*`)."""
     config, photon, steps = build(model_name, width, recipe, photon_overrides)
     torch.manual_seed(recipe.seed)
     model_class = photon_hf.PhotonForCausalLM if isinstance(config, photon_hf.PhotonConfig) else LlamaForCausalLM
@@ -354,7 +431,7 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
     record = {
         "model": model_name, "width": width, "lr": lr, "photon_overrides": photon_overrides, "init": init,
         "hierarchy_lr": hierarchy_lr if model_name == "photon" else 1.0, "recipe": dataclasses.asdict(recipe),
-        "eval_tokens": args.eval_tokens,
+        "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "bf16": bf16,
         "config": config.to_diff_dict(), "parameters": sum(p.numel() for p in model.parameters()),
         **cost_figures(config, recipe.seq_len),
@@ -363,10 +440,28 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
     label = f"[{model_name} D={width} lr={lr:g}{' ' + json.dumps(photon_overrides) if photon_overrides else ''}" + (
         f" init={init}" if init != "default" else "") + (
         f" hierarchy_lr={hierarchy_lr:g}]" if record["hierarchy_lr"] != 1.0 else "]")
+    windows = data["windows"]
+    tokens_per_step = recipe.batch * recipe.seq_len
+    curve = []
+
+    def checkpoint(steps_done: int, sums=None, counts=None):
+        if sums is None:
+            sums, counts = window_losses(model, windows["valid"].every(args.curve_stride), recipe.batch, device, bf16)
+        point = bits_summary(sums, counts)
+        curve.append({"step": steps_done, "tokens_seen": steps_done * tokens_per_step, **point})
+        print(f"\n{label} step {steps_done}: {point['bits_per_byte']:.4f} bits/byte on the curve windows", flush=True)
+
     record.update(train(model, data["train"], recipe, lr, steps, device, bf16, progress=label,
-                        hierarchy_lr=record["hierarchy_lr"]))
+                        hierarchy_lr=record["hierarchy_lr"], eval_every=args.eval_every, checkpoint=checkpoint))
     record["train_flops"] = record["train_flops_per_token"] * record["tokens_seen"]
-    record.update(evaluate(model, data["valid"], recipe, args.eval_tokens, device, bf16))
+    sums, counts = window_losses(model, windows["valid"], recipe.batch, device, bf16)
+    record.update(reported(bits_summary(sums, counts)))
+    if args.eval_every:  # the last point of the curve, from the same windows as the others
+        checkpoint(steps, sums[:: args.curve_stride], counts[:: args.curve_stride])
+        record["curve"] = curve
+    for name in ("selection", "legacy"):
+        if name in windows:
+            record.update(reported(evaluate(model, windows[name], recipe.batch, device, bf16), name))
     if model_name == "photon" and args.agreement:
         record["greedy_agreement"] = greedy_agreement(model, data["valid"], device, bf16)
     print(f"{label} {record['valid_bits_per_byte']:.4f} bits/byte (copyable {record['valid_bits_copyable']:.3f}, "
@@ -396,9 +491,21 @@ def load_results(path: Path) -> list[dict]:
 
 
 def load_data(args) -> dict:
-    train_files = args.train_files or [stdlib_root() / p for p in stdlib_files("train")]
-    valid_files = args.valid_files or [stdlib_root() / p for p in stdlib_files("validation")]
-    return {"train": byte_stream(train_files), "valid": byte_stream(valid_files)}
+    """The token streams and the evaluation windows: "valid" (spread over the whole validation split, reported),
+    "selection" (spread over the selection split, for picking learning rates; absent with local files and no
+    --selection-files) and "legacy" (the study's first evaluation set: the validation stream's leading windows)."""
+    root = stdlib_root()
+    train_files = args.train_files or [root / p for p in study_files("train")]
+    valid_files = args.valid_files or [root / p for p in study_files("validation")]
+    selection_files = args.selection_files or ([] if args.train_files else [root / p for p in study_files("selection")])
+    streams = {"train": byte_stream(train_files), "valid": byte_stream(valid_files)}
+    seq = args.seq_len
+    windows = {"valid": spread_windows(streams["valid"], args.eval_tokens, seq)}
+    if selection_files and args.selection_tokens:
+        windows["selection"] = spread_windows(byte_stream(selection_files), args.selection_tokens, seq)
+    if args.legacy_tokens:
+        windows["legacy"] = leading_windows(streams["valid"], args.legacy_tokens, seq)
+    return {**streams, "windows": windows}
 
 
 def sweep(args) -> list[dict]:
@@ -417,7 +524,7 @@ def sweep(args) -> list[dict]:
                 hierarchy_lr = args.hierarchy_lr if model_name == "photon" else 1.0
                 record = {"model": model_name, "width": width, "lr": lr, "recipe": dataclasses.asdict(recipe),
                           "photon_overrides": overrides, "init": args.init, "hierarchy_lr": hierarchy_lr,
-                          "eval_tokens": args.eval_tokens}
+                          "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args)}
                 if run_key(record) in done:
                     print(f"[{model_name} D={width} lr={lr:g}] already in {results_path}, skipped")
                     continue
@@ -442,19 +549,32 @@ def variant_name(record: dict) -> str:
     return "photon" + fields + suffix
 
 
+def evaluation_key(record: dict) -> str:
+    """How a run was scored: runs are compared only with runs scored on the same windows."""
+    return json.dumps(record.get("evaluation") or {"eval_tokens": record["eval_tokens"]}, sort_keys=True)
+
+
+def selection_bits(record: dict) -> float:
+    """What picks a learning rate: bits per byte on the selection split, or (runs recorded before the study had
+    one) on the reported windows."""
+    return record.get("selection_bits_per_byte", record["valid_bits_per_byte"])
+
+
 def best_runs(records: list[dict]) -> dict[tuple, dict]:
-    """The best learning rate of every (width, variant, recipe) by held-out bits per byte, with its sweep."""
+    """The best learning rate of every (width, variant, recipe, evaluation), chosen on the selection split (the
+    reported windows for older runs), with its sweep [[lr, selection bits], ...]."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        key = (r["width"], variant_name(r), json.dumps(r["recipe"], sort_keys=True), r["eval_tokens"])
+        key = (r["width"], variant_name(r), json.dumps(r["recipe"], sort_keys=True), evaluation_key(r))
         groups.setdefault(key, []).append(r)
     best = {}
     for key, runs in groups.items():
         runs = sorted(runs, key=lambda r: r["lr"])
-        finite = [r for r in runs if math.isfinite(r["valid_bits_per_byte"])]
-        winner = min(finite or runs, key=lambda r: r["valid_bits_per_byte"])
+        finite = [r for r in runs if math.isfinite(selection_bits(r))]
+        winner = min(finite or runs, key=selection_bits)
         edge = len(runs) > 1 and winner["lr"] in (runs[0]["lr"], runs[-1]["lr"])
-        best[key] = {**winner, "sweep": [[r["lr"], r["valid_bits_per_byte"]] for r in runs], "lr_at_edge": edge}
+        best[key] = {**winner, "sweep": [[r["lr"], selection_bits(r)] for r in runs], "lr_at_edge": edge,
+                     "selected_on": "selection" if "selection_bits_per_byte" in winner else "reported windows"}
     return best
 
 
@@ -468,20 +588,24 @@ def report(args) -> dict:
     best = best_runs(records)
     rows = sorted(best.values(), key=lambda r: (r["width"], json.dumps(r["recipe"], sort_keys=True),
                                                  r["model"] != "llama", variant_name(r)))
-    lines = ["| D | steps | model | params | train MFLOP/tok | tokens | lr (sweep: bits/byte) | bits/byte | copyable | "
-             "other | ppl/byte vs llama | cache B/tok | decode MFLOP/tok |", "|" + "---|" * 13]
+    lines = ["| D | steps | model | params | train MFLOP/tok | tokens | lr (sweep: selection bits/byte) | bits/byte | "
+             "copyable | other | ppl/byte vs llama | the same on the first windows | cache B/tok | decode MFLOP/tok |",
+             "|" + "---|" * 14]
     summary = []
     for r in rows:
         ref = next((b for b in rows if b["model"] == "llama" and b["width"] == r["width"]
-                    and b["recipe"] == r["recipe"] and b["eval_tokens"] == r["eval_tokens"]), None)
+                    and b["recipe"] == r["recipe"] and evaluation_key(b) == evaluation_key(r)), None)
         ratio = 2 ** (r["valid_bits_per_byte"] - ref["valid_bits_per_byte"]) if ref else None
+        legacy = (2 ** (r["legacy_bits_per_byte"] - ref["legacy_bits_per_byte"])
+                  if ref and "legacy_bits_per_byte" in r and "legacy_bits_per_byte" in ref else None)
         sweep_text = ", ".join(f"{lr:g}: {bits:.3f}" for lr, bits in r["sweep"])
         sweep_text += " (edge)" if r["lr_at_edge"] else ""
         lines.append(
             f"| {r['width']} | {r['recipe']['steps']} | {variant_name(r)} | {r['parameters'] / 1e6:.2f}M | "
             f"{r['train_flops_per_token'] / 1e6:.1f} | {r['tokens_seen'] / 1e6:.2f}M | {r['lr']:g} ({sweep_text}) | "
             f"**{r['valid_bits_per_byte']:.3f}** | {r['valid_bits_copyable']:.3f} | {r['valid_bits_other']:.3f} | "
-            f"{'–' if ratio is None else f'{ratio:.3f}x'} | {r['cache_bytes_per_token']:.0f} | "
+            f"{'–' if ratio is None else f'{ratio:.3f}x'} | {'–' if legacy is None else f'{legacy:.3f}x'} | "
+            f"{r['cache_bytes_per_token']:.0f} | "
             f"{r['decode_flops_per_token'] / 1e6:.2f} |"
         )
         summary.append({k: r[k] for k in ("model", "width", "lr", "photon_overrides", "parameters", "tokens_seen",
@@ -489,6 +613,7 @@ def report(args) -> dict:
                                           "valid_bits_other", "copyable_fraction", "cache_bytes_per_token",
                                           "decode_flops_per_token", "sweep", "lr_at_edge", "recipe", "device")}
                        | {"variant": variant_name(r), "perplexity_ratio_vs_llama": ratio,
+                          "selected_on": r["selected_on"], "first_windows_ratio_vs_llama": legacy,
                           "training_ablation": r.get("init", "default") != "default" or r.get("hierarchy_lr", 1) != 1})
     table = "\n".join(lines)
     print(table)
@@ -499,6 +624,102 @@ def report(args) -> dict:
     plot(summary, f"{out}.png")
     plot_sweeps(summary, f"{out}_lr.png")
     return {"rows": summary, "table": table}
+
+
+def trend(args) -> dict:
+    """Learning curves of runs recorded with --eval-every: for each width and PHOTON variant, the held-out bits per
+    byte and the perplexity ratio to the FLOP-matched Llama (same width, recipe and windows) at every point, as a
+    table, a JSON file and a plot against training tokens."""
+    records = [r for path in args.results for r in load_results(Path(path)) if r.get("curve")]
+    if not records:
+        raise SystemExit(f"No run with a learning curve in {', '.join(args.results)} (sweep with --eval-every).")
+    best = best_runs(records)
+    llamas = {(r["width"], json.dumps(r["recipe"], sort_keys=True), evaluation_key(r)): r
+              for r in best.values() if r["model"] == "llama"}
+    lines, curves, header = [], [], None
+    for r in sorted(best.values(), key=lambda r: (r["width"], json.dumps(r["recipe"], sort_keys=True),
+                                                  r["model"] != "llama", variant_name(r))):
+        ref = llamas.get((r["width"], json.dumps(r["recipe"], sort_keys=True), evaluation_key(r)))
+        points = []
+        for point in r["curve"]:
+            match = next((q for q in ref["curve"] if q["step"] == point["step"]), None) if ref else None
+            ratio = 2 ** (point["bits_per_byte"] - match["bits_per_byte"]) if match else None
+            points.append({**point, "ratio_vs_llama": ratio,
+                           "copyable_gap_bits": point["bits_copyable"] - match["bits_copyable"] if match else None,
+                           "other_gap_bits": point["bits_other"] - match["bits_other"] if match else None})
+        curves.append({"width": r["width"], "variant": variant_name(r), "model": r["model"], "lr": r["lr"],
+                       "recipe": r["recipe"], "points": points})
+        columns = " | ".join(f"{p['tokens_seen'] / 1e6:.2f}M" for p in points)
+        if columns != header:  # a table header for every width and recipe
+            header = columns
+            lines += ["", "| D | model | lr | " + columns + " |", "|" + "---|" * (3 + len(points))]
+        cells = [f"{p['bits_per_byte']:.3f}" + ("" if r["model"] == "llama" or p["ratio_vs_llama"] is None
+                                                 else f" ({p['ratio_vs_llama']:.3f}x)") for p in points]
+        lines.append(f"| {r['width']} | {variant_name(r)} | {r['lr']:g} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.md").write_text(table + "\n")
+    Path(f"{out}.json").write_text(json.dumps(curves, indent=1))
+    plot_trend(curves, f"{out}.png")
+    return {"curves": curves, "table": table}
+
+
+def plot_trend(curves: list[dict], path: str):
+    """Three panels against training tokens: held-out bits per byte; PHOTON's perplexity per byte over the
+    FLOP-matched Llama's; PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
+    colour per PHOTON variant, one line style per width."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'photon-hf[bench]')")
+        return
+    variants = sorted({c["variant"] for c in curves if c["model"] != "llama"})
+    widths = sorted({c["width"] for c in curves})
+    styles = ["-", "--", "-.", ":"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    for c in curves:
+        tokens = [p["tokens_seen"] / 1e6 for p in c["points"]]
+        width_style = styles[widths.index(c["width"]) % len(styles)]
+        label = (c["variant"].replace("photon ", "PHOTON ").replace("photon", "PHOTON [4,4]")
+                 .replace("decoder_lookback=", "look-back ") + f", D={c['width']}")
+        if c["model"] == "llama":
+            axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color="black", linestyle=width_style,
+                         marker="s", markersize=3, label=f"Llama (FLOP-matched), D={c['width']}")
+            continue
+        color = f"C{variants.index(c['variant']) % 10}"
+        axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color=color, linestyle=width_style,
+                     marker="o", markersize=3, label=label)
+        kept = [(t, p) for t, p in zip(tokens, c["points"], strict=True) if p["ratio_vs_llama"] is not None]
+        if kept:
+            axes[1].plot([t for t, _ in kept], [p["ratio_vs_llama"] for _, p in kept], color=color,
+                         linestyle=width_style, marker="o", markersize=3, label=label)
+            axes[2].plot([t for t, _ in kept], [p["copyable_gap_bits"] for _, p in kept], color=color,
+                         linestyle=width_style, marker="o", markersize=3, label=f"{label}, copyable")
+            axes[2].plot([t for t, _ in kept], [p["other_gap_bits"] for _, p in kept], color=color,
+                         linestyle=":", marker=".", markersize=3, alpha=0.7, label=f"{label}, other")
+    axes[0].set_ylabel("held-out bits per byte (lower is better)")
+    axes[1].axhline(1.0, color="black", linewidth=0.8)
+    axes[1].axhline(1.03, color="gray", linestyle="--", linewidth=0.8)
+    axes[1].axhline(1.34, color="gray", linestyle=":", linewidth=0.8)
+    axes[1].annotate("1.03x target", (0, 1.03), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
+    axes[1].annotate("paper's 1.34x", (0, 1.34), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
+    axes[1].set_ylabel("perplexity per byte / FLOP-matched Llama's")
+    axes[2].axhline(0.0, color="black", linewidth=0.8)
+    axes[2].set_ylabel("bits per byte above the Llama (solid: copyable, dotted: other)")
+    for axis in axes:
+        axis.set_xlabel("training tokens (millions)")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.suptitle("PHOTON against the FLOP-matched Llama as training grows (held-out windows, each model's own rate)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"plot: {path}")
 
 
 def plot(summary: list[dict], path: str):
@@ -607,19 +828,32 @@ def main(argv=None):
     run.add_argument("--seq-len", type=int, default=512)
     run.add_argument("--warmup", type=float, default=0.05)
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--eval-tokens", type=int, default=131072)
+    run.add_argument("--eval-tokens", type=int, default=524288,
+                     help="reported evaluation: this many tokens of windows spread over the whole validation split")
+    run.add_argument("--selection-tokens", type=int, default=262144,
+                     help="windows of the selection split that pick each model's learning rate (0: none)")
+    run.add_argument("--legacy-tokens", type=int, default=131072,
+                     help="also score the first evaluation set, the validation stream's leading windows (0: no)")
+    run.add_argument("--eval-every", type=int, default=0,
+                     help="steps between the points of a learning curve (0: evaluate at the end only)")
+    run.add_argument("--curve-stride", type=int, default=2,
+                     help="the curve's points use every this-many-th evaluation window (the last point too)")
     run.add_argument("--no-agreement", dest="agreement", action="store_false",
                      help="skip the generation check (greedy generation vs teacher-forced argmax)")
     run.add_argument("--train-files", nargs="*", help="local text files (default: the stdlib corpus)")
     run.add_argument("--valid-files", nargs="*")
+    run.add_argument("--selection-files", nargs="*")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--results", default="bench/quality/results/runs.jsonl")
     rep = commands.add_parser("report", help="table, JSON and plot of the best run of every model")
     rep.add_argument("--results", nargs="+", default=["bench/quality/results/runs.jsonl"], help="JSONL run files")
     rep.add_argument("--out", default=None, help="output stem (default: the first results file without .jsonl)")
+    curves = commands.add_parser("trend", help="learning curves (runs swept with --eval-every): table, JSON, plot")
+    curves.add_argument("--results", nargs="+", required=True, help="JSONL run files")
+    curves.add_argument("--out", required=True, help="output stem")
     args = parser.parse_args(argv)
-    return sweep(args) if args.command == "sweep" else report(args)
+    return {"sweep": sweep, "report": report, "trend": trend}[args.command](args)
 
 
 if __name__ == "__main__":
