@@ -268,6 +268,21 @@ def test_default_learning_rate_keeps_lr_times_width_constant():
     assert default_learning_rate() == default_learning_rate(photon_preset("small"))  # the reference width
 
 
+def test_lookback_learning_rate_meets_its_measured_best_rates():
+    """docs/quality.md: with a token look-back the best rate was the default's at width 128 (1e-3) and twice it at
+    512 (5e-4 against 2.5e-4); `default_learning_rate` gives those, falling as 1 / sqrt(width) between and beyond."""
+    def rate(width, lookback):
+        return default_learning_rate(photon_preset("small", hidden_size=width, decoder_lookback=lookback or None))
+
+    assert rate(128, 8) == rate(128, 0) == 1e-3
+    assert rate(512, 8) == pytest.approx(2 * rate(512, 0)) and rate(512, 8) == pytest.approx(5e-4)
+    assert rate(512, 32) == rate(512, 8)
+    widths = [128, 256, 512, 1024, 2048]
+    assert len({round(rate(w, 8) * math.sqrt(w), 12) for w in widths}) == 1
+    assert all(rate(w, 8) >= rate(w, 0) for w in [32, 64, *widths])  # never below the default's
+    assert rate(32, 8) == rate(32, 0)
+
+
 def _interface_growth(width: int, lr: float, steps: int = 12) -> float:
     """RMS of the top encoder's residual stream (what its final norm divides by) after `steps` AdamW steps on random
     bytes, over its RMS at initialisation."""

@@ -520,7 +520,8 @@ def _add_quickstart_parser(subparsers):
     )
     parser.add_argument(
         "--learning-rate", type=_float_in(0, what="a number > 0"), default=defaults["learning_rate"],
-        help="peak learning rate (default: 1e-3 x 128 / hidden size, photon_hf.training.default_learning_rate)",
+        help="peak learning rate (default: photon_hf.training.default_learning_rate: 1e-3 x 128 / hidden size; "
+        "with a look-back, 1e-3 x sqrt(128 / hidden size) above 128)",
     )
     parser.add_argument(
         "--save-checkpoints", action="store_true",

@@ -106,7 +106,8 @@ class TrainJob:
     grad_accum: int = _option(1, "optimisation", help="gradient accumulation steps")
     learning_rate: float | None = _option(
         None, "optimisation",
-        help="peak learning rate (default: 1e-3 x 128 / hidden size, photon_hf.training.default_learning_rate)",
+        help="peak learning rate (default: photon_hf.training.default_learning_rate: 1e-3 x 128 / hidden size; "
+        "with a look-back, 1e-3 x sqrt(128 / hidden size) above 128)",
     )
     warmup: float = _option(0.05, "optimisation", help="warmup steps, or a fraction of --max-steps if < 1")
     weight_decay: float = _option(0.1, "optimisation", help="AdamW weight decay")
