@@ -626,6 +626,19 @@ def report(args) -> dict:
     return {"rows": summary, "table": table}
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, or None (with a hint) when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'photon-hf[bench]')")
+        return None
+    return plt
+
+
 def trend(args) -> dict:
     """Learning curves of runs recorded with --eval-every: for each width and PHOTON variant, the held-out bits per
     byte and the perplexity ratio to the FLOP-matched Llama (same width, recipe and windows) at every point, as a
@@ -670,13 +683,8 @@ def plot_trend(curves: list[dict], path: str):
     """Three panels against training tokens: held-out bits per byte; PHOTON's perplexity per byte over the
     FLOP-matched Llama's; PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
     colour per PHOTON variant, one line style per width."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'photon-hf[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     variants = sorted({c["variant"] for c in curves if c["model"] != "llama"})
     widths = sorted({c["width"] for c in curves})
@@ -727,13 +735,8 @@ def plot(summary: list[dict], path: str):
     width and recipe, PHOTON's levers as circles, its FLOP-matched Llama as a square and a dashed line (the bar to
     reach), the paper-protocol Llama as a triangle. Training ablations (init, per-module rates) change no cache
     figure and stay in the table."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'photon-hf[bench]')")
+    plt = pyplot()
+    if plt is None:
         return
     rows = [r for r in summary if not r.get("training_ablation")]
     groups = sorted({(r["width"], r["recipe"]["steps"], r["recipe"]["batch"], r["recipe"]["seq_len"]) for r in rows})
@@ -762,7 +765,7 @@ def plot(summary: list[dict], path: str):
                 axis.annotate(name, (x, y), fontsize=6.5, xytext=(4, 2), textcoords="offset points", color=color)
             axis.scatter([], [], marker="o", color=color, label=f"D={width}, {steps} steps x {batch} x {seq_len}")
         axis.set_xscale("log")
-        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: the minor labels collide
+        axis.xaxis.set_minor_formatter(plt.NullFormatter())  # decades only: the minor labels collide
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("held-out bits per byte (lower is better)")
@@ -778,12 +781,8 @@ def plot(summary: list[dict], path: str):
 
 def plot_sweeps(summary: list[dict], path: str):
     """Held-out bits per byte against the learning rate: every variant's sweep, one panel per width and recipe."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return
     panels = sorted({(r["width"], r["recipe"]["steps"]) for r in summary})
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
@@ -796,7 +795,7 @@ def plot_sweeps(summary: list[dict], path: str):
                                                                                         dict(color=f"C{i % 10}"))
             axis.plot(lrs, bits, marker="o", label=r["variant"], **style)
         axis.set_xscale("log")
-        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.xaxis.set_minor_formatter(plt.NullFormatter())
         axis.set_xlabel("peak learning rate")
         axis.set_title(f"D = {width}, {steps} steps")
         axis.grid(alpha=0.3)
