@@ -139,6 +139,16 @@ def test_copyable_positions_by_hand():
     assert flags.tolist() == [t == span + 2 for t in range(1, len(window))]
 
 
+def test_copy_distances_by_hand():
+    span = study.COPY_SPAN
+    pattern = np.arange(1, span + 1, dtype=np.int32)
+    # The pattern at 0, again at span + 2 (copyable from 10 back), again at 2 * span + 5 (copyable from the nearer
+    # occurrence, span + 3 back); padding keeps every span inside the window.
+    window = np.concatenate([pattern, [99, 98], pattern, [97, 96, 95], pattern, np.full(span, 90)]).astype(np.int32)
+    windows = study.window_set(np.concatenate([window, np.zeros(span, dtype=np.int32)]), np.array([0]), len(window))
+    assert study.copy_distances(windows).tolist() == [span + 2, span + 3]
+
+
 def test_schedule_warms_up_then_decays_to_a_tenth():
     recipe = study.Recipe(steps=200, warmup=0.05)
     factors = [recipe.lr_factor(s) for s in range(200)]

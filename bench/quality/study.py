@@ -76,8 +76,9 @@ def study_files(split: str) -> list[str]:
     or "train" (the rest)."""
     if split == "validation":
         return stdlib_files("validation", VALIDATION_FRACTION)
-    held_out = [split_key(p) < VALIDATION_FRACTION + SELECTION_FRACTION for p in stdlib_files("train")]
-    return [p for p, held in zip(stdlib_files("train"), held_out, strict=True) if held == (split == "selection")]
+    selection = split == "selection"
+    return [p for p in stdlib_files("train", VALIDATION_FRACTION)
+            if (split_key(p) < VALIDATION_FRACTION + SELECTION_FRACTION) == selection]
 
 
 def batch_offsets(stream_length: int, seq_len: int, batch: int, steps: int, seed: int) -> np.ndarray:
@@ -120,10 +121,14 @@ def window_set(stream: np.ndarray, starts: np.ndarray, seq_len: int) -> EvalWind
     return EvalWindows(ids, copyable)
 
 
+def window_count(stream: np.ndarray, tokens: int, seq_len: int) -> int:
+    """tokens // seq_len, or fewer when the stream holds fewer non-overlapping windows (and their copy tails)."""
+    return max(1, min(tokens // seq_len, (len(stream) - COPY_SPAN) // seq_len))
+
+
 def spread_windows(stream: np.ndarray, tokens: int, seq_len: int) -> EvalWindows:
-    """tokens // seq_len non-overlapping windows spread evenly over the whole stream, first byte to last (fewer when
-    the stream is too short)."""
-    count = max(1, min(tokens // seq_len, (len(stream) - COPY_SPAN) // seq_len))
+    """`window_count` non-overlapping windows spread evenly over the whole stream, first byte to last."""
+    count = window_count(stream, tokens, seq_len)
     starts = np.linspace(0, len(stream) - seq_len - COPY_SPAN, count).astype(np.int64)
     return window_set(stream, starts, seq_len)
 
@@ -131,8 +136,23 @@ def spread_windows(stream: np.ndarray, tokens: int, seq_len: int) -> EvalWindows
 def leading_windows(stream: np.ndarray, tokens: int, seq_len: int) -> EvalWindows:
     """The study's first evaluation set, kept to compare with earlier runs: consecutive windows from the start of
     the stream (with the stdlib validation split, its first 16 files in path order)."""
-    count = max(1, min(tokens // seq_len, (len(stream) - COPY_SPAN) // seq_len))
-    return window_set(stream, np.arange(count) * seq_len, seq_len)
+    return window_set(stream, np.arange(window_count(stream, tokens, seq_len)) * seq_len, seq_len)
+
+
+def copy_distances(windows: EvalWindows) -> np.ndarray:
+    """For every copyable target whose COPY_SPAN bytes lie inside its window: how many bytes back the nearest earlier
+    occurrence of those bytes starts (what a model must reach to copy them)."""
+    distances = []
+    seq = windows.ids.shape[1]
+    for ids, copyable in zip(windows.ids, windows.copyable, strict=True):
+        spans = [ids[t : t + COPY_SPAN].tobytes() for t in range(seq - COPY_SPAN + 1)]
+        latest: dict[bytes, int] = {}
+        for t in range(1, seq - COPY_SPAN + 1):
+            if t >= COPY_SPAN:
+                latest[spans[t - COPY_SPAN]] = t - COPY_SPAN  # the newest start wins: the nearest occurrence
+            if copyable[t - 1]:
+                distances.append(t - latest[spans[t]])
+    return np.array(distances, dtype=np.int64)
 
 
 # ------------------------------------------------------------------------------------------------ the compute
@@ -364,9 +384,8 @@ def evaluate(model, windows: EvalWindows, batch: int, device, bf16: bool) -> dic
 
 def reported(summary: dict, prefix: str = "valid") -> dict:
     """`bits_summary` under a run record's names: valid_bits_per_byte, valid_bits_copyable, ..."""
-    names = {"bits_per_byte": "bits_per_byte", "bits_copyable": "bits_copyable", "bits_other": "bits_other",
-             "bits_by_chunk_position": "bits_by_chunk_position"}
-    record = {f"{prefix}_{v}": summary[k] for k, v in names.items()}
+    fields = ("bits_per_byte", "bits_copyable", "bits_other", "bits_by_chunk_position")
+    record = {f"{prefix}_{name}": summary[name] for name in fields}
     if prefix == "valid":
         record["copyable_fraction"] = summary["copyable_fraction"]
     return record
@@ -508,6 +527,17 @@ def load_data(args) -> dict:
     return {**streams, "windows": windows}
 
 
+def copy_report(args) -> dict:
+    """The distance distribution of `copy_distances` on windows spread over the validation split."""
+    stream = byte_stream([stdlib_root() / p for p in study_files("validation")])
+    distances = copy_distances(spread_windows(stream, args.eval_tokens, args.seq_len))
+    result = {"copies": len(distances), "median": float(np.median(distances)),
+              "within": {d: float((distances <= d).mean()) for d in args.within}}
+    print(f"{result['copies']} copyable targets, nearest earlier occurrence a median {result['median']:g} bytes back; "
+          + ", ".join(f"{100 * f:.0f}% within {d}" for d, f in result["within"].items()))
+    return result
+
+
 def sweep(args) -> list[dict]:
     device = torch.device(args.device)
     if args.threads:
@@ -639,6 +669,20 @@ def pyplot():
     return plt
 
 
+def variant_label(variant: str) -> str:
+    """A plot label for `variant_name`: "photon decoder_lookback=8" -> "look-back 8", "photon" -> "[4,4]"."""
+    name = variant.replace("photon ", "").replace("photon", "[4,4]")
+    name = name.replace("decoder_lookback=", "look-back ").replace("chunk_sizes=", "")
+    return name.replace("converter_width=", "R=").replace("recursive_loss_weight=", "alpha=")
+
+
+def save_figure(plt, fig, path: str, dpi: int = 120):
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
 def trend(args) -> dict:
     """Learning curves of runs recorded with --eval-every: for each width and PHOTON variant, the held-out bits per
     byte and the perplexity ratio to the FLOP-matched Llama (same width, recipe and windows) at every point, as a
@@ -693,8 +737,7 @@ def plot_trend(curves: list[dict], path: str):
     for c in curves:
         tokens = [p["tokens_seen"] / 1e6 for p in c["points"]]
         width_style = styles[widths.index(c["width"]) % len(styles)]
-        label = (c["variant"].replace("photon ", "PHOTON ").replace("photon", "PHOTON [4,4]")
-                 .replace("decoder_lookback=", "look-back ") + f", D={c['width']}")
+        label = f"PHOTON {variant_label(c['variant'])}, D={c['width']}"
         if c["model"] == "llama":
             axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color="black", linestyle=width_style,
                          marker="s", markersize=3, label=f"Llama (FLOP-matched), D={c['width']}")
@@ -724,10 +767,7 @@ def plot_trend(curves: list[dict], path: str):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
     fig.suptitle("PHOTON against the FLOP-matched Llama as training grows (held-out windows, each model's own rate)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"plot: {path}")
+    save_figure(plt, fig, path)
 
 
 def plot(summary: list[dict], path: str):
@@ -759,9 +799,7 @@ def plot(summary: list[dict], path: str):
                     name = "Llama (paper protocol)"
                 else:
                     axis.scatter(x, y, marker="o", s=45, color=color, zorder=3)
-                    name = r["variant"].replace("photon ", "").replace("photon", "[4,4]")
-                    name = name.replace("decoder_lookback=", "lookback ").replace("chunk_sizes=", "")
-                    name = name.replace("converter_width=", "R=").replace("recursive_loss_weight=", "alpha=")
+                    name = variant_label(r["variant"])
                 axis.annotate(name, (x, y), fontsize=6.5, xytext=(4, 2), textcoords="offset points", color=color)
             axis.scatter([], [], marker="o", color=color, label=f"D={width}, {steps} steps x {batch} x {seq_len}")
         axis.set_xscale("log")
@@ -773,10 +811,7 @@ def plot(summary: list[dict], path: str):
                     label="FLOP-matched Llama (dashed: its level)")
     axes[0].legend(fontsize=7.5)
     fig.suptitle("PHOTON quality/efficiency frontier (each model at its own best learning rate)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"plot: {path}")
+    save_figure(plt, fig, path)
 
 
 def plot_sweeps(summary: list[dict], path: str):
@@ -802,10 +837,7 @@ def plot_sweeps(summary: list[dict], path: str):
         axis.legend(fontsize=7)
     axes[0][0].set_ylabel("held-out bits per byte")
     fig.suptitle("Learning-rate sweeps (each model's best point is the one the study reports)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"plot: {path}")
+    save_figure(plt, fig, path, dpi=110)
 
 
 def main(argv=None):
@@ -851,8 +883,13 @@ def main(argv=None):
     curves = commands.add_parser("trend", help="learning curves (runs swept with --eval-every): table, JSON, plot")
     curves.add_argument("--results", nargs="+", required=True, help="JSONL run files")
     curves.add_argument("--out", required=True, help="output stem")
+    copies = commands.add_parser("copies", help="how far back the copyable targets of the reported windows copy from")
+    copies.add_argument("--eval-tokens", type=int, default=131072)
+    copies.add_argument("--seq-len", type=int, default=512)
+    copies.add_argument("--within", type=int, nargs="+", default=[11, 35, 100],
+                        help="report the fraction of copies within these distances (bytes)")
     args = parser.parse_args(argv)
-    return {"sweep": sweep, "report": report, "trend": trend}[args.command](args)
+    return {"sweep": sweep, "report": report, "trend": trend, "copies": copy_report}[args.command](args)
 
 
 if __name__ == "__main__":
