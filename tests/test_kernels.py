@@ -6,9 +6,11 @@ kernel_backend="torch" (logits, gradients, a few training steps, cached generati
 import copy
 import functools
 import importlib
+import importlib.metadata
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import photon_kernels as pk
 import pytest
@@ -186,6 +188,18 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     model = PhotonForCausalLM(_tiny_config(kernel_backend="triton"))
     with pytest.raises(RuntimeError, match="kernel_backend='triton' cannot run here.*TRITON_INTERPRET=1 is not set"):
         model(torch.randint(0, 64, (1, 8)))
+
+
+def test_repository_root_shadows_no_installed_package():
+    """The tests and `python -m bench...` put the repository root first on sys.path, so a package there hides an
+    installed one of the same name: a root `kernels/` once hid the Hugging Face `kernels` package, which transformers
+    imports when it is installed. The root holds only `bench`, a name no installed distribution provides, and the
+    kernels are imported from the installed `photon_kernels`."""
+    root = Path(__file__).resolve().parents[1]
+    packages = {path.parent.name for path in root.glob("*/__init__.py")}
+    assert packages == {"bench"}
+    assert not packages & set(importlib.metadata.packages_distributions())
+    assert Path(pk.__file__).resolve().parent.name == "photon_kernels"
 
 
 def test_without_triton_installed():
