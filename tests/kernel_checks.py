@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 
-import photon_kernels as pk
 import torch
+
+import photon_kernels as pk
 
 FLOOR = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 

@@ -1,8 +1,8 @@
 """The model's PyTorch path: the references beside the kernels, and the copies exported Hub code falls back on."""
 
-import photon_kernels as pk
 import torch
 
+import photon_kernels as pk
 from photon_hf import attention_photon as ap
 from photon_hf.modeling_photon import PhotonRMSNorm
 

@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import photon_kernels as pk
 import pytest
 import torch
 from kernel_checks import check_kernel
 
+import photon_kernels as pk
 from photon_hf import PhotonForCausalLM, photon_preset
 
 pytestmark = [

@@ -8,11 +8,11 @@ padded tokens, 516 level-0 and 129 level-1 units, decoder windows of 5.
 import copy
 import functools
 
-import photon_kernels as pk
 import pytest
 import torch
 from kernel_checks import check_kernel, relative_error
 
+import photon_kernels as pk
 from photon_hf import PhotonForCausalLM, photon_preset
 from photon_hf.modeling_photon import CACHE_NAME
 

@@ -28,9 +28,9 @@ import traceback
 if "--quick" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
     os.environ["TRITON_INTERPRET"] = "1"  # before photon_kernels compiles its kernels
 
-import photon_kernels as pk  # noqa: E402
 import torch  # noqa: E402
 
+import photon_kernels as pk  # noqa: E402
 from bench.common import Budget, cuda_ms, host_ms, versions  # noqa: E402
 from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset  # noqa: E402
 from photon_hf.attention_photon import cached_attention, causal_attention, window_attention  # noqa: E402
