@@ -194,7 +194,7 @@ def _filled(config, pads=(0, 1, 2), columns=20, max_cache_len=64, recording=Fals
     """A cache whose every tensor holds distinct random values (as if prefilled), rows at different counts."""
     cache = PhotonCache(config, max_cache_len=max_cache_len)
     if recording:
-        cache.activate_past_recording()
+        cache.activate_past_recording(recurrent_states_to_keep=2)  # the keyword transformers >= 5.25 passes
     cache.begin_prefill(list(pads), columns, torch.device("cpu"), torch.float32)
     generator = torch.Generator().manual_seed(0)
     for layer in cache.layers:

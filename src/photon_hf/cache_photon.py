@@ -678,11 +678,13 @@ class PhotonCache(Cache):
             self._steps = {}
 
     # ------------------------------------------------------------------------------------------- rolling back
-    def activate_past_recording(self):
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None):
         """Keep what `crop` needs to roll back: the token ids and every level's encoder states.
 
         Call it before the prefill (generate does, for assisted decoding). Windowed encoders then keep their
         whole history instead of a ring, and the cache is no longer compileable (it grows).
+        `recurrent_states_to_keep` (transformers >= 5.25 passes it) sizes a linear-attention layer's record of
+        recurrent states; PHOTON has none, so it is accepted and unused.
         """
         if self.is_initialized and not self.recording:
             raise RuntimeError(
