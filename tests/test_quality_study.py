@@ -63,6 +63,7 @@ def test_sweep_and_report_end_to_end(tmp_path):
     for point, ref in zip(by_name["photon"]["points"], by_name["llama"]["points"], strict=True):
         assert point["ratio_vs_llama"] == pytest.approx(2 ** (point["bits_per_byte"] - ref["bits_per_byte"]))
         assert point["copyable_gap_bits"] == pytest.approx(point["bits_copyable"] - ref["bits_copyable"])
+    assert by_name["photon"]["train_flops_per_token"] == photon[0]["train_flops_per_token"]
     assert (tmp_path / "trend.png").stat().st_size > 0
 
 

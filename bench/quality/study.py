@@ -685,8 +685,9 @@ def save_figure(plt, fig, path: str, dpi: int = 120):
 
 def trend(args) -> dict:
     """Learning curves of runs recorded with --eval-every: for each width and PHOTON variant, the held-out bits per
-    byte and the perplexity ratio to the FLOP-matched Llama (same width, recipe and windows) at every point, as a
-    table, a JSON file and a plot against training tokens."""
+    byte and the perplexity ratio to the Llama run of the same width, recipe and windows (FLOP-matched to the PHOTON
+    its sweep named; each curve keeps its training FLOPs per token) at every point, as a table, a JSON file and a
+    plot against training tokens."""
     records = [r for path in args.results for r in load_results(Path(path)) if r.get("curve")]
     if not records:
         raise SystemExit(f"No run with a learning curve in {', '.join(args.results)} (sweep with --eval-every).")
@@ -705,7 +706,7 @@ def trend(args) -> dict:
                            "copyable_gap_bits": point["bits_copyable"] - match["bits_copyable"] if match else None,
                            "other_gap_bits": point["bits_other"] - match["bits_other"] if match else None})
         curves.append({"width": r["width"], "variant": variant_name(r), "model": r["model"], "lr": r["lr"],
-                       "recipe": r["recipe"], "points": points})
+                       "train_flops_per_token": r["train_flops_per_token"], "recipe": r["recipe"], "points": points})
         columns = " | ".join(f"{p['tokens_seen'] / 1e6:.2f}M" for p in points)
         if columns != header:  # a table header for every width and recipe
             header = columns
@@ -725,8 +726,8 @@ def trend(args) -> dict:
 
 def plot_trend(curves: list[dict], path: str):
     """Three panels against training tokens: held-out bits per byte; PHOTON's perplexity per byte over the
-    FLOP-matched Llama's; PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
-    colour per PHOTON variant, one line style per width."""
+    Llama's of its width; PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
+    colour per PHOTON variant, one line style per width; each legend entry gives the training FLOPs per token."""
     plt = pyplot()
     if plt is None:
         return
@@ -737,14 +738,15 @@ def plot_trend(curves: list[dict], path: str):
     for c in curves:
         tokens = [p["tokens_seen"] / 1e6 for p in c["points"]]
         width_style = styles[widths.index(c["width"]) % len(styles)]
+        mflop = f"{c['train_flops_per_token'] / 1e6:.1f} MFLOP/token"
         label = f"PHOTON {variant_label(c['variant'])}, D={c['width']}"
         if c["model"] == "llama":
             axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color="black", linestyle=width_style,
-                         marker="s", markersize=3, label=f"Llama (FLOP-matched), D={c['width']}")
+                         marker="s", markersize=3, label=f"Llama, D={c['width']} ({mflop})")
             continue
         color = f"C{variants.index(c['variant']) % 10}"
         axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color=color, linestyle=width_style,
-                     marker="o", markersize=3, label=label)
+                     marker="o", markersize=3, label=f"{label} ({mflop})")
         kept = [(t, p) for t, p in zip(tokens, c["points"], strict=True) if p["ratio_vs_llama"] is not None]
         if kept:
             axes[1].plot([t for t, _ in kept], [p["ratio_vs_llama"] for _, p in kept], color=color,
@@ -759,14 +761,15 @@ def plot_trend(curves: list[dict], path: str):
     axes[1].axhline(1.34, color="gray", linestyle=":", linewidth=0.8)
     axes[1].annotate("1.03x target", (0, 1.03), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
     axes[1].annotate("paper's 1.34x", (0, 1.34), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
-    axes[1].set_ylabel("perplexity per byte / FLOP-matched Llama's")
+    axes[1].set_ylabel("perplexity per byte / the Llama's of the same width")
     axes[2].axhline(0.0, color="black", linewidth=0.8)
     axes[2].set_ylabel("bits per byte above the Llama (solid: copyable, dotted: other)")
     for axis in axes:
         axis.set_xlabel("training tokens (millions)")
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    fig.suptitle("PHOTON against the FLOP-matched Llama as training grows (held-out windows, each model's own rate)")
+    fig.suptitle("PHOTON against a Llama of its width as training grows (held-out windows, each model's own rate; "
+                 "training compute per token in the legend)")
     save_figure(plt, fig, path)
 
 
