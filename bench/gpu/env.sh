@@ -7,10 +7,7 @@ export PYTHONUNBUFFERED=1 TRITON_CACHE_AUTOTUNING=1
 unset TRITON_INTERPRET
 # Run from the tree, no install (`python -m bench...` finds bench/ itself, from the repository root).
 if ! python -c "import photon_kernels, photon_hf" 2>/dev/null; then
-    shim=$(mktemp -d)
-    ln -s "$PWD/kernels" "$shim/photon_kernels"
-    ln -s "$PWD/src/photon_hf" "$shim/photon_hf"
-    export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
 stamp() { echo "=== [$(date +%T)] $*" | tee -a "$log"; }
 # gpu_model_tests SECONDS: the gpu-marked model tests (exactness on CUDA, no host sync per step, compiled == eager),

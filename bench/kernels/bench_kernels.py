@@ -259,7 +259,7 @@ class KernelBench:
             verdicts[op] = dict(auto_uses_triton=auto, triton_slower_in=slower, ok=not (auto and slower))
             if auto and slower:
                 print(f"[rule] auto routes {op} to Triton but it is slower in: {', '.join(slower)} -> add it to "
-                      "AUTO_PREFERS_TORCH in kernels/backend.py", flush=True)
+                      "AUTO_PREFERS_TORCH in src/photon_kernels/backend.py", flush=True)
             if not auto and not slower:
                 print(f"[rule] auto keeps {op} on PyTorch but Triton is faster in every row -> consider removing it "
                       "from AUTO_PREFERS_TORCH", flush=True)
