@@ -140,7 +140,7 @@ def one_request(url: str, model: str, prompt: str, new_tokens: int, delay: float
     body = dict(model=model, prompt=prompt, max_tokens=new_tokens, temperature=0, stream=True)
     request = urllib.request.Request(f"{url}/completions", data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"})
-    arrivals = []
+    arrivals, characters = [], 0
     with urllib.request.urlopen(request, timeout=3600) as response:
         for raw in response:
             line = raw.decode().strip()
@@ -148,9 +148,13 @@ def one_request(url: str, model: str, prompt: str, new_tokens: int, delay: float
                 chunk = json.loads(line[6:])
                 if chunk["choices"] and chunk["choices"][0].get("text"):
                     arrivals.append(time.perf_counter())
+                    characters += len(chunk["choices"][0]["text"])
     done = time.perf_counter()
+    # One character a token (`letters_tokenizer`). transformers 5.25's server sends the tokens that are ready together,
+    # so a chunk can hold more than one token when the client falls behind: `gaps` are between chunks.
     return dict(sent=sent - start, first=(arrivals[0] - sent) if arrivals else None, end=done - start,
-                chunks=len(arrivals), gaps=[b - a for a, b in zip(arrivals, arrivals[1:], strict=False)])
+                chunks=len(arrivals), tokens=characters,
+                gaps=[b - a for a, b in zip(arrivals, arrivals[1:], strict=False)])
 
 
 def run_clients(url: str, model: str, workload: list[tuple[str, float]], new_tokens: int) -> dict:
