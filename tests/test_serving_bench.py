@@ -3,7 +3,13 @@ speed): one PHOTON server on 127.0.0.1, two streaming clients, the report and it
 
 import json
 
+import transformers
+from packaging.version import Version
+
 from bench.serving import run_serving
+
+# transformers 5.25's server sends the tokens that are ready together, so a chunk may hold more than one there.
+ONE_CHUNK_A_TOKEN = Version(transformers.__version__) < Version("5.25")
 
 
 def test_summary_arithmetic():
@@ -23,8 +29,11 @@ def test_the_benchmark_runs_end_to_end(tmp_path):
     report = json.loads(output.read_text())
     served = report["servers"]["photon-cb"]
     assert served["requests"] == 2 and len(served["per_request"]) == 2
-    # Every token streamed; transformers 5.25's server may send tokens that are ready together in one chunk.
-    assert all(r["tokens"] == 3 and 1 <= r["chunks"] <= 3 for r in served["per_request"])
+    assert all(r["tokens"] == 3 for r in served["per_request"])  # every token streamed
+    if ONE_CHUNK_A_TOKEN:  # each as it was made
+        assert all(r["chunks"] == 3 for r in served["per_request"])
+    else:
+        assert all(1 <= r["chunks"] <= 3 for r in served["per_request"])
     assert served["cache_bytes_per_active_request"] > 0 and served["served_tpm"] > 0
     assert set(report["phases"]) >= {"aligned_step_ms", "mixed_step_ms", "mixed_over_aligned"}
     assert output.with_suffix(".png").stat().st_size > 0
