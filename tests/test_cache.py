@@ -256,6 +256,26 @@ def test_measured_size_equals_the_cost_model(overrides):
     assert cache.nbytes() == kv_cache_bytes(config, 64, batch_size=BATCH, dtype=torch.float32)
 
 
+@pytest.mark.parametrize("overrides", [dict(), dict(chunk_sizes=[2, 2, 2], decoder_input="self"),
+                                       dict(encoder_windows=[3, None]), dict(decoder_lookback=5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_rows_state_layout_is_the_static_cache_row(overrides, dtype):
+    """`state_layout` (what vLLM allocates per request) lists exactly the tensors of one row of a static cache, in
+    bytes the cost model's, and a view over such storage binds them without copying."""
+    config = tiny_config(**overrides)
+    layout = PhotonCache.state_layout(config, 64, dtype)
+    nbytes = sum(torch.Size(shape).numel() * torch.empty((), dtype=item).element_size() for _, shape, item in layout)
+    assert nbytes == kv_cache_bytes(config, 64, dtype=dtype)
+    dense = PhotonCache(config, max_cache_len=64)
+    dense.begin_prefill([0] * BATCH, 5, torch.device("cpu"), dtype)
+    assert [(tuple(t.shape[1:]), t.dtype) for layer in dense.layers for t in layer._row_tensors()] == [
+        (shape, item) for name, shape, item in layout if name != "counts"]
+    states = {name: torch.zeros(7, *shape, dtype=item) for name, shape, item in layout}
+    view = PhotonCache.over_states(config, 64, states)
+    bound = [t.data_ptr() for layer in view.layers for t in layer._row_tensors()] + [view.counts.data_ptr()]
+    assert bound == [t.data_ptr() for t in states.values()]
+
+
 def test_the_step_plan_says_which_levels_run_and_who_feeds_the_decoder():
     plain = PhotonCache(tiny_config(), max_cache_len=64)  # C = [4, 4]: P = 4, 16
     plain.begin_prefill([0], 0, torch.device("cpu"), torch.float32)

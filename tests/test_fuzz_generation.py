@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from photon_hf import PhotonCache, PhotonConfig, PhotonForCausalLM
+from photon_hf.attention_photon import photon_ops
 
 VOCAB = 37
 CASES = 400
@@ -117,3 +118,52 @@ def test_cached_steps_equal_the_full_forward_fp64(first):
                 again = [model(sequence[:, t : t + 1], cache=cache).logits[:, 0]
                          for t in range(sequence.shape[1] - remove, sequence.shape[1])]
             assert_matches(torch.stack(again, 1), full[:, -remove:], context + f" cropped {remove}")
+
+
+def view_storage(config: PhotonConfig, rows: int, max_cache_len: int) -> dict[str, torch.Tensor]:
+    """Per-request state for `rows` requests, laid out as `PhotonCache.state_layout` says (what vLLM allocates),
+    filled with NaN (floats) and -1 (ids): a read of anything a request did not write poisons its logits."""
+    return {
+        name: torch.full((rows, *shape), float("nan") if dtype.is_floating_point else -1, dtype=dtype)
+        for name, shape, dtype in PhotonCache.state_layout(config, max_cache_len, torch.float64)
+    }
+
+
+@pytest.mark.parametrize("first", range(0, 200, SEEDS_PER_TEST), ids=lambda s: f"seeds{s}-{s + SEEDS_PER_TEST - 1}")
+def test_a_view_continued_in_chunks_equals_the_full_forward_fp64(first):
+    """A serving engine's schedule on a cache view over per-request state (`PhotonCache.over_states`, rows at
+    scattered storage indices, reused after a request leaves): at every step a random subset of the requests takes
+    its next chunk of tokens (one token, as a decode step, or many, as a prompt continued at any split) through one
+    `PhotonModel.extend` call. After every chunk each request's state equals the full forward's at that position."""
+    for seed in range(first, first + SEEDS_PER_TEST):
+        rng = random.Random(seed)
+        config = random_config(rng)
+        torch.manual_seed(seed)
+        model = PhotonForCausalLM(config).to(torch.float64).eval()
+        lead = model.model.continuation_lead()
+        longest = rng.randint(1, 3 * config.tokens_per_unit[-1] + 2 * lead)
+        requests = [torch.randint(1, VOCAB, (rng.randint(1, longest),)) for _ in range(rng.randint(2, 5))]
+        with torch.no_grad():
+            full = [model(ids[None], use_cache=False).logits[0] for ids in requests]
+            slots = rng.sample(range(2 * len(requests)), len(requests))  # storage row of each request
+            rows = max(slots) + 1
+            cache = PhotonCache.over_states(config, longest, view_storage(config, rows, longest))
+            done = [0] * len(requests)
+            while any(d < len(ids) for d, ids in zip(done, requests, strict=True)):
+                active = [r for r, ids in enumerate(requests) if done[r] < len(ids)]
+                batch = rng.sample(active, rng.randint(1, len(active)))
+                lengths = [1 if rng.random() < 0.4 else rng.randint(1, len(requests[r]) - done[r]) for r in batch]
+                width = max(lengths)
+                tokens = torch.zeros(len(batch), width, dtype=torch.long)
+                for g, (r, n) in enumerate(zip(batch, lengths, strict=True)):
+                    tokens[g, :n] = requests[r][done[r] : done[r] + n]
+                index = torch.tensor([slots[r] for r in batch])
+                ops = photon_ops(config, tokens.device, torch.float64)
+                hidden = model.model.extend(cache, index, [done[r] for r in batch], tokens, lengths, ops)
+                logits = model.lm_head(hidden)
+                for g, (r, n) in enumerate(zip(batch, lengths, strict=True)):
+                    done[r] += n
+                    assert_matches(logits[g], full[r][done[r] - 1], f"seed {seed}: {config.chunk_sizes} "
+                                   f"{config.decoder_input} windows={config.encoder_windows} "
+                                   f"lookback={config.decoder_lookback} request {r} at {done[r]} (+{n})")
+            assert cache.counts[slots].tolist() == [len(ids) for ids in requests]

@@ -72,26 +72,50 @@ class PhotonRows(NamedTuple):
 
 # Writes inside a decode step go through index_put_ / index_copy_ on whole tensors (never through views of a larger
 # one): inductor keeps those in place, where a scatter_ or a write through a view copies the whole buffer per step.
-def _write_rows(buffer: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None):
-    """In place: buffer[b, ..., index[b], ...] = values[b] (position `dim`) for the rows where mask[b] (all: None).
+# `rows` is the storage row of each batch row when the cache is a view over a larger storage (vLLM's state blocks,
+# `PhotonCache.over_states`); None when batch row b is storage row b.
+def _write_rows(buffer: torch.Tensor, dim: int, index: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None,
+                rows: torch.Tensor | None = None):
+    """In place: buffer[rows[b], ..., index[b], ...] = values[b] (position `dim`) for the rows where mask[b] (all:
+    None).
 
-    buffer: [B, ...]; index, mask: [B]; values: buffer's shape without dimension `dim`.
+    buffer: [N, ...]; index, mask, rows: [B]; values: [B, ...], buffer's shape without dimension `dim`.
     """
-    key = (torch.arange(buffer.shape[0], device=buffer.device),) + (slice(None),) * (dim - 1) + (index,)
+    if rows is None:
+        rows = torch.arange(buffer.shape[0], device=buffer.device)
+    key = (rows,) + (slice(None),) * (dim - 1) + (index,)
     values = values.to(buffer.dtype)
     if mask is not None:
         values = torch.where(mask.view(-1, *[1] * (values.dim() - 1)), values, buffer[key])
     buffer[key] = values
 
 
-def _write_slots(buffer: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, first: int = 0):
-    """In place: the n slots (dim 2) from `first` on of buffer [B, Hkv, S, hd] take values [B, Hkv, n, hd] for the
+def _write_slots(buffer: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None, first: int = 0,
+                 rows: torch.Tensor | None = None):
+    """In place: the n slots (dim 2) from `first` on of buffer [N, Hkv, S, hd] take values [B, Hkv, n, hd] for the
     rows where mask[b] (all: None)."""
     slots = torch.arange(first, first + values.shape[2], device=buffer.device)
     values = values.to(buffer.dtype)
+    if rows is None:
+        if mask is not None:
+            values = torch.where(mask.view(-1, 1, 1, 1), values, buffer.index_select(2, slots))
+        buffer.index_copy_(2, slots, values)
+        return
     if mask is not None:
-        values = torch.where(mask.view(-1, 1, 1, 1), values, buffer.index_select(2, slots))
-    buffer.index_copy_(2, slots, values)
+        values = torch.where(mask.view(-1, 1, 1, 1), values, buffer.index_select(0, rows).index_select(2, slots))
+    heads = torch.arange(buffer.shape[1], device=buffer.device)
+    buffer.index_put_((rows.view(-1, 1, 1), heads.view(1, -1, 1), slots.view(1, 1, -1)), values)
+
+
+def _ring_sources(units: torch.Tensor, window: int, first: torch.Tensor | None = None) -> torch.Tensor:
+    """Which unit each slot of a ring of `window` entries holds once a row has `units` ([G]) complete units: slot s
+    holds the latest unit p < units with p = s (mod W) (negative: none yet). With `first` ([G]), the index of that
+    unit in [the ring before unit `first` (W entries, slot order) ; the units from `first` on] instead. -> [G, W]"""
+    slots = torch.arange(window, device=units.device)[None, :]
+    latest = units[:, None] - 1 - ((units[:, None] - 1 - slots) % window)
+    if first is None:
+        return latest
+    return torch.where(latest >= first[:, None], window + latest - first[:, None], slots)
 
 
 def _static(tensor: torch.Tensor) -> torch.Tensor:
@@ -124,6 +148,7 @@ class PhotonLevelCache(CacheLayerMixin):
 
     is_sliding = False  # a windowed encoder keeps a ring; its bounds come from `encoder_bounds`, not from masks
     _row_fields = ("pending",)  # batch-first tensors besides the KV lists, moved with the rows
+    _kv_fields = ("encoder_keys", "encoder_values", "decoder_keys", "decoder_values")  # one tensor per layer each
 
     def __init__(self, level: PhotonLevelGeometry, config: PhotonConfig, max_units: int | None = None):
         super().__init__()
@@ -132,6 +157,7 @@ class PhotonLevelCache(CacheLayerMixin):
         self.max_units = max_units
         self.recording = False
         self.units = 0  # units completed by the longest row (host)
+        self.row_index: torch.Tensor | None = None  # [B] storage row of each batch row in a view (None: row b)
         self._drop_storage()
 
     def _drop_storage(self):
@@ -163,26 +189,44 @@ class PhotonLevelCache(CacheLayerMixin):
         return f"{type(self).__name__}(level={self.level.index}, units={self.units})"
 
     # ------------------------------------------------------------------------------------------ allocation
-    def lazy_initialization(self, batch_size: int, device: torch.device, dtype: torch.dtype, units: int = 0):
-        """Allocate the storage for `batch_size` rows, the longest of which has completed `units` units."""
+    def row_layout(self, dtype: torch.dtype, units: int = 0) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """Every tensor this level keeps per row, in `_row_tensors` order: (name, shape without the batch dimension,
+        dtype), for a cache whose longest row has completed `units` units. Names are `field.layer` or `field`."""
         level = self.level
         capacity = level.encoder_window if self.ring else max(units, self.max_units or 0, 1)
-
-        def per_layer(layers, slots):
-            return [self._zeros(batch_size, self.kv_heads, slots, self.head_dim, device=device, dtype=dtype)
-                    for _ in range(layers)]
-
-        self.encoder_keys = per_layer(level.num_encoder_layers, capacity)
-        self.encoder_values = per_layer(level.num_encoder_layers, capacity)
-        self.decoder_keys = per_layer(level.num_decoder_layers, level.decoder_cache_slots)
-        self.decoder_values = per_layer(level.num_decoder_layers, level.decoder_cache_slots)
+        layout = []
+        for name in self._kv_fields:
+            encoder = name.startswith("encoder")
+            slots = capacity if encoder else level.decoder_cache_slots
+            for layer in range(level.num_encoder_layers if encoder else level.num_decoder_layers):
+                layout.append((f"{name}.{layer}", (self.kv_heads, slots, self.head_dim), dtype))
         if level.index == 0:
-            self.pending = self._zeros(batch_size, level.chunk_size, device=device, dtype=torch.long)
+            layout.append(("pending", (level.chunk_size,), torch.long))
         else:
-            self.pending = self._zeros(batch_size, level.chunk_size, self.hidden_size, device=device, dtype=dtype)
+            layout.append(("pending", (level.chunk_size, self.hidden_size), dtype))
+        return layout
+
+    def lazy_initialization(self, batch_size: int, device: torch.device, dtype: torch.dtype, units: int = 0):
+        """Allocate the storage for `batch_size` rows, the longest of which has completed `units` units."""
+        self.bind({
+            name: torch.zeros(batch_size, *shape, device=device, dtype=item)
+            for name, shape, item in self.row_layout(dtype, units)
+        })
         if self.recording:
             self.history = torch.zeros(batch_size, units, self.hidden_size, device=device, dtype=dtype)
         self.units = units
+
+    def bind(self, storage: dict[str, torch.Tensor]):
+        """Take `storage` ([N, *shape] per entry of `row_layout`) as this level's tensors, as they are: a view's
+        storage holds more rows than a batch (`PhotonCache.over_states`), and no tensor is ever reallocated."""
+        for name in self._kv_fields:
+            setattr(self, name, [])
+        for name, tensor in storage.items():
+            field, _, layer = name.partition(".")
+            if layer:
+                getattr(self, field).append(self._placed(tensor))
+            else:
+                setattr(self, field, self._placed(tensor))
         self.is_initialized = True
 
     def _zeros(self, *shape, device, dtype) -> torch.Tensor:
@@ -199,10 +243,16 @@ class PhotonLevelCache(CacheLayerMixin):
 
     def reserve(self, units: int):
         """Make room for `units` encoder entries: a ring or a large enough cache does not move; a growing cache
-        doubles; a static one grows to `max_units` if that was raised, else (a step past its size) doubles too."""
+        doubles; a static one grows to `max_units` if that was raised, else (a step past its size) doubles too. A
+        view's storage never moves: a row past its size is an error."""
         self.units = units
         if not self.is_initialized or self.ring or units <= self.capacity:
             return
+        if self.row_index is not None:
+            raise ValueError(
+                f"A row outgrew its cache view: level {self.level.index} holds {self.capacity} units "
+                f"({self.capacity * self.level.tokens_per_unit} tokens) per row, a row needs {units}."
+            )
         grown = max(units, self.max_units or 0) if self.is_compileable else max(units, 2 * self.capacity)
         if self.max_units is not None:
             self.max_units = max(self.max_units, grown)
@@ -217,6 +267,17 @@ class PhotonLevelCache(CacheLayerMixin):
         tensors = [*self._row_tensors(), self.history]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
+    # --------------------------------------------------------------------------------------- batch rows
+    def _read(self, buffer: torch.Tensor) -> torch.Tensor:
+        """The batch's rows of `buffer`: the buffer itself, or in a view its rows `row_index` (a gather)."""
+        return buffer if self.row_index is None else buffer.index_select(0, self.row_index)
+
+    def _store(self, buffer: torch.Tensor, rows: slice, values: torch.Tensor, entries: slice = slice(None)):
+        """Prefill / rebuild: buffer[batch rows `rows`, entries (dim 1 or 2)] = values."""
+        index = rows if self.row_index is None else self.row_index[rows]
+        key = (index, entries) if buffer.dim() == 2 else (index, slice(None), entries)
+        buffer[key] = values.to(buffer.dtype)
+
     # ------------------------------------------------------------------------------- the context encoder's KV
     def store_prefill(self, kv: list[tuple[torch.Tensor, torch.Tensor]], tokens: torch.Tensor, rows: slice):
         """Copy a prefill's encoder keys/values ([G, Hkv, M, hd] per layer) into the cache rows `rows`, whose rows
@@ -224,18 +285,43 @@ class PhotonLevelCache(CacheLayerMixin):
         if not self.ring:
             n = min(self.capacity, kv[0][0].shape[2])
             for layer, (k, v) in enumerate(kv):
-                self.encoder_keys[layer][rows, :, :n] = k[:, :, :n]
-                self.encoder_values[layer][rows, :, :n] = v[:, :, :n]
+                self._store(self.encoder_keys[layer], rows, k[:, :, :n], slice(0, n))
+                self._store(self.encoder_values[layer], rows, v[:, :, :n], slice(0, n))
             return
         # Ring of W slots: slot s holds the latest unit p < units with p = s (mod W).
-        window = self.level.encoder_window
-        count = self.level.units_in(tokens)[:, None]
-        slots = torch.arange(window, device=tokens.device)[None, :]
-        latest = (count - 1 - ((count - 1 - slots) % window)).clamp(min=0)
+        latest = _ring_sources(self.level.units_in(tokens), self.level.encoder_window).clamp(min=0)
         index = latest[:, None, :, None].expand(-1, self.kv_heads, -1, self.head_dim)
         for layer, (k, v) in enumerate(kv):
-            self.encoder_keys[layer][rows] = k.gather(2, index.clamp(max=k.shape[2] - 1))
-            self.encoder_values[layer][rows] = v.gather(2, index.clamp(max=v.shape[2] - 1))
+            self._store(self.encoder_keys[layer], rows, k.gather(2, index.clamp(max=k.shape[2] - 1)))
+            self._store(self.encoder_values[layer], rows, v.gather(2, index.clamp(max=v.shape[2] - 1)))
+
+    def encoder_past(self, layer: int, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What units `first` ([G], the units each batch row has completed) and later attend to before themselves:
+        the layer's stored keys and values, [G, Hkv, K, hd] each, and the unit each entry holds, [G, K] (-1: none).
+        K is a full encoder's capacity (entries from `first` on are not past yet) or a ring's window."""
+        keys, values = self._read(self.encoder_keys[layer]), self._read(self.encoder_values[layer])
+        if self.ring:
+            units = _ring_sources(first, self.level.encoder_window)
+        else:
+            units = torch.arange(keys.shape[2], device=first.device).expand(first.shape[0], -1)
+            units = torch.where(units < first[:, None], units, -1)
+        return keys, values, units
+
+    def store_units(self, layer: int, keys: torch.Tensor, values: torch.Tensor, first: torch.Tensor,
+                    units: torch.Tensor, rows: slice = slice(None)):
+        """Continue the layer's encoder KV of the batch rows `rows` from unit `first` ([G]) on, now that they have
+        `units` ([G]) complete units: keys/values are [`encoder_past`'s K entries ; the units from `first` on]
+        ([G, Hkv, K + M, hd]). Every slot is gathered from them (a slot written twice cannot race)."""
+        past = self.capacity
+        if self.ring:
+            index = _ring_sources(units, self.level.encoder_window, first)
+        else:
+            slot = torch.arange(past, device=first.device)[None, :]
+            new = (slot >= first[:, None]) & (slot < units[:, None])
+            index = torch.where(new, past + slot - first[:, None], slot)
+        index = index[:, None, :, None].expand(-1, self.kv_heads, -1, self.head_dim)
+        self._store(self.encoder_keys[layer], rows, keys.gather(2, index))
+        self._store(self.encoder_values[layer], rows, values.gather(2, index))
 
     def encoder_bounds(self, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder entries [start, end) that a query at `unit` ([B], its own entry written) attends to."""
@@ -250,9 +336,9 @@ class PhotonLevelCache(CacheLayerMixin):
         """Store the keys/values [B, Hkv, 1, hd] of unit `unit` ([B]) for the rows in `mask`; return the layer's
         whole encoder KV ([B, Hkv, capacity, hd] each), to be read within `encoder_bounds`."""
         slot = unit % self.level.encoder_window if self.ring else unit
-        _write_rows(self.encoder_keys[layer], 2, slot, keys[:, :, 0], mask)
-        _write_rows(self.encoder_values[layer], 2, slot, values[:, :, 0], mask)
-        return self.encoder_keys[layer], self.encoder_values[layer]
+        _write_rows(self.encoder_keys[layer], 2, slot, keys[:, :, 0], mask, self.row_index)
+        _write_rows(self.encoder_values[layer], 2, slot, values[:, :, 0], mask, self.row_index)
+        return self._read(self.encoder_keys[layer]), self._read(self.encoder_values[layer])
 
     def store_history(self, rows: slice, states: torch.Tensor):
         """At the prefill: the encoder states [G, >= units, D] of the cache rows `rows` (kept when recording)."""
@@ -272,29 +358,29 @@ class PhotonLevelCache(CacheLayerMixin):
     def add_subunit(self, phase: torch.Tensor, items: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Keep the finished sub-unit `items` ([B] token ids or [B, D] states) at `phase` for the rows in `mask`;
         return the unit's sub-units so far ([B, C] or [B, C, D]), what the chunker reads when the unit closes."""
-        _write_rows(self.pending, 1, phase, items, mask)
-        return self.pending
+        _write_rows(self.pending, 1, phase, items, mask, self.row_index)
+        return self._read(self.pending)
 
     def store_pending(self, rows: slice, pending: torch.Tensor):
         """Prefill / rebuild: set the finished sub-units of the cache rows `rows`."""
-        self.pending[rows] = pending
+        self._store(self.pending, rows, pending)
 
     # ---------------------------------------------------------------------------- the local decoder's KV
     def update_prefix(self, layer: int, keys: torch.Tensor, values: torch.Tensor,
                       mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Start a new unit for the rows in `mask`: its prefix keys/values [B, Hkv, R, hd] fill window slots
         0..R-1. Returns what the prefix attends to: itself, [B, Hkv, R, hd] each."""
-        _write_slots(self.decoder_keys[layer], keys, mask)
-        _write_slots(self.decoder_values[layer], values, mask)
+        _write_slots(self.decoder_keys[layer], keys, mask, rows=self.row_index)
+        _write_slots(self.decoder_values[layer], values, mask, rows=self.row_index)
         return keys, values
 
     def update_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
                        mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys/values [B, Hkv, 1, hd] at window slot `slot` ([B]) for the rows in `mask`; return the
         layer's local KV ([B, Hkv, entries, hd] each), to be read within `decoder_bounds`."""
-        _write_rows(self.decoder_keys[layer], 2, slot, keys[:, :, 0], mask)
-        _write_rows(self.decoder_values[layer], 2, slot, values[:, :, 0], mask)
-        return self.decoder_keys[layer], self.decoder_values[layer]
+        _write_rows(self.decoder_keys[layer], 2, slot, keys[:, :, 0], mask, self.row_index)
+        _write_rows(self.decoder_values[layer], 2, slot, values[:, :, 0], mask, self.row_index)
+        return self._read(self.decoder_keys[layer]), self._read(self.decoder_values[layer])
 
     def decoder_bounds(self, slot: torch.Tensor, tokens: torch.Tensor, phase: torch.Tensor):
         """The local entries [start, end) that a query at window slot `slot` ([B]) attends to: the window so far."""
@@ -302,8 +388,8 @@ class PhotonLevelCache(CacheLayerMixin):
 
     def store_decoder(self, layer: int, rows: slice, keys: torch.Tensor, values: torch.Tensor):
         """Prefill / rebuild: set the local KV ([G, Hkv, entries, hd]) of the cache rows `rows`."""
-        self.decoder_keys[layer][rows] = keys
-        self.decoder_values[layer][rows] = values
+        self._store(self.decoder_keys[layer], rows, keys)
+        self._store(self.decoder_values[layer], rows, values)
 
     # ------------------------------------------------------------------------------------------ batch reshaping
     def _map_rows(self, fn):
@@ -374,27 +460,30 @@ class PhotonSelfLevelCache(PhotonLevelCache):
 
     _row_fields = ("pending", "predictions")
 
-    def lazy_initialization(self, batch_size: int, device: torch.device, dtype: torch.dtype, units: int = 0):
-        super().lazy_initialization(batch_size, device, dtype, units)
-        self.predictions = self._zeros(batch_size, self.level.chunk_size + 1, self.hidden_size, device=device,
-                                       dtype=dtype)
+    def row_layout(self, dtype: torch.dtype, units: int = 0) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        predictions = ("predictions", (self.level.chunk_size + 1, self.hidden_size), dtype)
+        return [*super().row_layout(dtype, units), predictions]
 
     def prediction(self, index: torch.Tensor) -> torch.Tensor:
         """Each row's kept prediction at `index` ([B], 0 = the previous unit's last) -> [B, D]."""
         gather = index.view(-1, 1, 1).expand(-1, 1, self.hidden_size)
-        return self.predictions.gather(1, gather)[:, 0]
+        return self._read(self.predictions).gather(1, gather)[:, 0]
 
     def update_predictions(self, predictions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """The rows in `mask` start a unit whose C predictions are `predictions` ([B, C, D]); the last kept one
         becomes the carry. Returns each row's carry, [B, D] (what conditions sub-unit 0 of the new unit)."""
-        new = torch.cat([self.predictions[:, -1:], predictions.to(self.predictions.dtype)], dim=1)
-        kept = new if mask is None else torch.where(mask.view(-1, 1, 1), new, self.predictions)
-        self.predictions.copy_(kept)
+        old = self._read(self.predictions)
+        new = torch.cat([old[:, -1:], predictions.to(old.dtype)], dim=1)
+        kept = new if mask is None else torch.where(mask.view(-1, 1, 1), new, old)
+        if self.row_index is None:
+            self.predictions.copy_(kept)
+        else:
+            self.predictions.index_copy_(0, self.row_index, kept)
         return new[:, 0]
 
     def store_predictions(self, rows: slice, predictions: torch.Tensor):
         """Prefill / rebuild: the kept predictions ([G, C + 1, D]) of the cache rows `rows`."""
-        self.predictions[rows] = predictions
+        self._store(self.predictions, rows, predictions)
 
 
 class PhotonLookbackLevelCache(PhotonLevelCache):
@@ -410,22 +499,24 @@ class PhotonLookbackLevelCache(PhotonLevelCache):
         lookback = self.level.decoder_lookback
         out = []
         for buffer, new in ((self.decoder_keys[layer], keys), (self.decoder_values[layer], values)):
-            self._close_unit(buffer, mask)
-            _write_slots(buffer, new, mask, lookback)
-            out.append(torch.cat([buffer[:, :, :lookback].to(new.dtype), new], dim=2))
+            past = self._close_unit(buffer, mask)
+            _write_slots(buffer, new, mask, lookback, self.row_index)
+            out.append(torch.cat([past.to(new.dtype), new], dim=2))
         return out[0], out[1]
 
-    def _close_unit(self, buffer: torch.Tensor, mask: torch.Tensor | None):
+    def _close_unit(self, buffer: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """In place, for the rows in `mask`: entry e of the new look-back is entry e + C of [look-back ; window
-        slots R..R+C-1]."""
+        slots R..R+C-1]. Returns every batch row's look-back after it, [B, Hkv, W, hd]."""
         lookback, width, chunk = self.level.decoder_lookback, self.level.converter_width, self.level.chunk_size
         source = torch.arange(chunk, lookback + chunk, device=buffer.device)
         source = torch.where(source < lookback, source, source + width)
         keep = torch.arange(lookback, device=buffer.device)
-        shifted = buffer.index_select(2, source)
+        rows = self._read(buffer)
+        shifted = rows.index_select(2, source)
         if mask is not None:
-            shifted = torch.where(mask.view(-1, 1, 1, 1), shifted, buffer.index_select(2, keep))
-        buffer.index_copy_(2, keep, shifted)
+            shifted = torch.where(mask.view(-1, 1, 1, 1), shifted, rows.index_select(2, keep))
+        _write_slots(buffer, shifted, None, 0, self.row_index)
+        return shifted
 
     def update_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
                        mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -473,6 +564,8 @@ class PhotonCache(Cache):
         self.history_tokens: torch.Tensor | None = None  # recording only: [B, columns] input ids
         self._stale = False  # after crop(), until the model has rebuilt the local state (`pending_rebuild`)
         self._steps: dict[int, PhotonStep] = {}
+        self.viewing = False  # storage shared with per-request state (`over_states`): rows are picked per step
+        self.row_index: torch.Tensor | None = None  # a view's selected rows ([B])
 
     def reset(self):
         """Forget everything: the next forward is a prefill."""
@@ -550,9 +643,10 @@ class PhotonCache(Cache):
         longest = self.seen - min(self.pads)
         for layer in self.layers:
             layer.reserve_tokens(longest)
-        if not self._steps:
-            self._steps = {phase: self._step_at(phase) for phase in range(self.period)}
-        return self._steps[self.seen % self.period]
+        phase = self.seen % self.period
+        if phase not in self._steps:
+            self._steps[phase] = self._step_at(phase)
+        return self._steps[phase]
 
     def _step_at(self, phase: int) -> PhotonStep:
         """The step of every column that brings `seen` to `phase` (mod P_L), from the rows' distinct paddings."""
@@ -574,8 +668,12 @@ class PhotonCache(Cache):
 
     def advance(self) -> torch.Tensor:
         """The device side of consuming one column (inside the step): count it; returns the counts [B]."""
-        self.counts.add_(1)
-        return self.counts
+        if self.row_index is None:
+            self.counts.add_(1)
+            return self.counts
+        counts = self.counts.index_select(0, self.row_index) + 1
+        self.counts.index_copy_(0, self.row_index, counts)
+        return counts
 
     def rows(self, level: int, counts: torch.Tensor, step: PhotonStep) -> PhotonRows:
         """Where each row stands at `level` once it has consumed `counts` ([B]) real tokens, in column `step`."""
@@ -676,6 +774,52 @@ class PhotonCache(Cache):
         self.pads[row] = self.seen - count
         if {p % self.period for p in self.pads} != before:
             self._steps = {}
+
+    # ------------------------------------------------------------------- a view over per-request state (vLLM)
+    @classmethod
+    def state_layout(cls, config: PhotonConfig, max_cache_len: int,
+                     dtype: torch.dtype) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+        """Every tensor one row of a static cache of `max_cache_len` columns keeps: (name, shape without the batch
+        dimension, dtype), level by level, then the row's token count. Their bytes add up to
+        `memory.kv_cache_bytes(config, max_cache_len, dtype=dtype)`."""
+        layers = cls(config, max_cache_len).layers
+        layout = [(f"levels.{i}.{name}", shape, item) for i, layer in enumerate(layers)
+                  for name, shape, item in layer.row_layout(dtype)]
+        return [*layout, ("counts", (), torch.long)]
+
+    @classmethod
+    def over_states(cls, config: PhotonConfig, max_cache_len: int, states: dict[str, torch.Tensor]) -> PhotonCache:
+        """A cache whose storage is `states` ([N, *shape] per entry of `state_layout`): N rows that requests hold,
+        such as vLLM's per-request state blocks. Nothing is copied or reallocated; each step names the rows it works
+        on (`select_rows`), and the cache verbs read and write those rows in place."""
+        cache = cls(config, max_cache_len)
+        for i, layer in enumerate(cache.layers):
+            prefix = f"levels.{i}."
+            layer.bind({name[len(prefix):]: tensor for name, tensor in states.items() if name.startswith(prefix)})
+        cache.counts = states["counts"]
+        cache.viewing = True
+        return cache
+
+    def select_rows(self, index: torch.Tensor, counts: list[int]):
+        """A view's next batch: storage rows `index` ([B], on the cache's device), which hold `counts` real tokens
+        each (host ints, the caller's bookkeeping: the step plan is made on the host from them)."""
+        if not self.viewing:
+            raise RuntimeError("select_rows works on a view over per-request state (PhotonCache.over_states).")
+        self.row_index = index
+        for layer in self.layers:
+            layer.row_index = index
+        self.seen, self.pads = 0, [-count for count in counts]
+        self._steps = {}
+
+    def set_counts(self, counts: torch.Tensor):
+        """The selected rows of a view now hold `counts` ([B]) real tokens (a prefill or continuation wrote them)."""
+        self.counts.index_copy_(0, self.row_index, counts)
+
+    def clear_rows(self):
+        """Zero every tensor of the selected rows (a view's rows are reused by new requests without being cleared;
+        a prefill then writes only what it needs)."""
+        for tensor in (*(t for layer in self.layers for t in layer._row_tensors()), self.counts):
+            tensor.index_fill_(0, self.row_index, 0)
 
     # ------------------------------------------------------------------------------------------- rolling back
     def activate_past_recording(self, recurrent_states_to_keep: int | None = None):

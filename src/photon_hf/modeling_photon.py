@@ -197,10 +197,13 @@ def _rope(rotary: PhotonRotaryEmbedding, positions: torch.Tensor, dtype: torch.d
     return cos[:, None, None], sin[:, None, None]
 
 
-def _window_rope(rotary: PhotonRotaryEmbedding, length: int, device, dtype):
-    """cos, sin of positions 0..length-1: [1, 1, length, hd]."""
-    cos, sin = rotary(torch.arange(length, device=device), dtype)
-    return cos[None, None], sin[None, None]
+def _window_rope(rotary: PhotonRotaryEmbedding, length: int, device, dtype, first: torch.Tensor | None = None):
+    """cos, sin of positions 0..length-1: [1, 1, length, hd]; from `first` ([B]) on: [B, 1, length, hd]."""
+    positions = torch.arange(length, device=device)
+    if first is not None:
+        positions = first[:, None] + positions
+    cos, sin = rotary(positions, dtype)
+    return (cos[None, None], sin[None, None]) if first is None else (cos[:, None], sin[:, None])
 
 
 def _shift(stream: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -215,13 +218,15 @@ class PhotonTrace:
 
     `conditions[i]`: [B, M_i, D], the conditioning latent of every level-i unit; `token_kv`: the token decoder's
     per-layer (key, value) pairs when it records them (with a look-back: [B * M_0, Hkv, R + C, hd]); `hidden`:
-    [B, T, D], the token states; `predictions[i]` (i >= 1): [B, M_{i-1}, D], decoder i's predictions.
+    [B, T, D], the token states; `predictions[i]` (i >= 1): [B, M_{i-1}, D], decoder i's predictions; `offset`:
+    where the pass starts in each row (a continuation's tokens come after the cached ones).
     """
 
     conditions: list
     token_kv: list
     hidden: torch.Tensor | None = None
     predictions: list | None = None
+    offset: torch.Tensor | None = None  # [B] tokens before each row's first token (a continuation's; None: 0)
 
 
 class PhotonLocalDecoder(PhotonStack):
@@ -246,9 +251,10 @@ class PhotonLocalDecoder(PhotonStack):
         self.geometry = geometry
 
     def teacher_forced(self, prefix: torch.Tensor, inputs: torch.Tensor, rotary: PhotonRotaryEmbedding,
-                       ops: PhotonOps, capture: list | None = None) -> torch.Tensor:
+                       ops: PhotonOps, capture: list | None = None, offset: torch.Tensor | None = None) -> torch.Tensor:
         """prefix: [B, M, R, D] converter prefixes; inputs: [B, M * C, D] the sub-units' inputs. Returns the C
-        predictions per unit: [B, M * C, D]."""
+        predictions per unit: [B, M * C, D]. (`capture` and `offset`, the tokens before each row's first window,
+        matter to the look-back decoder only: its keys sit at token positions.)"""
         b, m, width, d = prefix.shape
         chunk = self.geometry.chunk_size
         windows = torch.cat([prefix, inputs.view(b, m, chunk, d)[:, :, : chunk - 1]], dim=2)
@@ -325,7 +331,7 @@ class PhotonSelfDecoder(PhotonLocalDecoder):
             window = torch.cat([window, h[:, None]], dim=1)
         return torch.stack(outputs, dim=1)
 
-    def teacher_forced(self, prefix, inputs, rotary, ops, capture=None):
+    def teacher_forced(self, prefix, inputs, rotary, ops, capture=None, offset=None):
         """prefix: [B, M, R, D] -> [B, M * C, D], every unit unrolled (`inputs` are not read)."""
         b, m = prefix.shape[:2]
         return self.unroll(prefix.flatten(0, 1), rotary, ops).reshape(b, m * self.geometry.chunk_size, -1)
@@ -363,17 +369,22 @@ class PhotonLookbackDecoder(PhotonLocalDecoder):
     true ones. No Triton kernel takes this mask: windows and prefixes attend through `masked_attention` (SDPA).
     The cache keeps the W tokens' keys and values before the window (`PhotonLookbackLevelCache`)."""
 
-    def teacher_forced(self, prefix, inputs, rotary, ops, capture=None):
+    def teacher_forced(self, prefix, inputs, rotary, ops, capture=None, offset=None):
         """prefix: [B, M, R, D]; inputs: [B, M * C, D] token embeddings -> the token states [B, M * C, D];
-        `capture` (a list) receives each layer's (key, value): [B * M, Hkv, R + C, hd]."""
+        `capture` (a list) receives each layer's (key, value): [B * M, Hkv, R + C, hd]; `offset` ([B]) moves each
+        row's token positions (a continuation's windows; their look-back starts with the pass, which is exact from
+        the W tokens of the pass on)."""
         geometry = self.geometry
         b, m, width, d = prefix.shape
         chunk, lookback, slots = geometry.chunk_size, geometry.decoder_lookback, geometry.decoder_slots
         device = prefix.device
         windows = torch.cat([prefix, inputs.view(b, m, chunk, d)], dim=2).flatten(0, 1)
         before = torch.arange(m, device=device) * chunk  # tokens before each chunk
-        cos, sin = rotary(before[:, None] - width + torch.arange(slots, device=device), prefix.dtype)
-        cos, sin = cos.repeat(b, 1, 1)[:, None], sin.repeat(b, 1, 1)[:, None]  # [B * M, 1, S, hd], b-major
+        positions = (before[:, None] - width + torch.arange(slots, device=device)).expand(b, -1, -1)
+        if offset is not None:
+            positions = positions + offset.view(-1, 1, 1)
+        cos, sin = rotary(positions.flatten(0, 1), prefix.dtype)
+        cos, sin = cos[:, None], sin[:, None]  # [B * M, 1, S, hd], b-major
         mask = _lookback_mask(before, lookback, slots).repeat(b, 1, 1, 1)
         back = (before[:, None] - lookback + torch.arange(lookback, device=device)).clamp(min=0)  # [M, W] tokens
 
@@ -639,17 +650,20 @@ class PhotonModel(PhotonPreTrainedModel):
         return self.start_latents[level if self.self_decoding else -1]
 
     # --------------------------------------------------------------------------------------------- full passes
-    def encode(self, tokens: torch.Tensor, ops: PhotonOps, capture: list | None = None) -> list[torch.Tensor]:
+    def encode(self, tokens: torch.Tensor, ops: PhotonOps, capture: list | None = None,
+               past: tuple[PhotonCache, torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Bottom-up pass. tokens: [B, T] with T a multiple of P_{L-1} -> streams X_i: [B, M_i, D] per level.
 
-        With `capture` (a list), each level appends its per-layer (key, value) pairs: [B, Hkv, M_i, hd].
+        With `capture` (a list), each level appends its per-layer (key, value) pairs: [B, Hkv, M_i, hd]. With
+        `past` = (cache, before, after) the tokens continue the cache's (selected) rows, which hold `before` ([B],
+        multiples of P_{L-1}) tokens and will hold `after` ([B]): every encoder attends to its cached units too, and
+        the cache takes the new units' keys and values (`PhotonLevelCache.encoder_past`, `store_units`).
         """
         x = self.embed_enc(tokens)
         streams = []
         for level in self.levels:
             geometry = level.geometry
             units = level.chunk(x.unflatten(1, (-1, geometry.chunk_size)), ops)
-            cos, sin = _window_rope(self.rotary_emb, units.shape[1], units.device, units.dtype)
             kv = []
 
             def attend(q, k, v, layer_idx, window=geometry.encoder_window, kv=kv):
@@ -659,11 +673,40 @@ class PhotonModel(PhotonPreTrainedModel):
                     return ops.latent_attention(q, k, v, window)
                 return ops.latent_attention_full(q, k, v)
 
+            if past is None:
+                cos, sin = _window_rope(self.rotary_emb, units.shape[1], units.device, units.dtype)
+            else:
+                attend = self._continued_attention(past, geometry)
+                cos, sin = _window_rope(self.rotary_emb, units.shape[1], units.device, units.dtype,
+                                        geometry.units_in(past[1]))
             x = level.encoder(units, cos, sin, attend)
             if capture is not None:
                 capture.append(kv)
             streams.append(x)
         return streams
+
+    @staticmethod
+    def _continued_attention(past: tuple[PhotonCache, torch.Tensor, torch.Tensor], geometry) -> Attend:
+        """A context encoder's attention over new units that continue cached rows (see `encode`): queries [G, H, M,
+        hd] at units first.. (first = the units each row has), keys [the level's cached entries ; the new units],
+        causal and windowed on the units' true indices; the new units' keys and values enter the cache."""
+        cache, before, after = past
+        layer, window = cache.layers[geometry.index], geometry.encoder_window
+        first, units = geometry.units_in(before), geometry.units_in(after)
+
+        def attend(q, k, v, layer_idx):
+            past_keys, past_values, past_units = layer.encoder_past(layer_idx, first)
+            own = first[:, None] + torch.arange(q.shape[2], device=q.device)  # [G, M] unit of each query and key
+            keys = torch.cat([past_keys.to(k.dtype), k], dim=2)
+            values = torch.cat([past_values.to(v.dtype), v], dim=2)
+            key_units = torch.cat([past_units, own], dim=1)[:, None, :]
+            mask = (key_units >= 0) & (key_units <= own[:, :, None])
+            if window is not None:
+                mask = mask & (key_units > own[:, :, None] - window)
+            layer.store_units(layer_idx, keys, values, first, units)
+            return masked_attention(q, keys, values, mask[:, None])
+
+        return attend
 
     def decode(self, streams: list[torch.Tensor], tokens: torch.Tensor, ops: PhotonOps,
                trace: PhotonTrace | None = None):
@@ -680,8 +723,8 @@ class PhotonModel(PhotonPreTrainedModel):
             if trace is not None:
                 trace.conditions[i] = cond
             inputs = streams[i - 1] if i > 0 else self.embed_dec(tokens)
-            capture = trace.token_kv if trace is not None and i == 0 else None
-            out = level.decoder.teacher_forced(level.prefix(cond), inputs, self.rotary_emb, ops, capture)
+            capture, offset = (trace.token_kv, trace.offset) if trace is not None and i == 0 else (None, None)
+            out = level.decoder.teacher_forced(level.prefix(cond), inputs, self.rotary_emb, ops, capture, offset)
             if i == 0:
                 return out, predictions
             predictions[i] = out
@@ -822,16 +865,18 @@ class PhotonModel(PhotonPreTrainedModel):
         return torch.cat(outputs, dim=0)
 
     def _rebuild(self, cache: PhotonCache, streams: list[torch.Tensor], tokens: torch.Tensor, counts: list[int],
-                 ops: PhotonOps, group: slice = slice(None)) -> torch.Tensor:
+                 ops: PhotonOps, group: slice = slice(None), offset: torch.Tensor | None = None) -> torch.Tensor:
         """Rebuild the unfinished-unit state (sub-units so far, each local decoder's cached state) of the cache rows
         `group`, top-down from their encoder streams, and return the token state that predicts each row's next
         token: [G, D].
 
         streams[i]: [G, >= units, D] aligned encoder states; tokens: [G, >= count] aligned token ids. A decoder
         whose state depends on earlier units reads a teacher-forced pass (`history`), run once and only if asked.
+        With `offset` ([G], multiples of P_{L-1}) the streams and tokens continue rows that hold that many tokens
+        before them, and `counts` count from there (`extend` makes sure the state depends on nothing before).
         """
         count = torch.tensor(counts, device=tokens.device)
-        history = functools.cache(lambda: self._history(streams, tokens, max(counts), ops))
+        history = functools.cache(lambda: self._history(streams, tokens, max(counts), ops, offset))
         cond = None
         for i in reversed(range(len(self.levels))):
             level, layer = self.levels[i], cache.layers[i]
@@ -852,8 +897,10 @@ class PhotonModel(PhotonPreTrainedModel):
                                          ops)
         return cond
 
-    def _history(self, streams: list[torch.Tensor], tokens: torch.Tensor, longest: int, ops: PhotonOps) -> PhotonTrace:
-        """The teacher-forced pass over the meta-chunks up to the `longest` row's current one, traced."""
+    def _history(self, streams: list[torch.Tensor], tokens: torch.Tensor, longest: int, ops: PhotonOps,
+                 offset: torch.Tensor | None = None) -> PhotonTrace:
+        """The teacher-forced pass over the meta-chunks up to the `longest` row's current one, traced (`offset`:
+        the tokens each row holds before `tokens`)."""
         period = self.levels[-1].geometry.tokens_per_unit
         length = (longest // period + 1) * period
         index = torch.arange(length, device=tokens.device).clamp(max=tokens.shape[1] - 1)
@@ -861,9 +908,98 @@ class PhotonModel(PhotonPreTrainedModel):
         # Units past a row's count (unfinished, or not recorded after a crop) only reach later positions.
         streams = [_fit_units(s, length // level.geometry.tokens_per_unit) for s, level in
                    zip(streams, self.levels, strict=True)]
-        trace = PhotonTrace(conditions=[None] * len(self.levels), token_kv=[])
+        trace = PhotonTrace(conditions=[None] * len(self.levels), token_kv=[], offset=offset)
         trace.hidden, trace.predictions = self.decode(streams, tokens, ops, trace)
         return trace
+
+    # ---------------------------------------------------------------------------------- continuing rows (a view)
+    def continuation_lead(self) -> int:
+        """Tokens a continuation must bring past a meta-chunk boundary before its end state can be rebuilt from its
+        own units (`extend`): the state at a token depends on the meta-chunk before its own (the top stream is
+        shifted by one unit); with "self" decoding every level is shifted, each shift reaching at most one meta-chunk
+        further back; with a look-back, on the L_0 x (W + C_0 - 1) tokens before its chunk (each decoder layer reads
+        W tokens back from its chunk)."""
+        period = self.levels[-1].geometry.tokens_per_unit
+        lead = period * (len(self.levels) if self.self_decoding else 1)
+        token = self.levels[0].geometry
+        if token.decoder_lookback:
+            reach = token.num_decoder_layers * (token.decoder_lookback + token.chunk_size - 1)
+            lead += reach + token.chunk_size - 1
+        return lead
+
+    def extend(self, cache: PhotonCache, index: torch.Tensor, counts: list[int], tokens: torch.Tensor,
+               lengths: list[int], ops: PhotonOps) -> torch.Tensor:
+        """Continue rows of a cache view (`PhotonCache.over_states`) by several tokens each, at about the cost of a
+        prefill of those tokens: one call for a batch that mixes new requests, prompts continued chunk by chunk and
+        decode steps, as vLLM schedules them.
+
+        Row g is the view's storage row index[g] ([G], on the cache's device), which holds counts[g] real tokens
+        (0: a new request; its row is cleared first), and takes tokens[g, :lengths[g]] (tokens: [G, T]). A row first
+        consumes decode columns up to a meta-chunk boundary; the rest runs through the encoders in whole units,
+        attending to the cached ones, and the local decoders' state is rebuilt from the new units, as in a prefill.
+        A continuation too short for that (`continuation_lead`) consumes decode columns to its end. The rows that
+        consume a column share one `decode_column`, so a batch of decode steps is one call. Returns [G, D], the
+        states that predict each row's next token.
+        """
+        if not cache.viewing:
+            raise RuntimeError("extend continues the rows of a view over per-request state (PhotonCache.over_states).")
+        for count, length in zip(counts, lengths, strict=True):
+            if length < 1 or count + length > cache.max_columns:
+                raise ValueError(
+                    f"A row of {count} tokens cannot take {length} more: a row holds 1 to {cache.max_columns} tokens."
+                )
+        period, lead = self.levels[-1].geometry.tokens_per_unit, self.continuation_lead()
+        columns = []  # decode columns per row
+        for count, length in zip(counts, lengths, strict=True):
+            align = min(-count % period, length)
+            columns.append(0 if count == 0 else align if length - align >= lead else length)
+        dtype = self.embed_dec.weight.dtype
+        hidden = torch.empty(len(counts), self.config.hidden_size, device=tokens.device, dtype=dtype)
+        now = list(counts)
+        for column in range(max(columns)):
+            group = [g for g, n in enumerate(columns) if n > column]
+            rows = torch.tensor(group, device=tokens.device)
+            cache.select_rows(index[rows], [now[g] for g in group])
+            step = cache.begin_column()
+            hidden[rows] = self.decode_column(cache, tokens[rows, column], step, ops)
+            for g in group:
+                now[g] += 1
+        group = [g for g, n in enumerate(columns) if n < lengths[g]]
+        if group:
+            rows = torch.tensor(group, device=tokens.device)
+            hidden[rows] = self._continue_units(cache, index[rows], [now[g] for g in group], tokens[rows],
+                                                [columns[g] for g in group], [lengths[g] - columns[g] for g in group],
+                                                ops)
+        return hidden
+
+    def _continue_units(self, cache: PhotonCache, index: torch.Tensor, before: list[int], tokens: torch.Tensor,
+                        start: list[int], lengths: list[int], ops: PhotonOps) -> torch.Tensor:
+        """`extend`'s whole-unit part: rows index ([G]) of a view, at `before` real tokens (multiples of P_{L-1}),
+        take tokens[g, start[g] : start[g] + lengths[g]]. Returns [G, D] (the states that predict the next token)."""
+        device = tokens.device
+        fresh = [g for g, count in enumerate(before) if count == 0]
+        if fresh:
+            cache.select_rows(index[torch.tensor(fresh, device=device)], [0] * len(fresh))
+            cache.clear_rows()
+        cache.select_rows(index, before)
+        # Each row's tokens from `start` on, right-padded with its last one to whole meta-chunks (and one more token).
+        period = self.levels[-1].geometry.tokens_per_unit
+        first, length = torch.tensor(start, device=device), torch.tensor(lengths, device=device)
+        width = -(-(max(lengths) + 1) // period) * period
+        source = (first[:, None] + torch.arange(width, device=device)).clamp(max=(first + length - 1)[:, None])
+        aligned = tokens.gather(1, source)
+        offset = torch.tensor(before, device=device)
+        if any(before):
+            streams = self.encode(aligned, ops, past=(cache, offset, offset + length))
+        else:  # new rows only: a plain prefill
+            capture: list = []
+            streams = self.encode(aligned, ops, capture)
+            for layer, kv in zip(cache.layers, capture, strict=True):
+                layer.store_prefill(kv, length, slice(None))
+            offset = None
+        hidden = self._rebuild(cache, streams, aligned, lengths, ops, offset=offset)
+        cache.set_counts(torch.tensor(before, device=device) + length)
+        return hidden
 
     # -------------------------------------------------------------------------------------------- decode step
     def decode_column(self, cache: PhotonCache, tokens: torch.Tensor, step: PhotonStep, ops: PhotonOps) -> torch.Tensor:
