@@ -1,0 +1,84 @@
+"""PHOTON as a vLLM model (Stage A): photon_hf's own `PhotonModel` and LM head, each request's state in one vLLM
+state block (`PhotonState`).
+
+vLLM schedules one flat batch of tokens a step: new requests (or ones preempted and recomputed), prompts continued
+chunk by chunk (chunked prefill), and one token per decoding request. `PhotonVllmForCausalLM.forward` hands the
+whole batch to `PhotonModel.extend` over a `PhotonCache` view of the state blocks, keyed by the requests' state
+indices: every decoding request (whatever its phase in the meta-chunk) shares one `decode_column`, and a prompt or
+a continued chunk runs at the cost of a prefill. Only each request's last token gets a state: it is the one vLLM
+samples from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.forward_context import get_forward_context
+from vllm.model_executor.model_loader.weight_utils import default_weight_loader
+from vllm.model_executor.models.interfaces import HasInnerState, IsAttentionFree
+
+from ..attention_photon import photon_ops
+from ..modeling_photon import PhotonModel
+from .backend import PhotonStateMetadata
+from .state import PhotonState
+
+
+class PhotonVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
+    """`PhotonForCausalLM` for vLLM: the same modules and parameter names (`model.*`, `lm_head.weight`), so a
+    checkpoint loads name for name."""
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        self.config = config
+        self.model = PhotonModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.state = PhotonState(config, vllm_config.model_config.max_model_len, vllm_config.model_config.dtype,
+                                 vllm_config.compilation_config)
+
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(
+            "PHOTON takes token ids only: its encoder and its token decoder embed them with two different tables."
+        )
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, intermediate_tensors=None,
+                inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """input_ids: [N] the step's tokens, request after request -> [N, D], the state that predicts the next
+        token at each request's last token (other positions are not computed: zeros)."""
+        if inputs_embeds is not None:
+            self.embed_input_ids(input_ids)
+        metadata = get_forward_context().attn_metadata
+        if isinstance(metadata, dict):
+            metadata = metadata.get(self.state.prefix)
+        if metadata is None:  # vLLM's profiling run: a prefill of the batch's tokens, for its activation memory
+            return self.model(input_ids[None], use_cache=False).last_hidden_state[0]
+        assert isinstance(metadata, PhotonStateMetadata)
+        lengths = metadata.query_lengths
+        # Each request's tokens as a row of [R, T] (padded with its last token).
+        starts = metadata.query_start_loc[:-1, None]
+        source = (starts + torch.arange(max(lengths), device=input_ids.device)).clamp(max=metadata.last_tokens[:, None])
+        tokens = input_ids[source]
+        ops = photon_ops(self.config, input_ids.device, self.model.embed_dec.weight.dtype)
+        states = self.model.extend(self.state.cache(), metadata.state_indices, metadata.computed, tokens, lengths, ops)
+        hidden = states.new_zeros(input_ids.shape[0], states.shape[1])
+        hidden[metadata.last_tokens] = states
+        return hidden
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden_states)
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        """Copy a `PhotonForCausalLM` checkpoint's tensors name for name; a tied head shares the decoder embedding."""
+        parameters = dict(self.named_parameters())
+        loaded = set()
+        for name, tensor in weights:
+            if name not in parameters:
+                raise KeyError(f"The checkpoint has a tensor {name!r} that PHOTON's vLLM model does not.")
+            default_weight_loader(parameters[name], tensor)
+            loaded.add(name)
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_dec.weight
+            loaded.add("lm_head.weight")
+        return loaded
