@@ -1,10 +1,14 @@
-"""The configuration hook vLLM runs for `PhotonForCausalLM` (`MODELS_CONFIG_MAP`), as `MambaModelConfig` does for
-Mamba: one state block per request, sized for `max_model_len`, and a clear refusal of what PHOTON cannot do."""
+"""What vLLM may ask of PHOTON: the configuration hook it runs for `PhotonForCausalLM` (`MODELS_CONFIG_MAP`), as
+`MambaModelConfig` does for Mamba (one state block per request, sized for `max_model_len`; a clear refusal at start-up
+of what PHOTON cannot do), and a per-request check that refuses what a request cannot get (`PhotonRequestCheck`)."""
 
 from __future__ import annotations
 
+import torch
+from vllm.exceptions import VLLMValidationError
 from vllm.logger import init_logger
 from vllm.model_executor.models.config import VerifyAndUpdateConfig
+from vllm.v1.sample.logits_processor import LogitsProcessor
 
 from .state import state_page_bytes
 
@@ -35,8 +39,40 @@ class PhotonVllmConfig(VerifyAndUpdateConfig):
             )
             cache.enable_prefix_caching = False
         model = vllm_config.model_config
+        check = f"{PhotonRequestCheck.__module__}:{PhotonRequestCheck.__qualname__}"
+        if check not in (model.logits_processors or []):
+            model.logits_processors = [*(model.logits_processors or []), check]
         cache.mamba_cache_mode = "none"
         cache.mamba_block_size = model.max_model_len
         content, page = state_page_bytes(model.hf_config, model.max_model_len, model.dtype)
         if page != content:
             cache.mamba_page_size_padded = page
+
+
+class PhotonRequestCheck(LogitsProcessor):
+    """Refuses, with an HTTP 400 through vLLM's server, the sampling parameters PHOTON cannot honour: prompt
+    log-probabilities (also what `echo` with `logprobs` asks for) need a state at every prompt token, and PHOTON
+    computes one at each request's last token only. vLLM calls `validate_params` for every request; the processor
+    itself changes no logits."""
+
+    @classmethod
+    def validate_params(cls, sampling_params) -> None:
+        if sampling_params.prompt_logprobs is not None:
+            raise VLLMValidationError(
+                "PHOTON on vLLM does not return prompt log-probabilities (prompt_logprobs, or echo with logprobs): "
+                "it computes a state at each request's last prompt token only.",
+                parameter="prompt_logprobs",
+                value=sampling_params.prompt_logprobs,
+            )
+
+    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
+        pass
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def is_argmax_invariant(self) -> bool:
+        return True
+
+    def update_state(self, batch_update) -> None:
+        pass
