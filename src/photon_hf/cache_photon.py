@@ -298,7 +298,9 @@ class PhotonLevelCache(CacheLayerMixin):
     def encoder_past(self, layer: int, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """What units `first` ([G], the units each batch row has completed) and later attend to before themselves:
         the layer's stored keys and values, [G, Hkv, K, hd] each, and the unit each entry holds, [G, K] (-1: none).
-        K is a full encoder's capacity (entries from `first` on are not past yet) or a ring's window."""
+        K is a full encoder's capacity (entries from a row's `first` on are not its past) or a ring's window. (Every
+        read is the whole capacity, whatever the rows hold: a request's arithmetic then never depends on what else
+        is in the batch, which bfloat16 rounding would show.)"""
         keys, values = self._read(self.encoder_keys[layer]), self._read(self.encoder_values[layer])
         if self.ring:
             units = _ring_sources(first, self.level.encoder_window)
@@ -307,21 +309,23 @@ class PhotonLevelCache(CacheLayerMixin):
             units = torch.where(units < first[:, None], units, -1)
         return keys, values, units
 
-    def store_units(self, layer: int, keys: torch.Tensor, values: torch.Tensor, first: torch.Tensor,
-                    units: torch.Tensor, rows: slice = slice(None)):
-        """Continue the layer's encoder KV of the batch rows `rows` from unit `first` ([G]) on, now that they have
-        `units` ([G]) complete units: keys/values are [`encoder_past`'s K entries ; the units from `first` on]
-        ([G, Hkv, K + M, hd]). Every slot is gathered from them (a slot written twice cannot race)."""
-        past = self.capacity
+    def store_units(self, layer: int, keys: torch.Tensor, values: torch.Tensor, past: int, first: torch.Tensor,
+                    units: torch.Tensor, longest: int):
+        """Continue the layer's encoder KV of the batch's rows from unit `first` ([G]) on, now that they have
+        `units` ([G]) complete units (`longest` the most, host): keys/values are [`encoder_past`'s `past` entries ;
+        the units from `first` on] ([G, Hkv, past + M, hd]). Every slot is gathered from them, so no slot is
+        written twice; a full encoder's slots from `longest` on, which no row holds yet, are left as they are."""
         if self.ring:
             index = _ring_sources(units, self.level.encoder_window, first)
         else:
-            slot = torch.arange(past, device=first.device)[None, :]
+            slot = torch.arange(min(max(longest, 1), self.capacity), device=first.device)[None, :]
             new = (slot >= first[:, None]) & (slot < units[:, None])
-            index = torch.where(new, past + slot - first[:, None], slot)
+            # Slots a row does not hold are read by no step before one writes them: any entry will do.
+            index = torch.where(new, past + slot - first[:, None], slot.clamp(max=past - 1))
+        entries = slice(0, index.shape[1])
         index = index[:, None, :, None].expand(-1, self.kv_heads, -1, self.head_dim)
-        self._store(self.encoder_keys[layer], rows, keys.gather(2, index))
-        self._store(self.encoder_values[layer], rows, values.gather(2, index))
+        self._store(self.encoder_keys[layer], slice(None), keys.gather(2, index), entries)
+        self._store(self.encoder_values[layer], slice(None), values.gather(2, index), entries)
 
     def encoder_bounds(self, unit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The encoder entries [start, end) that a query at `unit` ([B], its own entry written) attends to."""

@@ -651,13 +651,13 @@ class PhotonModel(PhotonPreTrainedModel):
 
     # --------------------------------------------------------------------------------------------- full passes
     def encode(self, tokens: torch.Tensor, ops: PhotonOps, capture: list | None = None,
-               past: tuple[PhotonCache, torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+               past: tuple[PhotonCache, list[int], list[int]] | None = None) -> list[torch.Tensor]:
         """Bottom-up pass. tokens: [B, T] with T a multiple of P_{L-1} -> streams X_i: [B, M_i, D] per level.
 
         With `capture` (a list), each level appends its per-layer (key, value) pairs: [B, Hkv, M_i, hd]. With
-        `past` = (cache, before, after) the tokens continue the cache's (selected) rows, which hold `before` ([B],
-        multiples of P_{L-1}) tokens and will hold `after` ([B]): every encoder attends to its cached units too, and
-        the cache takes the new units' keys and values (`PhotonLevelCache.encoder_past`, `store_units`).
+        `past` = (cache, before, after) the tokens continue the cache's (selected) rows, which hold `before`
+        (multiples of P_{L-1}) tokens and will hold `after`: every encoder attends to its cached units too, and the
+        cache takes the new units' keys and values (`PhotonLevelCache.encoder_past`, `store_units`).
         """
         x = self.embed_enc(tokens)
         streams = []
@@ -677,8 +677,8 @@ class PhotonModel(PhotonPreTrainedModel):
                 cos, sin = _window_rope(self.rotary_emb, units.shape[1], units.device, units.dtype)
             else:
                 attend = self._continued_attention(past, geometry)
-                cos, sin = _window_rope(self.rotary_emb, units.shape[1], units.device, units.dtype,
-                                        geometry.units_in(past[1]))
+                first = geometry.units_in(torch.tensor(past[1], device=units.device))
+                cos, sin = _window_rope(self.rotary_emb, units.shape[1], units.device, units.dtype, first)
             x = level.encoder(units, cos, sin, attend)
             if capture is not None:
                 capture.append(kv)
@@ -686,13 +686,16 @@ class PhotonModel(PhotonPreTrainedModel):
         return streams
 
     @staticmethod
-    def _continued_attention(past: tuple[PhotonCache, torch.Tensor, torch.Tensor], geometry) -> Attend:
+    def _continued_attention(past: tuple[PhotonCache, list[int], list[int]], geometry) -> Attend:
         """A context encoder's attention over new units that continue cached rows (see `encode`): queries [G, H, M,
         hd] at units first.. (first = the units each row has), keys [the level's cached entries ; the new units],
         causal and windowed on the units' true indices; the new units' keys and values enter the cache."""
         cache, before, after = past
         layer, window = cache.layers[geometry.index], geometry.encoder_window
-        first, units = geometry.units_in(before), geometry.units_in(after)
+        device = cache.row_index.device
+        first = geometry.units_in(torch.tensor(before, device=device))
+        units = geometry.units_in(torch.tensor(after, device=device))
+        longest = geometry.units_in(max(after))
 
         def attend(q, k, v, layer_idx):
             past_keys, past_values, past_units = layer.encoder_past(layer_idx, first)
@@ -703,7 +706,7 @@ class PhotonModel(PhotonPreTrainedModel):
             mask = (key_units >= 0) & (key_units <= own[:, :, None])
             if window is not None:
                 mask = mask & (key_units > own[:, :, None] - window)
-            layer.store_units(layer_idx, keys, values, first, units)
+            layer.store_units(layer_idx, keys, values, past_keys.shape[2], first, units, longest)
             return masked_attention(q, keys, values, mask[:, None])
 
         return attend
@@ -990,7 +993,8 @@ class PhotonModel(PhotonPreTrainedModel):
         aligned = tokens.gather(1, source)
         offset = torch.tensor(before, device=device)
         if any(before):
-            streams = self.encode(aligned, ops, past=(cache, offset, offset + length))
+            streams = self.encode(aligned, ops, past=(cache, before, [b + n for b, n in zip(before, lengths,
+                                                                                             strict=True)]))
         else:  # new rows only: a plain prefill
             capture: list = []
             streams = self.encode(aligned, ops, capture)

@@ -1,0 +1,373 @@
+"""PHOTON in vLLM against the same-size Llama in the same vLLM build (`../shared/BENCH.md`, "Serving in vLLM").
+
+In one run, on 127.0.0.1, with random weights and the one-character-per-token tokenizer of `bench.serving`:
+
+* **concurrency**: vLLM's own "Maximum concurrency for N tokens per request" for PHOTON (`photon_hf.vllm`, one state
+  block of `kv_cache_bytes(config, max_model_len)` per request) and for the Llama (paged KV), same KV budget
+  (`VLLM_CPU_KVCACHE_SPACE` on a CPU, `--gpu-memory-utilization` on a GPU) and the same `--max-model-len`;
+* **serving**: N = 8, 32, 128 concurrent clients (closed loop, each sending `--requests-per-client` streamed
+  completions one after another) against vLLM's OpenAI server for PHOTON and for the Llama, and against
+  `photon-hf serve` (transformers' server with PHOTON's continuous batching): output tokens/s, time to first token
+  and per-token latency (median, p95);
+* **chunked prefill**: one prompt of `--long-prompt` tokens prefilled unsplit and in chunks of `--chunk` tokens
+  (vLLM's token budget), in process, PHOTON and the Llama;
+* **profile**: PyTorch's profiler over PHOTON's engine steps at `--profile-requests` concurrent requests, in process:
+  the share of the model's time in matrix products and attention (arithmetic) against everything else.
+
+One JSON file a run under `bench/vllm/results/`, a Markdown table beside it, and a plot (with matplotlib).
+
+    python -m bench.vllm.run_vllm --serve-python .venv/bin/python     # CPU: vllm-cpu, the `base` preset
+    python -m bench.vllm.run_vllm --device cuda --size photon-600m --dtype bfloat16 --clients 32 128 512 \\
+        --gpu-memory-utilization 0.6 --skip photon-serve                  # GPU (bench/gpu/vllm.sh)
+
+Run it in the vLLM environment (docs/vllm.md). `photon-hf serve` runs with `--serve-python` (default: this Python),
+e.g. the main environment's, whose transformers it is tested with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bench.serving.run_serving import LETTERS, free_port, make_models, summarize
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SERVERS = ("photon-vllm", "llama-vllm", "photon-serve")
+
+
+class Server:
+    """A server subprocess on 127.0.0.1 that always stops (context manager)."""
+
+    def __init__(self, kind: str, folder: Path, args, log: Path):
+        self.kind, self.port = kind, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, VLLM_HOST_IP="127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING="1")
+        if kind == "photon-serve":
+            command = [args.serve_python, "-m", "photon_hf", "serve", str(folder), "--host", "127.0.0.1", "--port",
+                       str(self.port), "--max-batch-size", str(max(args.clients)), "--max-cache-len",
+                       str(args.max_model_len), "--device", args.device, "--dtype", args.dtype]
+            self.model = str(folder)
+        else:
+            command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+                       "--served-model-name", kind, "--host", "127.0.0.1", "--port", str(self.port), "--dtype",
+                       args.dtype, "--max-model-len", str(args.max_model_len), "--max-num-seqs",
+                       str(max(args.clients)), "--disable-log-requests"]
+            if args.device == "cuda":
+                command += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+            else:
+                env["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_space)
+            self.model = kind
+        self.log = open(log, "w")  # noqa: SIM115  (closed in __exit__)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+
+    def __enter__(self):
+        import urllib.request
+
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError(f"{self.kind} did not start in 900 s; see {self.log.name}")
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+    def max_concurrency(self) -> float | None:
+        """vLLM's own figure, from its start-up log."""
+        self.log.flush()
+        found = re.findall(r"Maximum concurrency for [\d,]+ tokens per request: ([\d,.]+)x", Path(self.log.name)
+                           .read_text())
+        return float(found[-1].replace(",", "")) if found else None
+
+
+def stream(url: str, model: str, prompt: str, new_tokens: int, start: float, vllm: bool) -> dict:
+    """One streamed completion of exactly `new_tokens` tokens; its timings (seconds from `start`)."""
+    import urllib.request
+
+    body = dict(model=model, prompt=prompt, max_tokens=new_tokens, temperature=0, stream=True)
+    if vllm:
+        body["ignore_eos"] = True
+    sent = time.perf_counter()
+    request = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"content-type": "application/json"})
+    arrivals, characters = [], 0
+    with urllib.request.urlopen(request, timeout=3600) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                if chunk["choices"] and chunk["choices"][0].get("text"):
+                    arrivals.append(time.perf_counter())
+                    characters += len(chunk["choices"][0]["text"])
+    done = time.perf_counter()
+    if characters != new_tokens:
+        raise RuntimeError(f"asked for {new_tokens} tokens, got {characters}")
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    return dict(sent=sent - start, first=(arrivals[0] - sent) if arrivals else None, end=done - start,
+                chunks=len(arrivals), tokens=characters, gaps=gaps)
+
+
+def serve_clients(server: Server, prompts: list[list[str]], new_tokens: int) -> dict:
+    """Closed loop: client i sends prompts[i] one after another."""
+    start = time.perf_counter()
+    vllm = server.kind != "photon-serve"
+
+    def client(own: list[str]) -> list[dict]:
+        return [stream(server.url, server.model, prompt, new_tokens, start, vllm) for prompt in own]
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        results = [r for rs in pool.map(client, prompts) for r in rs]
+    summary = summarize(results, new_tokens)
+    summary.pop("per_request")
+    return summary
+
+
+def workload(clients: int, per_client: int, lengths: tuple[int, int], seed: int) -> list[list[str]]:
+    rng = random.Random(seed + clients)
+    return [["".join(chr(LETTERS + rng.randint(0, 255)) for _ in range(rng.randint(*lengths)))
+             for _ in range(per_client)] for _ in range(clients)]
+
+
+def in_process_engine(folder: Path, args, **options):
+    os.environ.update(VLLM_HOST_IP="127.0.0.1", VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    if args.device != "cuda":
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(args.kv_space)
+    from vllm import LLM
+
+    settings = dict(model=str(folder), dtype=args.dtype, max_model_len=args.max_model_len, skip_tokenizer_init=True,
+                    seed=0)
+    if args.device == "cuda":
+        settings["gpu_memory_utilization"] = args.gpu_memory_utilization
+    settings.update(options)
+    return LLM(**settings)
+
+
+def close(llm):
+    import gc
+
+    llm.llm_engine.engine_core.shutdown()
+    del llm
+    gc.collect()
+
+
+def chunked_prefill(folder: Path, args) -> dict:
+    """Time to prefill one `--long-prompt`-token prompt (one token generated), unsplit and in `--chunk`-token
+    chunks; median of `--repeats` after a warm-up."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompt = TokensPrompt(prompt_token_ids=[random.Random(1).randint(0, 255) for _ in range(args.long_prompt)])
+    params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
+    out = {}
+    for name, budget in (("unsplit", max(args.long_prompt, args.max_model_len)), ("chunked", args.chunk)):
+        llm = in_process_engine(folder, args, max_num_batched_tokens=budget, max_num_seqs=8)
+        try:
+            llm.generate(prompt, params, use_tqdm=False)
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                llm.generate(prompt, params, use_tqdm=False)
+                times.append(time.perf_counter() - start)
+        finally:
+            close(llm)
+        out[f"{name}_s"] = statistics.median(times)
+    out["chunked_over_unsplit"] = out["chunked_s"] / out["unsplit_s"]
+    out.update(prompt_tokens=args.long_prompt, chunk_tokens=args.chunk)
+    return out
+
+
+ARITHMETIC = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product",
+              "aten::_flash_attention", "aten::_efficient_attention", "aten::linear", "aten::matmul",
+              "aten::mkldnn", "aten::_mkl")
+
+
+def profile(folder: Path, args) -> dict:
+    """PyTorch's profiler over PHOTON's engine during `--profile-requests` concurrent greedy requests: time in the
+    model's forward, in matrix products and attention (self time of those ops) and in every other op."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = in_process_engine(folder, args, max_num_seqs=args.profile_requests)
+    rng = random.Random(2)
+    prompts = [TokensPrompt(prompt_token_ids=[rng.randint(0, 255) for _ in range(rng.randint(*args.prompt_tokens))])
+               for _ in range(args.profile_requests)]
+    params = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+    try:
+        llm.generate(prompts, params, use_tqdm=False)  # warm-up
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=activities) as prof:
+            llm.generate(prompts, params, use_tqdm=False)
+        wall = time.perf_counter() - start
+    finally:
+        close(llm)
+    events = prof.key_averages()
+    total_ops = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) / 1e6
+    arithmetic = sum(e.self_cpu_time_total for e in events if e.key.startswith(ARITHMETIC)) / 1e6
+    top = sorted((e for e in events if e.key.startswith("aten::")), key=lambda e: -e.self_cpu_time_total)[:12]
+    return dict(requests=args.profile_requests, new_tokens=args.new_tokens, wall_s=wall,
+                aten_self_s=total_ops, arithmetic_self_s=arithmetic, arithmetic_share_of_wall=arithmetic / wall,
+                ops_share_of_wall=total_ops / wall,
+                top_ops=[(e.key, e.self_cpu_time_total / 1e6, e.count) for e in top])
+
+
+def plot(report: dict, path: Path):
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("output_tokens_per_s", "output tokens / s"), ("ttft_median_s", "time to first token, median (s)"),
+              ("token_latency_median_ms", "per-token latency, median (ms)"))
+    colors = {"photon-vllm": "tab:blue", "llama-vllm": "tab:gray", "photon-serve": "tab:cyan"}
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for kind, runs in report["serving"].items():
+            clients = sorted(int(c) for c in runs)
+            ax.plot(clients, [runs[str(c)][key] for c in clients], "o-", label=kind, color=colors.get(kind))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=8)
+    conc = report.get("max_concurrency", {})
+    fig.suptitle(f"{report['size']} ({report['dtype']}), max_model_len {report['max_model_len']}, {report['machine']}"
+                 f"; vLLM max concurrency PHOTON {conc.get('photon-vllm')} vs Llama {conc.get('llama-vllm')}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# PHOTON in vLLM: {report['size']} ({report['dtype']}), {report['machine']}, {report['date']}", ""]
+    conc = report.get("max_concurrency", {})
+    if conc:
+        lines += [f"vLLM's maximum concurrency at {report['max_model_len']} tokens per request, same KV budget: "
+                  f"PHOTON {conc.get('photon-vllm')}, Llama {conc.get('llama-vllm')} "
+                  f"({report.get('concurrency_ratio', float('nan')):.1f}x).", ""]
+    lines += ["| server | clients | output tok/s | TTFT median (s) | TTFT p95 (s) | per-token median (ms) | p95 (ms) |",
+              "|---|---|---|---|---|---|---|"]
+    for kind, runs in report["serving"].items():
+        for clients, r in sorted(runs.items(), key=lambda item: int(item[0])):
+            lines.append(f"| {kind} | {clients} | {r['output_tokens_per_s']:.1f} | {r['ttft_median_s']:.3f} | "
+                         f"{r['ttft_p95_s']:.3f} | {r['token_latency_median_ms']:.1f} | "
+                         f"{r['token_latency_p95_ms']:.1f} |")
+    for name, result in report.get("chunked_prefill", {}).items():
+        lines += ["", f"Chunked prefill, {name}: {result['prompt_tokens']} tokens unsplit "
+                  f"{result['unsplit_s']:.2f} s, in {result['chunk_tokens']}-token chunks {result['chunked_s']:.2f} s "
+                  f"({result['chunked_over_unsplit']:.2f}x)."]
+    if "profile" in report:
+        p = report["profile"]
+        lines += ["", f"Profile (PHOTON, {p['requests']} requests x {p['new_tokens']} tokens, {p['wall_s']:.2f} s): "
+                  f"matrix products and attention {100 * p['arithmetic_share_of_wall']:.0f}% of the wall time, all "
+                  f"ops {100 * p['ops_share_of_wall']:.0f}%."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="base", help="PHOTON preset (default: base)")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--kv-space", type=int, default=1, help="CPU: KV budget in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(64, 256), help="prompt length range")
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens each request generates")
+    parser.add_argument("--long-prompt", type=int, default=2040, help="chunked prefill: the prompt's length")
+    parser.add_argument("--chunk", type=int, default=256, help="chunked prefill: vLLM's token budget")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile-requests", type=int, default=32)
+    parser.add_argument("--serve-python", default=sys.executable, help="the Python that runs `photon-hf serve`")
+    parser.add_argument("--skip", nargs="*", default=[], choices=[*SERVERS, "chunked-prefill", "profile"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    machine = platform.processor() or platform.machine()
+    if args.device == "cuda":
+        import torch
+
+        machine = torch.cuda.get_device_name()
+    report = dict(size=args.size, dtype=args.dtype, device=args.device, machine=machine,
+                  date=time.strftime("%Y-%m-%d %H:%M"), max_model_len=args.max_model_len, kv_space_gib=args.kv_space,
+                  clients=args.clients, requests_per_client=args.requests_per_client,
+                  prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, serving={}, max_concurrency={},
+                  command=" ".join(sys.argv))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        photon, llama, costs = make_models(root, args.size, args.dtype, args.seed)
+        report["photon_row_bytes"] = costs["photon_row_bytes"](args.max_model_len)
+        report["llama_bytes"] = costs["llama_bytes"](args.max_model_len)
+        for kind in SERVERS:
+            if kind in args.skip:
+                continue
+            folder = llama if kind.startswith("llama") else photon
+            with Server(kind, folder, args, root / f"{kind}.log") as server:
+                if kind != "photon-serve":
+                    report["max_concurrency"][kind] = server.max_concurrency()
+                serve_clients(server, [["".join(chr(LETTERS + i) for i in range(32))]], 4)  # warm-up
+                runs = report["serving"][kind] = {}
+                for clients in args.clients:
+                    prompts = workload(clients, args.requests_per_client, args.prompt_tokens, args.seed)
+                    runs[str(clients)] = result = serve_clients(server, prompts, args.new_tokens)
+                    print(f"{kind} {clients:4d} clients: {result['output_tokens_per_s']:8.1f} tok/s, TTFT median "
+                          f"{result['ttft_median_s']:.3f} s, per token {result['token_latency_median_ms']:.1f} ms",
+                          flush=True)
+        conc = report["max_concurrency"]
+        if conc.get("photon-vllm") and conc.get("llama-vllm"):
+            report["concurrency_ratio"] = conc["photon-vllm"] / conc["llama-vllm"]
+            print(f"vLLM max concurrency at {args.max_model_len}: PHOTON {conc['photon-vllm']}x, Llama "
+                  f"{conc['llama-vllm']}x ({report['concurrency_ratio']:.1f}x)", flush=True)
+        if "chunked-prefill" not in args.skip:
+            report["chunked_prefill"] = {name: chunked_prefill(folder, args)
+                                         for name, folder in (("photon", photon), ("llama", llama))}
+            print(f"chunked prefill: {report['chunked_prefill']}", flush=True)
+        if "profile" not in args.skip:
+            report["profile"] = profile(photon, args)
+            print(f"profile: {json.dumps(report['profile'], indent=1)}", flush=True)
+    output = args.output or RESULTS / f"vllm_{time.strftime('%Y%m%d-%H%M%S')}_{args.device}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=1))
+    output.with_suffix(".md").write_text(markdown(report))
+    if report["serving"]:
+        plot(report, output.with_suffix(".png"))
+    print(markdown(report))
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
