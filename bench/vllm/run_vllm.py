@@ -62,7 +62,7 @@ class Server:
             command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
                        "--served-model-name", kind, "--host", "127.0.0.1", "--port", str(self.port), "--dtype",
                        args.dtype, "--max-model-len", str(args.max_model_len), "--max-num-seqs",
-                       str(max(args.clients)), "--disable-log-requests"]
+                       str(max(args.clients))]
             if args.device == "cuda":
                 command += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
             else:
@@ -111,26 +111,27 @@ def stream(url: str, model: str, prompt: str, new_tokens: int, start: float, vll
     import urllib.request
 
     body = dict(model=model, prompt=prompt, max_tokens=new_tokens, temperature=0, stream=True)
-    if vllm:
-        body["ignore_eos"] = True
+    if vllm:  # every token counted by id (a random model emits special tokens, which have no text)
+        body.update(ignore_eos=True, return_token_ids=True)
     sent = time.perf_counter()
     request = urllib.request.Request(f"{url}/v1/completions", data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"})
-    arrivals, characters = [], 0
+    arrivals, characters, tokens = [], 0, 0
     with urllib.request.urlopen(request, timeout=3600) as response:
         for raw in response:
             line = raw.decode().strip()
             if line.startswith("data: ") and line != "data: [DONE]":
-                chunk = json.loads(line[6:])
-                if chunk["choices"] and chunk["choices"][0].get("text"):
+                choices = json.loads(line[6:])["choices"]
+                if choices and (choices[0].get("text") or choices[0].get("token_ids")):
                     arrivals.append(time.perf_counter())
-                    characters += len(chunk["choices"][0]["text"])
+                    characters += len(choices[0].get("text") or "")
+                    tokens += len(choices[0].get("token_ids") or [])
     done = time.perf_counter()
-    if characters != new_tokens:
-        raise RuntimeError(f"asked for {new_tokens} tokens, got {characters}")
+    if vllm and tokens != new_tokens:
+        raise RuntimeError(f"asked for {new_tokens} tokens, got {tokens}")
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
     return dict(sent=sent - start, first=(arrivals[0] - sent) if arrivals else None, end=done - start,
-                chunks=len(arrivals), tokens=characters, gaps=gaps)
+                chunks=len(arrivals), tokens=tokens or characters, gaps=gaps)
 
 
 def serve_clients(server: Server, prompts: list[list[str]], new_tokens: int) -> dict:
@@ -327,6 +328,8 @@ def main(argv=None):
                   clients=args.clients, requests_per_client=args.requests_per_client,
                   prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, serving={}, max_concurrency={},
                   command=" ".join(sys.argv))
+    logs = Path(tempfile.mkdtemp(prefix="photon-vllm-bench-"))
+    print(f"server logs: {logs}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         photon, llama, costs = make_models(root, args.size, args.dtype, args.seed)
@@ -336,7 +339,7 @@ def main(argv=None):
             if kind in args.skip:
                 continue
             folder = llama if kind.startswith("llama") else photon
-            with Server(kind, folder, args, root / f"{kind}.log") as server:
+            with Server(kind, folder, args, logs / f"{kind}.log") as server:
                 if kind != "photon-serve":
                     report["max_concurrency"][kind] = server.max_concurrency()
                 serve_clients(server, [["".join(chr(LETTERS + i) for i in range(32))]], 4)  # warm-up

@@ -41,8 +41,10 @@ def photon_checkpoint(folder: Path, seed: int = 1, **overrides) -> Path:
 def reference(folder: Path, prompts: list[list[int]], max_tokens: list[int],
               dtype: torch.dtype = torch.float32) -> list[list[int]]:
     """`PhotonForCausalLM.generate`, greedy, each prompt alone, with a cache sized like vLLM's state
-    (`max_cache_len=MAX_MODEL_LEN`: in bfloat16 a cache's length changes the attention's rounding)."""
+    (`max_cache_len=MAX_MODEL_LEN`: in bfloat16 a cache's length changes the attention's rounding), past any
+    end-of-sequence token (vLLM's `ignore_eos`)."""
     model = PhotonForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    model.generation_config.eos_token_id = None
     outputs = []
     for prompt, budget in zip(prompts, max_tokens, strict=True):
         cache = PhotonCache(model.config, max_cache_len=MAX_MODEL_LEN)

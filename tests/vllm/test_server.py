@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -79,7 +80,7 @@ def served(tmp_path_factory):
     0.32 dies when chunked prefill splits a seeded request's prompt (it rewinds the request's generator with
     `Generator.set_offset`, which CPU generators lack; docs/vllm.md). Chunked prefill's exactness is tested in
     test_generate.py."""
-    folder = photon_checkpoint(tmp_path_factory.mktemp("served") / "photon")
+    folder = photon_checkpoint(tmp_path_factory.mktemp("served") / "photon", eos_token_id=258)  # the tokenizer's
     server = Server(folder, "--max-num-seqs", "16", "--max-num-batched-tokens", "2048")
     try:
         yield folder, server.wait()
@@ -172,6 +173,18 @@ def test_keys_and_bad_requests_get_4xx_and_the_server_keeps_serving(served):
     assert "prompt log-probabilities" in httpx.post(f"{server.url}/v1/completions", json=body | dict(
         prompt_logprobs=1), headers=headers, timeout=60).text
     assert complete(server, "x = ", max_tokens=4, temperature=0)["choices"][0]["finish_reason"] == "length"
+
+
+def test_the_documented_client_check_passes(served):
+    """examples/vllm_client.py, as docs/vllm.md runs it: 16 concurrent greedy completions equal to
+    `photon-hf generate` (end-of-sequence included), n=2, a seed alone and in a busy batch."""
+    folder, server = served
+    example = Path(__file__).resolve().parents[2] / "examples" / "vllm_client.py"
+    result = subprocess.run([sys.executable, str(example), "--model", str(folder), "--url", f"{server.url}/v1",
+                             "--served-model-name", "photon", "--api-key", API_KEY, "--max-tokens", "24"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "16/16 concurrent greedy completions equal photon-hf generate" in result.stdout
 
 
 def test_data_parallel_engines_serve_exactly(tmp_path):
