@@ -67,6 +67,38 @@ def test_sweep_and_report_end_to_end(tmp_path):
     assert (tmp_path / "trend.png").stat().st_size > 0
 
 
+def test_a_run_interrupted_and_continued_equals_the_run_uninterrupted(tmp_path):
+    """A run paused at step 3 (checkpointed: model, optimizer, RNG, data position, curve so far), then continued by
+    the same command, ends with bit-equal weights and the same curve and figures as the run done in one go; a run
+    killed between checkpoints continues from its last one."""
+    common = ["sweep", "--widths", "32", "--models", "photon", "--lrs", "3e-3", "--steps", "6", "--seq-len", "32",
+              "--batch", "2", "--eval-tokens", "1024", "--selection-tokens", "512", "--legacy-tokens", "0",
+              "--eval-every", "2", "--no-agreement", "--photon", "decoder_lookback=4"]
+    whole, parts = tmp_path / "whole.jsonl", tmp_path / "parts.jsonl"
+    study.main(common + ["--results", str(whole)])
+    study.main(common + ["--results", str(parts), "--pause-at", "3"])
+    assert not parts.exists()  # nothing recorded: the run is paused, not done
+    (saved,) = (tmp_path / "parts.checkpoints").iterdir()
+    state = torch.load(saved, weights_only=True)
+    assert state["steps_done"] == 3 and [p["step"] for p in state["curve"]] == [2] and not state["finished"]
+    study.main(common + ["--results", str(parts)])
+    (a,), (b,) = study.load_results(whole), study.load_results(parts)
+    assert [p["step"] for p in b["curve"]] == [2, 4, 6]
+    assert a["curve"] == b["curve"] and a["train_loss_trace"] == b["train_loss_trace"]
+    for field in ("valid_bits_per_byte", "selection_bits_per_byte", "valid_bits_by_chunk_position"):
+        assert a[field] == b[field]
+    weights = [torch.load(next((tmp_path / f"{name}.checkpoints").iterdir()), weights_only=True)
+               for name in ("whole", "parts")]
+    assert all(w["finished"] and "optimizer" not in w for w in weights)
+    assert weights[0]["model"].keys() == weights[1]["model"].keys()
+    assert all(torch.equal(weights[0]["model"][k], weights[1]["model"][k]) for k in weights[0]["model"])
+    # Another run's checkpoint under this run's name is refused, not silently continued.
+    other = study.RunCheckpoint(tmp_path / "parts.checkpoints", "another run")
+    other.path = saved
+    with pytest.raises(SystemExit, match="another run's checkpoint"):
+        other.load()
+
+
 def test_evaluation_windows_spread_over_the_whole_stream_without_overlap():
     stream = np.arange(10_000, dtype=np.int32) % 251
     windows = study.spread_windows(stream, 40 * 64, 64)

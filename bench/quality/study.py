@@ -14,11 +14,13 @@ The protocol (docs/quality.md):
 * metric: held-out bits per byte over non-overlapping validation windows, split into "copyable" positions (the
   next 8 bytes already occur earlier in the window, so a model that can copy predicts them) and the others.
 
-Every run appends one JSON line to a results file (runs already there are skipped), so a sweep can be stopped and
-resumed; `report` picks each model's best learning rate and writes a table, a JSON summary and a plot of held-out
-bits per byte against the analytic cache bytes per token and the decode FLOPs per token (the quality/efficiency
-frontier). Every cost figure (training FLOPs, cache bytes, decode FLOPs) and the Llamas' depths come from
-`photon_hf.memory`, and `report` recomputes them from each run's recorded config.
+Every run appends one JSON line to a results file (runs already there are skipped), and checkpoints itself beside
+it (RESULTS.checkpoints/: model, optimizer, RNG, steps done, the curve so far) every --checkpoint-every steps, so
+running the same command again continues a run cut short bit-exactly where its last checkpoint left it (--pause-at
+stops every run at a step on purpose); `report` picks each model's best learning rate and writes a table, a JSON
+summary and a plot of held-out bits per byte against the analytic cache bytes per token and the decode FLOPs per
+token (the quality/efficiency frontier). Every cost figure (training FLOPs, cache bytes, decode FLOPs) and the
+Llamas' depths come from `photon_hf.memory`, and `report` recomputes them from each run's recorded config.
 
     python -m bench.quality.study sweep --widths 128 --models photon llama --lrs 1e-3 2e-3 4e-3 --steps 600
     python -m bench.quality.study sweep --widths 128 --models photon --lrs 2e-3 --photon chunk_sizes=2,2
@@ -31,10 +33,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -306,19 +311,69 @@ def parameter_groups(model: nn.Module, weight_decay: float, hierarchy_lr: float 
     return [groups[k] for k in sorted(groups, key=lambda k: (not k[0], k[1]))]
 
 
+class RunCheckpoint:
+    """One run's state on disk, so that a run cut short (a sitting ends, the process is killed) continues
+    bit-exactly where it stopped: the model's and the optimizer's state, the RNG, the steps done (the data position:
+    every step's batch is a function of the step) and what the run has recorded so far (learning curve, loss trace,
+    training seconds). One file per run, named by a hash of the run's key; after the run is recorded the file keeps
+    the final weights only (for later diagnosis)."""
+
+    def __init__(self, directory: Path, key: str):
+        self.key = key
+        self.path = Path(directory) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+    def load(self) -> dict | None:
+        """The saved state of this run, or None when there is none (or it is a finished run's weights)."""
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state["key"] != self.key:
+            raise SystemExit(f"{self.path} holds another run's checkpoint (key {state['key']}); remove it")
+        return None if state["finished"] else state
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, progress: dict):
+        """Write the state atomically (a temporary file, then a rename): a kill during the write keeps the last one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"key": self.key, "finished": optimizer is None, "model": model.state_dict(), **progress}
+        if optimizer is not None:
+            state |= {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+        scratch = self.path.with_suffix(".tmp")
+        torch.save(state, scratch)
+        os.replace(scratch, self.path)
+
+
 def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, device, bf16: bool,
-          progress: str = "", hierarchy_lr: float = 1.0, eval_every: int = 0, checkpoint=None) -> dict:
-    """Train `steps` steps of the recipe; with `eval_every`, call `checkpoint(steps_done)` after every that many
-    steps (not after the last: the caller evaluates the trained model)."""
+          progress: str = "", hierarchy_lr: float = 1.0, eval_every: int = 0, curve_point=None,
+          checkpoint: RunCheckpoint | None = None, checkpoint_every: int = 0, pause_at: int | None = None) -> dict:
+    """Train `steps` steps of the recipe; with `eval_every`, call `curve_point(steps_done)` after every that many
+    steps (not after the last: the caller evaluates the trained model). With `checkpoint`, continue from its saved
+    state when there is one, save every `checkpoint_every` steps and, with `pause_at`, stop there (saved): the
+    result then has "paused": True and no final figures."""
     offsets = batch_offsets(len(stream), recipe.seq_len, recipe.batch, recipe.steps, recipe.seed)
     groups = parameter_groups(model, recipe.weight_decay, hierarchy_lr)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=recipe.betas)
     schedule = Recipe(**{**dataclasses.asdict(recipe), "steps": steps})  # llama-size runs fewer steps
     data = torch.from_numpy(stream)
     span = torch.arange(recipe.seq_len)
+    done, trace, seconds = 0, [], 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        done, trace, seconds = saved["steps_done"], saved["train_loss_trace"], saved["train_seconds"]
+        if curve_point is not None:
+            curve_point.restore(saved["curve"])
+        print(f"{progress} continues from step {done} ({checkpoint.path})", flush=True)
+
+    def save(step_count: int):
+        checkpoint.save(model, optimizer, {"steps_done": step_count, "train_loss_trace": trace,
+                                           "train_seconds": seconds + time.perf_counter() - start,
+                                           "curve": curve_point.points if curve_point is not None else []})
+
     model.train()
-    trace, start = [], time.perf_counter()
-    for step in range(steps):
+    start = time.perf_counter()
+    for step in range(done, steps):
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"] * schedule.lr_factor(step)
         rows = torch.from_numpy(offsets[step % recipe.steps])[:, None] + span
@@ -334,16 +389,23 @@ def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, devi
             trace.append([step, value])
             if not math.isfinite(value):
                 break
-            rate = (step + 1) * batch.numel() / (time.perf_counter() - start)
+            rate = (step + 1 - done) * batch.numel() / (time.perf_counter() - start)
             print(f"\r{progress} step {step + 1}/{steps} loss {value:.3f} ({rate:.0f} tok/s)", end="", flush=True)
-        if eval_every and checkpoint is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
+        if eval_every and curve_point is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
             paused = time.perf_counter()
-            checkpoint(step + 1)
+            curve_point(step + 1)
             model.train()
             start += time.perf_counter() - paused  # train_seconds counts training only
+        if checkpoint is not None and step + 1 < steps:
+            if step + 1 == pause_at:
+                save(step + 1)
+                print(f"\n{progress} paused at step {step + 1}: {checkpoint.path}", flush=True)
+                return {"paused": True}
+            if checkpoint_every and (step + 1) % checkpoint_every == 0:
+                save(step + 1)
     print(file=sys.stdout, flush=True)
     return {"steps": steps, "tokens_seen": steps * recipe.batch * recipe.seq_len, "train_loss_trace": trace,
-            "train_seconds": time.perf_counter() - start}
+            "train_seconds": seconds + time.perf_counter() - start}
 
 
 @torch.no_grad()
@@ -408,6 +470,29 @@ def greedy_agreement(model, stream: np.ndarray, device, bf16: bool, prompts: int
 
 
 # --------------------------------------------------------------------------------------------------- the runs
+@dataclasses.dataclass
+class LearningCurve:
+    """A run's learning curve: calling it with the steps done appends a held-out point, scored by `score()` (the
+    `window_losses` of the curve windows) or from given sums and counts."""
+
+    score: Callable[[], tuple[np.ndarray, np.ndarray]]
+    tokens_per_step: int
+    label: str
+    points: list[dict] = dataclasses.field(default_factory=list)
+
+    def __call__(self, steps_done: int, sums: np.ndarray | None = None, counts: np.ndarray | None = None):
+        if sums is None:
+            sums, counts = self.score()
+        point = bits_summary(sums, counts)
+        self.points.append({"step": steps_done, "tokens_seen": steps_done * self.tokens_per_step, **point})
+        print(f"\n{self.label} step {steps_done}: {point['bits_per_byte']:.4f} bits/byte on the curve windows",
+              flush=True)
+
+    def restore(self, points: list[dict]):
+        """The points of a checkpoint (a run that continues)."""
+        self.points[:] = points
+
+
 def build(model_name: str, width: int, recipe: Recipe, photon_overrides: dict) -> tuple[object, object, int]:
     """(model config, the PHOTON it is compared with, training steps) for one model of the study."""
     photon = photon_config(width, photon_overrides)
@@ -460,24 +545,21 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
         f" init={init}" if init != "default" else "") + (
         f" hierarchy_lr={hierarchy_lr:g}]" if record["hierarchy_lr"] != 1.0 else "]")
     windows = data["windows"]
-    tokens_per_step = recipe.batch * recipe.seq_len
-    curve = []
-
-    def checkpoint(steps_done: int, sums=None, counts=None):
-        if sums is None:
-            sums, counts = window_losses(model, windows["valid"].every(args.curve_stride), recipe.batch, device, bf16)
-        point = bits_summary(sums, counts)
-        curve.append({"step": steps_done, "tokens_seen": steps_done * tokens_per_step, **point})
-        print(f"\n{label} step {steps_done}: {point['bits_per_byte']:.4f} bits/byte on the curve windows", flush=True)
-
-    record.update(train(model, data["train"], recipe, lr, steps, device, bf16, progress=label,
-                        hierarchy_lr=record["hierarchy_lr"], eval_every=args.eval_every, checkpoint=checkpoint))
+    curve = LearningCurve(lambda: window_losses(model, windows["valid"].every(args.curve_stride), recipe.batch,
+                                                device, bf16), recipe.batch * recipe.seq_len, label)
+    checkpoint = RunCheckpoint(args.checkpoints, run_key(record)) if args.checkpoints else None
+    trained = train(model, data["train"], recipe, lr, steps, device, bf16, progress=label,
+                    hierarchy_lr=record["hierarchy_lr"], eval_every=args.eval_every, curve_point=curve,
+                    checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, pause_at=args.pause_at)
+    if trained.get("paused"):
+        return None
+    record.update(trained)
     record["train_flops"] = record["train_flops_per_token"] * record["tokens_seen"]
     sums, counts = window_losses(model, windows["valid"], recipe.batch, device, bf16)
     record.update(reported(bits_summary(sums, counts)))
     if args.eval_every:  # the last point of the curve, from the same windows as the others
-        checkpoint(steps, sums[:: args.curve_stride], counts[:: args.curve_stride])
-        record["curve"] = curve
+        curve(steps, sums[:: args.curve_stride], counts[:: args.curve_stride])
+        record["curve"] = curve.points
     for name in ("selection", "legacy"):
         if name in windows:
             record.update(reported(evaluate(model, windows[name], recipe.batch, device, bf16), name))
@@ -485,6 +567,8 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
         record["greedy_agreement"] = greedy_agreement(model, data["valid"], device, bf16)
     print(f"{label} {record['valid_bits_per_byte']:.4f} bits/byte (copyable {record['valid_bits_copyable']:.3f}, "
           f"other {record['valid_bits_other']:.3f}) in {record['train_seconds']:.0f} s", flush=True)
+    if checkpoint is not None:
+        checkpoint.save(model, None, {})  # the final weights only
     return record
 
 
@@ -545,6 +629,8 @@ def sweep(args) -> list[dict]:
     recipe = Recipe(steps=args.steps, batch=args.batch, seq_len=args.seq_len, warmup=args.warmup, seed=args.seed)
     overrides = parse_overrides(args.photon)
     results_path = Path(args.results)
+    if args.checkpoints is None:
+        args.checkpoints = results_path.with_suffix(".checkpoints")
     done = {run_key(r) for r in load_results(results_path)}
     data = load_data(args)
     new = []
@@ -559,6 +645,8 @@ def sweep(args) -> list[dict]:
                     print(f"[{model_name} D={width} lr={lr:g}] already in {results_path}, skipped")
                     continue
                 record = run_one(model_name, width, lr, recipe, overrides, args.init, hierarchy_lr, data, args, device)
+                if record is None:  # paused (--pause-at): the same command continues it
+                    continue
                 results_path.parent.mkdir(parents=True, exist_ok=True)
                 with results_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -880,6 +968,12 @@ def main(argv=None):
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--results", default="bench/quality/results/runs.jsonl")
+    run.add_argument("--checkpoints", default=None,
+                     help="where runs keep their checkpoints (default: beside --results, RESULTS.checkpoints/): a run "
+                          "cut short continues from its last one when the same command runs again")
+    run.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none)")
+    run.add_argument("--pause-at", type=int, default=None,
+                     help="stop every unfinished run at this step, checkpointed (the same command continues it)")
     rep = commands.add_parser("report", help="table, JSON and plot of the best run of every model")
     rep.add_argument("--results", nargs="+", default=["bench/quality/results/runs.jsonl"], help="JSONL run files")
     rep.add_argument("--out", default=None, help="output stem (default: the first results file without .jsonl)")
