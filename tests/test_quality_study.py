@@ -172,6 +172,28 @@ def test_copyable_positions_by_hand():
     assert flags.tolist() == [t == span + 2 for t in range(1, len(window))]
 
 
+def test_copy_sources_distances_and_alignment_by_hand():
+    span = study.COPY_SPAN
+    pattern = np.arange(1, span + 1, dtype=np.int32)
+    # The pattern at 0, again 10 bytes later (out of the chunk phase), again 12 bytes after that (in phase).
+    window = np.concatenate([pattern, [99, 98], pattern, [97, 96, 95, 94], pattern, np.full(span, 90)])
+    stream = np.concatenate([window, np.zeros(span)]).astype(np.int32)
+    windows = study.window_set(stream, np.array([0]), len(window))
+    targets = {t: (d, a) for t, (d, a) in enumerate(zip(windows.distance[0], windows.aligned[0], strict=True), 1) if d}
+    assert targets == {span + 2: (span + 2, False), 2 * span + 6: (span + 4, True)}
+    assert np.array_equal(windows.copyable, windows.distance > 0)
+    assert windows.target_bytes.tolist() == [[1] * (len(window) - 1)]
+    # Tokens of several bytes: the same bytes in tokens of 2 (and 1), distances in bytes, alignment in tokens.
+    pieces = [b"ab", b"cd", b"ef", b"gh", b"ab", b"cd", b"ef", b"gh", b"x", b"ab", b"cd", b"ef", b"gh", b"yy"]
+    vocab = sorted(set(pieces))
+    ids = np.array([vocab.index(b) for b in pieces] + [vocab.index(b"yy")] * span, dtype=np.int32)
+    windows = study.window_set(ids, np.array([0]), len(pieces), token_bytes=vocab)
+    assert windows.target_bytes[0].tolist() == [len(b) for b in pieces[1:]]
+    # "abcdefgh" again at token 4 (8 bytes = 4 tokens back: in phase) and at token 9 (9 bytes = 5 tokens back).
+    assert {t: (d, a) for t, (d, a) in enumerate(zip(windows.distance[0], windows.aligned[0], strict=True), 1)
+            if d} == {4: (8, True), 9: (9, False)}
+
+
 def test_copy_distances_by_hand():
     span = study.COPY_SPAN
     pattern = np.arange(1, span + 1, dtype=np.int32)

@@ -58,6 +58,10 @@ MODELS = ("photon", "llama", "llama-size")
 # Bits per byte are also split by a target's position in its 4-byte chunk (PHOTON's level-0 chunk by default): the
 # first byte of a chunk is predicted from the converter prefix alone, so it measures what the hierarchy carries.
 CHUNK_PHASES = 4
+UNIT_CHUNKS = 4  # ... and by its chunk's position in the unit above (the default's level-1 unit of 4 chunks)
+# Copyable targets are also split by how many bytes back their source starts: within a look-back of 8 byte tokens
+# (11 bytes), within 35, within 100, further.
+COPY_DISTANCES = (11, 35, 100)
 CACHE_CONTEXT = 2048  # context (tokens) at which cache bytes and decode FLOPs per token are reported
 # Learning rates are picked on a selection split, never on the windows that are reported: the training files whose
 # split key (`photon_hf.data.split_key`) lies in [VALIDATION_FRACTION, + SELECTION_FRACTION), held out of training.
@@ -91,39 +95,69 @@ def batch_offsets(stream_length: int, seq_len: int, batch: int, steps: int, seed
     return np.random.default_rng(seed).integers(0, stream_length - seq_len - 1, size=(steps, batch))
 
 
+def copy_sources(data: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For each target offset s (increasing) into `data` (a window's bytes, read on COPY_SPAN bytes past its end):
+    how many bytes back the nearest earlier occurrence of data[s : s + COPY_SPAN] starts, that occurrence lying
+    entirely inside data[:s]; 0 where there is none (the target is not copyable). An int64 array like `targets`."""
+    raw, item = data.tobytes(), data.dtype.itemsize
+    latest: dict[bytes, int] = {}
+    distances = np.zeros(len(targets), dtype=np.int64)
+    added = 0  # the spans starting before `added` are in `latest`, the newest occurrence winning
+    for i, s in enumerate(targets):
+        while added + COPY_SPAN <= s:
+            latest[raw[added * item : (added + COPY_SPAN) * item]] = added
+            added += 1
+        start = latest.get(raw[s * item : (s + COPY_SPAN) * item])
+        distances[i] = 0 if start is None else s - start
+    return distances
+
+
 def copyable_positions(window: np.ndarray, stream_tail: np.ndarray) -> np.ndarray:
-    """For each target position t >= 1 of a window, whether bytes t .. t+COPY_SPAN-1 (read on into `stream_tail`,
-    the bytes after the window) already occur entirely inside window[:t]. Returns a bool array [len(window) - 1]
-    aligned with the targets window[1:]."""
-    data = np.concatenate([window, stream_tail[:COPY_SPAN]]).tobytes()
-    item = window.dtype.itemsize
-    seen: set[bytes] = set()
-    flags = np.zeros(len(window) - 1, dtype=bool)
-    for t in range(1, len(window)):
-        if t >= COPY_SPAN:
-            start = t - COPY_SPAN
-            seen.add(data[start * item : t * item])
-        flags[t - 1] = data[t * item : (t + COPY_SPAN) * item] in seen
-    return flags
+    """For each target position t >= 1 of a byte window, whether bytes t .. t+COPY_SPAN-1 (read on into
+    `stream_tail`, the bytes after the window) already occur entirely inside window[:t]. Returns a bool array
+    [len(window) - 1] aligned with the targets window[1:]."""
+    return copy_sources(np.concatenate([window, stream_tail[:COPY_SPAN]]), np.arange(1, len(window))) > 0
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalWindows:
-    """Held-out windows and, for each target, whether it is copyable."""
+    """Held-out windows and, for each target, its bytes and where it could be copied from. All but `ids` are
+    [windows, seq_len - 1], aligned with the targets ids[:, 1:]."""
 
     ids: np.ndarray  # [windows, seq_len] int32
-    copyable: np.ndarray  # [windows, seq_len - 1] bool, aligned with the targets ids[:, 1:]
+    copyable: np.ndarray  # bool: the target's next COPY_SPAN bytes already occur earlier in the window
+    distance: np.ndarray  # int64: how many bytes back the nearest such occurrence starts (0: not copyable)
+    aligned: np.ndarray  # bool: that occurrence starts a token a multiple of CHUNK_PHASES tokens back (same phase)
+    target_bytes: np.ndarray  # int64: bytes each target token stands for (1 for byte-level tokens)
 
     def every(self, stride: int) -> EvalWindows:
         """Every `stride`-th window (still spread over the whole stream)."""
-        return EvalWindows(self.ids[::stride], self.copyable[::stride])
+        return EvalWindows(*(getattr(self, f.name)[::stride] for f in dataclasses.fields(self)))
 
 
-def window_set(stream: np.ndarray, starts: np.ndarray, seq_len: int) -> EvalWindows:
+def window_set(stream: np.ndarray, starts: np.ndarray, seq_len: int, token_bytes: list[bytes] | None = None):
+    """The windows stream[s : s + seq_len] for s in `starts`, with their targets' copy sources (`copy_sources`, on
+    the windows' bytes: `token_bytes[id]` is what a token id stands for; None for byte-level tokens)."""
     ids = np.stack([stream[s : s + seq_len] for s in starts])
-    copyable = np.stack([copyable_positions(stream[s : s + seq_len], stream[s + seq_len : s + seq_len + COPY_SPAN])
-                         for s in starts])
-    return EvalWindows(ids, copyable)
+    fields = []
+    for s in starts:
+        window = stream[s : s + seq_len + COPY_SPAN]  # read on: a target's span may end after the window
+        if token_bytes is None:
+            data, offsets, lengths = window, np.arange(len(window)), np.ones(len(window), dtype=np.int64)
+        else:
+            pieces = [token_bytes[i] for i in window]
+            lengths = np.array([len(b) for b in pieces], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            data = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+        targets = offsets[1:seq_len]
+        distance = copy_sources(data, targets)
+        copyable = distance > 0
+        source = np.searchsorted(offsets, targets - distance)  # the token the source starts in (when it starts one)
+        back = np.arange(1, seq_len) - source
+        aligned = copyable & (offsets[np.minimum(source, len(offsets) - 1)] == targets - distance) & (
+            back % CHUNK_PHASES == 0)
+        fields.append((copyable, distance, aligned, lengths[1:seq_len]))
+    return EvalWindows(ids, *(np.stack(column) for column in zip(*fields, strict=True)))
 
 
 def window_count(stream: np.ndarray, tokens: int, seq_len: int) -> int:
@@ -408,35 +442,60 @@ def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, devi
             "train_seconds": seconds + time.perf_counter() - start}
 
 
+def target_masks(windows: EvalWindows) -> torch.Tensor:
+    """The kinds of targets the study scores, as masks [kinds, windows, seq_len - 1]: all, copyable, other; each
+    position in a CHUNK_PHASES-token chunk; each position of that chunk in its UNIT_CHUNKS-chunk unit of the level
+    above; copyable by how far back their source starts (the COPY_DISTANCES buckets); copyable from a source in the
+    same chunk phase (aligned) and from one out of phase."""
+    copyable = torch.from_numpy(windows.copyable)
+    distance = torch.from_numpy(windows.distance)
+    aligned = torch.from_numpy(windows.aligned)
+    target = torch.arange(1, windows.ids.shape[1]).expand_as(copyable)
+    edges = [0, *COPY_DISTANCES, distance.max().item() + 1]
+    return torch.stack(
+        [torch.ones_like(copyable), copyable, ~copyable]
+        + [target % CHUNK_PHASES == p for p in range(CHUNK_PHASES)]
+        + [target // CHUNK_PHASES % UNIT_CHUNKS == p for p in range(UNIT_CHUNKS)]
+        + [copyable & (distance > low) & (distance <= high) for low, high in zip(edges, edges[1:], strict=False)]
+        + [copyable & aligned, copyable & ~aligned]
+    )
+
+
 @torch.no_grad()
 def window_losses(model, windows: EvalWindows, batch: int, device, bf16: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per window, the summed negative log-likelihood (nats) and the number of targets of each kind: columns "all",
-    "copyable", "other", then each position in a CHUNK_PHASES-byte chunk. Two float64 arrays [windows, 3 + phases]."""
+    """Per window and kind of target (`target_masks`), the summed negative log-likelihood (nats) and the bytes those
+    targets stand for. Two float64 arrays [windows, kinds]."""
     model.eval()
-    seq = windows.ids.shape[1]
-    phase = torch.arange(1, seq) % CHUNK_PHASES
-    sums, counts = [], []
+    masks = target_masks(windows)
+    weights = (masks * torch.from_numpy(windows.target_bytes)).sum(-1).T.double()
+    sums = []
     for first in range(0, len(windows.ids), batch):
         ids = torch.from_numpy(windows.ids[first : first + batch]).long().to(device)
-        copyable = torch.from_numpy(windows.copyable[first : first + batch])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids=ids, use_cache=False).logits
         nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
         ).cpu().double()
-        masks = [torch.ones_like(copyable), copyable, ~copyable] + [(phase == p).expand_as(copyable)
-                                                                    for p in range(CHUNK_PHASES)]
-        sums.append(torch.stack([(nll * m).sum(1) for m in masks], 1))
-        counts.append(torch.stack([m.sum(1) for m in masks], 1).double())
-    return torch.cat(sums).numpy(), torch.cat(counts).numpy()
+        sums.append((nll * masks[:, first : first + batch]).sum(-1).T)
+    return torch.cat(sums).numpy(), weights.numpy()
 
 
 def bits_summary(sums: np.ndarray, counts: np.ndarray) -> dict:
-    """Bits per byte overall, on copyable / other targets and by position in the chunk, from `window_losses`."""
+    """Bits per byte overall, on copyable / other targets, by position in the chunk and in the unit above, and on
+    copyable targets by distance to their source and by alignment, from `window_losses`."""
     bits = sums.sum(0) / np.maximum(counts.sum(0), 1) / math.log(2)
+    share = counts.sum(0) / max(1.0, counts[:, 0].sum())
+    chunk = 3 + CHUNK_PHASES
+    distance = chunk + UNIT_CHUNKS
+    aligned = distance + len(COPY_DISTANCES) + 1
     return {"bits_per_byte": float(bits[0]), "bits_copyable": float(bits[1]), "bits_other": float(bits[2]),
-            "copyable_fraction": float(counts[:, 1].sum() / max(1, counts[:, 0].sum())),
-            "bits_by_chunk_position": [float(b) for b in bits[3:]]}
+            "copyable_fraction": float(share[1]),
+            "bits_by_chunk_position": [float(b) for b in bits[3:chunk]],
+            "bits_by_unit_position": [float(b) for b in bits[chunk:distance]],
+            "bits_copyable_by_distance": [float(b) for b in bits[distance:aligned]],
+            "copyable_fraction_by_distance": [float(f) for f in share[distance:aligned]],
+            "bits_copyable_aligned": float(bits[aligned]), "bits_copyable_unaligned": float(bits[aligned + 1]),
+            "aligned_fraction": float(share[aligned])}
 
 
 def evaluate(model, windows: EvalWindows, batch: int, device, bf16: bool) -> dict:
@@ -446,10 +505,12 @@ def evaluate(model, windows: EvalWindows, batch: int, device, bf16: bool) -> dic
 
 def reported(summary: dict, prefix: str = "valid") -> dict:
     """`bits_summary` under a run record's names: valid_bits_per_byte, valid_bits_copyable, ..."""
-    fields = ("bits_per_byte", "bits_copyable", "bits_other", "bits_by_chunk_position")
+    fields = ("bits_per_byte", "bits_copyable", "bits_other", "bits_by_chunk_position", "bits_by_unit_position",
+              "bits_copyable_by_distance", "bits_copyable_aligned", "bits_copyable_unaligned")
     record = {f"{prefix}_{name}": summary[name] for name in fields}
     if prefix == "valid":
-        record["copyable_fraction"] = summary["copyable_fraction"]
+        record |= {name: summary[name] for name in ("copyable_fraction", "copyable_fraction_by_distance",
+                                                    "aligned_fraction")}
     return record
 
 
