@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -217,3 +218,57 @@ def _restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def test_subword_tokenizer_round_trips_bytes_and_runs_are_scored_per_byte(tmp_path):
+    """The `bpe` command trains a byte-level BPE (specials 0-2, the 256 bytes, merges); any file, even one that is
+    not UTF-8, decodes back to its exact bytes; bits per byte divide a target's loss by the bytes it stands for; and a
+    sweep with --tokenizer trains and scores its models on those tokens."""
+    lines = ["def f(x):\n    return x + 1\n", "class A:\n    def g(self):\n        return self.value\n", "# caf\xe9\n"]
+    files = []
+    for i in range(4):
+        path = tmp_path / f"f{i}.py"
+        path.write_bytes(("".join(lines[(i + j) % 3] for j in range(40))).encode("latin-1") + bytes([0xFF, 0x80, i]))
+        files.append(str(path))
+    out = tmp_path / "bpe.json"
+    study.main(["bpe", "--vocab-size", "300", "--train-files", *files[:3], "--out", str(out)])
+    vocab = study.load_vocabulary(str(out))
+    assert (vocab.pad, vocab.bos, vocab.eos) == (0, 1, 2) and 259 < vocab.size <= 300
+    stream = vocab.stream([files[3]])  # a file the tokenizer did not see
+    original = Path(files[3]).read_bytes()
+    assert stream[-1] == vocab.eos and b"".join(vocab.token_bytes[i] for i in stream[:-1]) == original
+    assert len(stream) < len(original) / 2  # merges learned: under half a token a byte
+
+    windows = study.spread_windows(stream, 4 * 32, 32, vocab.token_bytes)
+    assert windows.target_bytes.sum() > windows.target_bytes.size  # tokens of several bytes
+
+    class Uniform(nn.Module):  # the same logits everywhere: every target costs log(vocab) nats
+        def forward(self, input_ids, use_cache=False):
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, vocab.size)})()
+
+    bits = study.evaluate(Uniform(), windows, 2, torch.device("cpu"), False)["bits_per_byte"]
+    assert bits == pytest.approx(math.log2(vocab.size) * windows.target_bytes.size / windows.target_bytes.sum())
+
+    results = tmp_path / "runs.jsonl"
+    study.main(["sweep", "--widths", "32", "--models", "photon", "llama", "--lrs", "3e-3", "--steps", "3",
+                "--seq-len", "32", "--batch", "2", "--eval-tokens", "128", "--legacy-tokens", "0", "--no-agreement",
+                "--tokenizer", str(out), "--train-files", *files[:3], "--valid-files", files[3],
+                "--results", str(results)])
+    runs = study.load_results(results)
+    assert {r["tokenizer"] for r in runs} == {"bpe"} and all(r["config"]["vocab_size"] == vocab.size for r in runs)
+    assert all(r["evaluation"]["tokenizer"]["name"] == "bpe" and 0 < r["valid_bits_per_byte"] < 12 for r in runs)
+    assert {study.variant_name(r) for r in runs} == {"photon tokens=bpe", "llama tokens=bpe"}
+
+
+def test_the_tokenizer_is_trained_on_the_training_split_only(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_train(files, vocab_size):
+        seen["files"] = {str(Path(f).relative_to(study.stdlib_root())) for f in files}
+        raise SystemExit("stop before training")
+
+    monkeypatch.setattr(study, "train_bpe", fake_train)
+    with pytest.raises(SystemExit, match="stop before training"):
+        study.main(["bpe", "--out", str(tmp_path / "bpe.json")])
+    assert seen["files"] == set(study.study_files("train"))
+    assert not seen["files"] & set(study.study_files("validation") + study.study_files("selection"))

@@ -79,6 +79,65 @@ def byte_stream(files: list) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """The tokens a study's models read: byte-level (the default) or a subword tokenizer (`tokenizer`, a
+    `tokenizers.Tokenizer` over bytes read as Latin-1, `train_bpe`). `token_bytes[id]` is what a token stands for
+    (bits per byte divide by it; special tokens count one byte, like the byte-level <eos>)."""
+
+    name: str
+    size: int
+    pad: int
+    bos: int
+    eos: int
+    tokenizer: object = None
+    token_bytes: tuple[bytes, ...] | None = None
+    sha256: str | None = None
+
+    def stream(self, files: list) -> np.ndarray:
+        """The files as one int32 token stream, an <eos> after each."""
+        if self.tokenizer is None:
+            return byte_stream(files)
+        texts = [Path(path).read_bytes().decode("latin-1") for path in files]
+        ids = [np.array(e.ids + [self.eos], dtype=np.int32) for e in self.tokenizer.encode_batch(texts)]
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+
+
+BYTES = Vocabulary("bytes", VOCAB, PAD, BOS, EOS)
+BPE_SPECIALS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 of every subword vocabulary the study trains
+# GPT-2's pre-tokenizer split (words with their leading space, digits, punctuation runs, whitespace runs), applied to
+# bytes read as Latin-1: one character a byte, so every merge is a byte string and any file round-trips exactly.
+BPE_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def train_bpe(files: list, vocab_size: int):
+    """A byte-level BPE tokenizer (`tokenizers`) of `vocab_size` tokens trained on `files`: the three specials, the
+    256 bytes, then merges."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(BPE_SPLIT), behavior="isolated")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIALS), show_progress=True,
+                                  initial_alphabet=[chr(b) for b in range(256)])
+    tokenizer.train_from_iterator((Path(path).read_bytes().decode("latin-1") for path in files), trainer=trainer)
+    return tokenizer
+
+
+def load_vocabulary(path: str | None) -> Vocabulary:
+    """The byte-level vocabulary (no path), or the subword tokenizer saved at `path` (`train_bpe`)."""
+    if not path:
+        return BYTES
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    size = tokenizer.get_vocab_size()
+    pad, bos, eos = (tokenizer.token_to_id(t) for t in BPE_SPECIALS)
+    token_bytes = tuple(b"\0" if i in (pad, bos, eos) else tokenizer.id_to_token(i).encode("latin-1")
+                        for i in range(size))
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return Vocabulary(Path(path).stem, size, pad, bos, eos, tokenizer, token_bytes, digest)
+
+
 def study_files(split: str) -> list[str]:
     """The stdlib files (relative paths) of a split of the study: "validation" (the package's validation split, what
     the study reports), "selection" (about 3% of the package's training files, held out for picking learning rates)
@@ -165,17 +224,17 @@ def window_count(stream: np.ndarray, tokens: int, seq_len: int) -> int:
     return max(1, min(tokens // seq_len, (len(stream) - COPY_SPAN) // seq_len))
 
 
-def spread_windows(stream: np.ndarray, tokens: int, seq_len: int) -> EvalWindows:
+def spread_windows(stream: np.ndarray, tokens: int, seq_len: int, token_bytes=None) -> EvalWindows:
     """`window_count` non-overlapping windows spread evenly over the whole stream, first byte to last."""
     count = window_count(stream, tokens, seq_len)
     starts = np.linspace(0, len(stream) - seq_len - COPY_SPAN, count).astype(np.int64)
-    return window_set(stream, starts, seq_len)
+    return window_set(stream, starts, seq_len, token_bytes)
 
 
-def leading_windows(stream: np.ndarray, tokens: int, seq_len: int) -> EvalWindows:
+def leading_windows(stream: np.ndarray, tokens: int, seq_len: int, token_bytes=None) -> EvalWindows:
     """The study's first evaluation set, kept to compare with earlier runs: consecutive windows from the start of
     the stream (with the stdlib validation split, its first 16 files in path order)."""
-    return window_set(stream, np.arange(window_count(stream, tokens, seq_len)) * seq_len, seq_len)
+    return window_set(stream, np.arange(window_count(stream, tokens, seq_len)) * seq_len, seq_len, token_bytes)
 
 
 def copy_distances(windows: EvalWindows) -> np.ndarray:
@@ -264,12 +323,13 @@ class Recipe:
         return self.final_lr + (1 - self.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def photon_config(width: int, overrides: dict | None = None) -> photon_hf.PhotonConfig:
+def photon_config(width: int, overrides: dict | None = None, vocab: Vocabulary = BYTES) -> photon_hf.PhotonConfig:
     """The PHOTON of a width: head width 32 up to D = 128, then 64; SwiGLU 2.6875 x D; two layers per stack."""
     fields = dict(
-        vocab_size=VOCAB, hidden_size=width, intermediate_size=int(2.6875 * width),
+        vocab_size=vocab.size, hidden_size=width, intermediate_size=int(2.6875 * width),
         num_attention_heads=max(4, width // 64), chunk_sizes=[4, 4], converter_width=2, num_encoder_layers=2,
-        num_decoder_layers=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        num_decoder_layers=2, max_position_embeddings=2048, pad_token_id=vocab.pad, bos_token_id=vocab.bos,
+        eos_token_id=vocab.eos,
         kernel_backend="auto",  # the Triton kernels on a GPU, PyTorch on the CPU
     )
     fields.update(overrides or {})
@@ -524,7 +584,7 @@ def greedy_agreement(model, stream: np.ndarray, device, bf16: bool, prompts: int
     ids = torch.from_numpy(np.stack([stream[o : o + prompt_len] for o in offsets])).long().to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         sequences = model.generate(ids, max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False,
-                                   pad_token_id=PAD)
+                                   pad_token_id=model.config.pad_token_id)
         logits = model(input_ids=sequences, use_cache=False).logits
     predicted = logits[:, prompt_len - 1 : -1].argmax(-1)
     return float((predicted == sequences[:, prompt_len:]).float().mean())
@@ -554,9 +614,10 @@ class LearningCurve:
         self.points[:] = points
 
 
-def build(model_name: str, width: int, recipe: Recipe, photon_overrides: dict) -> tuple[object, object, int]:
+def build(model_name: str, width: int, recipe: Recipe, photon_overrides: dict,
+          vocab: Vocabulary = BYTES) -> tuple[object, object, int]:
     """(model config, the PHOTON it is compared with, training steps) for one model of the study."""
-    photon = photon_config(width, photon_overrides)
+    photon = photon_config(width, photon_overrides, vocab)
     if model_name == "photon":
         return photon, photon, recipe.steps
     if model_name == "llama":
@@ -573,10 +634,14 @@ def run_key(record: dict) -> str:
     return json.dumps({k: record.get(k, defaults.get(k)) for k in keys}, sort_keys=True)
 
 
-def evaluation_protocol(args) -> dict:
-    """How a run is evaluated (part of a run's key: runs scored differently are never compared)."""
-    return {"windows": "spread", "eval_tokens": args.eval_tokens, "selection_tokens": args.selection_tokens,
-            "legacy_tokens": args.legacy_tokens, "eval_every": args.eval_every, "curve_stride": args.curve_stride}
+def evaluation_protocol(args, vocab: Vocabulary = BYTES) -> dict:
+    """How a run is evaluated (part of a run's key: runs scored differently are never compared), with the
+    tokenizer when it is not the byte-level one."""
+    protocol = {"windows": "spread", "eval_tokens": args.eval_tokens, "selection_tokens": args.selection_tokens,
+                "legacy_tokens": args.legacy_tokens, "eval_every": args.eval_every, "curve_stride": args.curve_stride}
+    if vocab.tokenizer is not None:
+        protocol["tokenizer"] = {"name": vocab.name, "sha256": vocab.sha256}
+    return protocol
 
 
 def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overrides: dict, init: str,
@@ -584,7 +649,7 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
     """Train one model, evaluating on the curve windows every `args.eval_every` steps, then score it on the
     evaluation windows (`valid_*`, what is reported), the selection windows (`selection_*`, what picks learning
     rates) and the study's first evaluation set (`legacy_*`)."""
-    config, photon, steps = build(model_name, width, recipe, photon_overrides)
+    config, photon, steps = build(model_name, width, recipe, photon_overrides, data["vocab"])
     torch.manual_seed(recipe.seed)
     model_class = photon_hf.PhotonForCausalLM if isinstance(config, photon_hf.PhotonConfig) else LlamaForCausalLM
     model = model_class(config)
@@ -596,8 +661,9 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
     record = {
         "model": model_name, "width": width, "lr": lr, "photon_overrides": photon_overrides, "init": init,
         "hierarchy_lr": hierarchy_lr if model_name == "photon" else 1.0, "recipe": dataclasses.asdict(recipe),
-        "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "bf16": bf16,
+        "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args, data["vocab"]),
+        "tokenizer": data["vocab"].name, "bf16": bf16,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config": config.to_diff_dict(), "parameters": sum(p.numel() for p in model.parameters()),
         **cost_figures(config, recipe.seq_len),
         "photon_train_flops_per_token": memory.training_flops_per_token(photon, recipe.seq_len),
@@ -655,21 +721,38 @@ def load_results(path: Path) -> list[dict]:
 
 
 def load_data(args) -> dict:
-    """The token streams and the evaluation windows: "valid" (spread over the whole validation split, reported),
-    "selection" (spread over the selection split, for picking learning rates; absent with local files and no
-    --selection-files) and "legacy" (the study's first evaluation set: the validation stream's leading windows)."""
+    """The vocabulary (`--tokenizer`), the token streams and the evaluation windows: "valid" (spread over the whole
+    validation split, reported), "selection" (spread over the selection split, for picking learning rates; absent
+    with local files and no --selection-files) and "legacy" (the study's first evaluation set: the validation
+    stream's leading windows)."""
+    vocab = load_vocabulary(getattr(args, "tokenizer", None))
     root = stdlib_root()
     train_files = args.train_files or [root / p for p in study_files("train")]
     valid_files = args.valid_files or [root / p for p in study_files("validation")]
     selection_files = args.selection_files or ([] if args.train_files else [root / p for p in study_files("selection")])
-    streams = {"train": byte_stream(train_files), "valid": byte_stream(valid_files)}
+    streams = {"train": vocab.stream(train_files), "valid": vocab.stream(valid_files)}
     seq = args.seq_len
-    windows = {"valid": spread_windows(streams["valid"], args.eval_tokens, seq)}
+    windows = {"valid": spread_windows(streams["valid"], args.eval_tokens, seq, vocab.token_bytes)}
     if selection_files and args.selection_tokens:
-        windows["selection"] = spread_windows(byte_stream(selection_files), args.selection_tokens, seq)
+        windows["selection"] = spread_windows(vocab.stream(selection_files), args.selection_tokens, seq,
+                                              vocab.token_bytes)
     if args.legacy_tokens:
-        windows["legacy"] = leading_windows(streams["valid"], args.legacy_tokens, seq)
-    return {**streams, "windows": windows}
+        windows["legacy"] = leading_windows(streams["valid"], args.legacy_tokens, seq, vocab.token_bytes)
+    return {**streams, "windows": windows, "vocab": vocab}
+
+
+def train_tokenizer(args) -> Path:
+    """Train the study's subword tokenizer on the training split only (or --train-files) and save it."""
+    files = args.train_files or [stdlib_root() / p for p in study_files("train")]
+    tokenizer = train_bpe(files, args.vocab_size)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out))
+    vocab = load_vocabulary(out)
+    sample = vocab.stream(files[:: max(1, len(files) // 200)])
+    per_token = sum(len(vocab.token_bytes[i]) for i in sample) / len(sample)
+    print(f"{out}: {vocab.size} tokens trained on {len(files)} files, {per_token:.2f} bytes a token on a sample")
+    return out
 
 
 def copy_report(args) -> dict:
@@ -701,7 +784,7 @@ def sweep(args) -> list[dict]:
                 hierarchy_lr = args.hierarchy_lr if model_name == "photon" else 1.0
                 record = {"model": model_name, "width": width, "lr": lr, "recipe": dataclasses.asdict(recipe),
                           "photon_overrides": overrides, "init": args.init, "hierarchy_lr": hierarchy_lr,
-                          "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args)}
+                          "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args, data["vocab"])}
                 if run_key(record) in done:
                     print(f"[{model_name} D={width} lr={lr:g}] already in {results_path}, skipped")
                     continue
@@ -721,6 +804,8 @@ def variant_name(record: dict) -> str:
     suffix = f" init={init}" if init != "default" else ""
     if record.get("hierarchy_lr", 1.0) != 1.0:
         suffix += f" hierarchy_lr={record['hierarchy_lr']:g}"
+    if record.get("tokenizer", "bytes") != "bytes":
+        suffix += f" tokens={record['tokenizer']}"
     if record["model"] != "photon":
         return record["model"] + suffix
     overrides = record["photon_overrides"]
@@ -1023,6 +1108,8 @@ def main(argv=None):
                      help="the curve's points use every this-many-th evaluation window (the last point too)")
     run.add_argument("--no-agreement", dest="agreement", action="store_false",
                      help="skip the generation check (greedy generation vs teacher-forced argmax)")
+    run.add_argument("--tokenizer", default=None,
+                     help="a subword tokenizer saved by the `bpe` command (default: byte-level tokens)")
     run.add_argument("--train-files", nargs="*", help="local text files (default: the stdlib corpus)")
     run.add_argument("--valid-files", nargs="*")
     run.add_argument("--selection-files", nargs="*")
@@ -1046,8 +1133,13 @@ def main(argv=None):
     copies.add_argument("--seq-len", type=int, default=512)
     copies.add_argument("--within", type=int, nargs="+", default=[11, 35, 100],
                         help="report the fraction of copies within these distances (bytes)")
+    bpe = commands.add_parser("bpe", help="train the subword tokenizer on the training split only and save it")
+    bpe.add_argument("--vocab-size", type=int, default=4096)
+    bpe.add_argument("--train-files", nargs="*", help="local text files (default: the stdlib training split)")
+    bpe.add_argument("--out", default="bench/quality/results/bpe-4096.json")
     args = parser.parse_args(argv)
-    return {"sweep": sweep, "report": report, "trend": trend, "copies": copy_report}[args.command](args)
+    return {"sweep": sweep, "report": report, "trend": trend, "copies": copy_report,
+            "bpe": train_tokenizer}[args.command](args)
 
 
 if __name__ == "__main__":
