@@ -766,35 +766,44 @@ def copy_report(args) -> dict:
     return result
 
 
+def recipe_of(args) -> Recipe:
+    return Recipe(steps=args.steps, batch=args.batch, seq_len=args.seq_len, warmup=args.warmup, seed=args.seed)
+
+
+def planned_runs(args) -> list[dict]:
+    """The runs a sweep makes, in order, each as the fields of its key (`run_key`)."""
+    recipe, vocab = recipe_of(args), load_vocabulary(args.tokenizer)
+    return [{"model": model_name, "width": width, "lr": lr, "recipe": dataclasses.asdict(recipe),
+             "photon_overrides": parse_overrides(args.photon), "init": args.init,
+             "hierarchy_lr": args.hierarchy_lr if model_name == "photon" else 1.0, "eval_tokens": args.eval_tokens,
+             "evaluation": evaluation_protocol(args, vocab)}
+            for width in args.widths for model_name in args.models for lr in args.lrs]
+
+
 def sweep(args) -> list[dict]:
+    """Train and score every planned run that is not in the results file yet (continuing any from its checkpoint);
+    the data is loaded only when a run is to be made."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = Recipe(steps=args.steps, batch=args.batch, seq_len=args.seq_len, warmup=args.warmup, seed=args.seed)
-    overrides = parse_overrides(args.photon)
     results_path = Path(args.results)
     if args.checkpoints is None:
         args.checkpoints = results_path.with_suffix(".checkpoints")
     done = {run_key(r) for r in load_results(results_path)}
-    data = load_data(args)
-    new = []
-    for width in args.widths:
-        for model_name in args.models:
-            for lr in args.lrs:
-                hierarchy_lr = args.hierarchy_lr if model_name == "photon" else 1.0
-                record = {"model": model_name, "width": width, "lr": lr, "recipe": dataclasses.asdict(recipe),
-                          "photon_overrides": overrides, "init": args.init, "hierarchy_lr": hierarchy_lr,
-                          "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args, data["vocab"])}
-                if run_key(record) in done:
-                    print(f"[{model_name} D={width} lr={lr:g}] already in {results_path}, skipped")
-                    continue
-                record = run_one(model_name, width, lr, recipe, overrides, args.init, hierarchy_lr, data, args, device)
-                if record is None:  # paused (--pause-at): the same command continues it
-                    continue
-                results_path.parent.mkdir(parents=True, exist_ok=True)
-                with results_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                new.append(record)
+    data, new = None, []
+    for key in planned_runs(args):
+        if run_key(key) in done:
+            print(f"[{key['model']} D={key['width']} lr={key['lr']:g}] already in {results_path}, skipped")
+            continue
+        data = data or load_data(args)
+        record = run_one(key["model"], key["width"], key["lr"], recipe_of(args), key["photon_overrides"], args.init,
+                         key["hierarchy_lr"], data, args, device)
+        if record is None:  # paused (--pause-at): the same command continues it
+            continue
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        with results_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        new.append(record)
     return new
 
 
@@ -1077,7 +1086,7 @@ def plot_sweeps(summary: list[dict], path: str):
     save_figure(plt, fig, path, dpi=110)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -1137,7 +1146,11 @@ def main(argv=None):
     bpe.add_argument("--vocab-size", type=int, default=4096)
     bpe.add_argument("--train-files", nargs="*", help="local text files (default: the stdlib training split)")
     bpe.add_argument("--out", default="bench/quality/results/bpe-4096.json")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     return {"sweep": sweep, "report": report, "trend": trend, "copies": copy_report,
             "bpe": train_tokenizer}[args.command](args)
 
