@@ -152,7 +152,7 @@ def run(args):
                 lrs = [pick_rate(step)] if step.pick else []
                 study.main(step.sweep_argv(lrs) if lrs else ["sweep", *step.args, "--results", str(step.results)])
                 write_tables()
-            except Exception:  # one failing step does not stop the queue
+            except (Exception, SystemExit):  # one failing step does not stop the queue
                 traceback.print_exc()
         stamp("queue done")
     finally:
