@@ -98,10 +98,12 @@ def steps() -> list[Step]:
     ]
 
 
-def pick_rate(step: Step, run: bool = True) -> float | None:
+def pick_rate(step: Step, run: bool = True, lrs: list[float] | None = None) -> float | None:
     """The best rate of the step's short sweep on the selection split, running the short runs still missing (with
-    `run`); the sweep grows by a factor of two past an edge that wins, up to twice. None when not all are run yet."""
-    lrs = list(step.pick)
+    `run`); the sweep grows by a factor of two past an edge that wins, up to twice (`lrs`, when given, ends up
+    holding the rates swept). None when not all are run yet."""
+    lrs = lrs if lrs is not None else []
+    lrs[:] = step.pick
     for _ in range(3):
         argv = ["sweep", *step.pick_args, "--lrs", *map(str, lrs), "--results", str(step.pick_results)]
         if run:
@@ -170,9 +172,9 @@ def status(args):
             continue
         sweeps = []
         if step.pick:
-            lrs = list(step.pick)
+            lrs = []
+            picked = pick_rate(step, run=False, lrs=lrs)
             sweeps.append(["sweep", *step.pick_args, "--lrs", *map(str, lrs), "--results", str(step.pick_results)])
-            picked = pick_rate(step, run=False)
             if picked is not None:
                 sweeps.append(step.sweep_argv([picked]))
         else:
