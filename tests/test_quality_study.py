@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +66,38 @@ def test_sweep_and_report_end_to_end(tmp_path):
         assert point["copyable_gap_bits"] == pytest.approx(point["bits_copyable"] - ref["bits_copyable"])
     assert by_name["photon"]["train_flops_per_token"] == photon[0]["train_flops_per_token"]
     assert (tmp_path / "trend.png").stat().st_size > 0
+
+
+def test_a_run_interrupted_and_continued_equals_the_run_uninterrupted(tmp_path):
+    """A run paused at step 3 (checkpointed: model, optimizer, RNG, data position, curve so far), then continued by
+    the same command, ends with bit-equal weights and the same curve and figures as the run done in one go; a run
+    killed between checkpoints continues from its last one."""
+    common = ["sweep", "--widths", "32", "--models", "photon", "--lrs", "3e-3", "--steps", "6", "--seq-len", "32",
+              "--batch", "2", "--eval-tokens", "1024", "--selection-tokens", "512", "--legacy-tokens", "0",
+              "--eval-every", "2", "--no-agreement", "--photon", "decoder_lookback=4"]
+    whole, parts = tmp_path / "whole.jsonl", tmp_path / "parts.jsonl"
+    study.main(common + ["--results", str(whole)])
+    study.main(common + ["--results", str(parts), "--pause-at", "3"])
+    assert not parts.exists()  # nothing recorded: the run is paused, not done
+    (saved,) = (tmp_path / "parts.checkpoints").iterdir()
+    state = torch.load(saved, weights_only=True)
+    assert state["steps_done"] == 3 and [p["step"] for p in state["curve"]] == [2] and not state["finished"]
+    study.main(common + ["--results", str(parts)])
+    (a,), (b,) = study.load_results(whole), study.load_results(parts)
+    assert [p["step"] for p in b["curve"]] == [2, 4, 6]
+    assert a["curve"] == b["curve"] and a["train_loss_trace"] == b["train_loss_trace"]
+    for field in ("valid_bits_per_byte", "selection_bits_per_byte", "valid_bits_by_chunk_position"):
+        assert a[field] == b[field]
+    weights = [torch.load(next((tmp_path / f"{name}.checkpoints").iterdir()), weights_only=True)
+               for name in ("whole", "parts")]
+    assert all(w["finished"] and "optimizer" not in w for w in weights)
+    assert weights[0]["model"].keys() == weights[1]["model"].keys()
+    assert all(torch.equal(weights[0]["model"][k], weights[1]["model"][k]) for k in weights[0]["model"])
+    # Another run's checkpoint under this run's name is refused, not silently continued.
+    other = study.RunCheckpoint(tmp_path / "parts.checkpoints", "another run")
+    other.path = saved
+    with pytest.raises(SystemExit, match="another run's checkpoint"):
+        other.load()
 
 
 def test_evaluation_windows_spread_over_the_whole_stream_without_overlap():
@@ -140,6 +173,28 @@ def test_copyable_positions_by_hand():
     assert flags.tolist() == [t == span + 2 for t in range(1, len(window))]
 
 
+def test_copy_sources_distances_and_alignment_by_hand():
+    span = study.COPY_SPAN
+    pattern = np.arange(1, span + 1, dtype=np.int32)
+    # The pattern at 0, again 10 bytes later (out of the chunk phase), again 12 bytes after that (in phase).
+    window = np.concatenate([pattern, [99, 98], pattern, [97, 96, 95, 94], pattern, np.full(span, 90)])
+    stream = np.concatenate([window, np.zeros(span)]).astype(np.int32)
+    windows = study.window_set(stream, np.array([0]), len(window))
+    targets = {t: (d, a) for t, (d, a) in enumerate(zip(windows.distance[0], windows.aligned[0], strict=True), 1) if d}
+    assert targets == {span + 2: (span + 2, False), 2 * span + 6: (span + 4, True)}
+    assert np.array_equal(windows.copyable, windows.distance > 0)
+    assert windows.target_bytes.tolist() == [[1] * (len(window) - 1)]
+    # Tokens of several bytes: the same bytes in tokens of 2 (and 1), distances in bytes, alignment in tokens.
+    pieces = [b"ab", b"cd", b"ef", b"gh", b"ab", b"cd", b"ef", b"gh", b"x", b"ab", b"cd", b"ef", b"gh", b"yy"]
+    vocab = sorted(set(pieces))
+    ids = np.array([vocab.index(b) for b in pieces] + [vocab.index(b"yy")] * span, dtype=np.int32)
+    windows = study.window_set(ids, np.array([0]), len(pieces), token_bytes=vocab)
+    assert windows.target_bytes[0].tolist() == [len(b) for b in pieces[1:]]
+    # "abcdefgh" again at token 4 (8 bytes = 4 tokens back: in phase) and at token 9 (9 bytes = 5 tokens back).
+    assert {t: (d, a) for t, (d, a) in enumerate(zip(windows.distance[0], windows.aligned[0], strict=True), 1)
+            if d} == {4: (8, True), 9: (9, False)}
+
+
 def test_copy_distances_by_hand():
     span = study.COPY_SPAN
     pattern = np.arange(1, span + 1, dtype=np.int32)
@@ -163,3 +218,57 @@ def _restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def test_subword_tokenizer_round_trips_bytes_and_runs_are_scored_per_byte(tmp_path):
+    """The `bpe` command trains a byte-level BPE (specials 0-2, the 256 bytes, merges); any file, even one that is
+    not UTF-8, decodes back to its exact bytes; bits per byte divide a target's loss by the bytes it stands for; and a
+    sweep with --tokenizer trains and scores its models on those tokens."""
+    lines = ["def f(x):\n    return x + 1\n", "class A:\n    def g(self):\n        return self.value\n", "# caf\xe9\n"]
+    files = []
+    for i in range(4):
+        path = tmp_path / f"f{i}.py"
+        path.write_bytes(("".join(lines[(i + j) % 3] for j in range(40))).encode("latin-1") + bytes([0xFF, 0x80, i]))
+        files.append(str(path))
+    out = tmp_path / "bpe.json"
+    study.main(["bpe", "--vocab-size", "300", "--train-files", *files[:3], "--out", str(out)])
+    vocab = study.load_vocabulary(str(out))
+    assert (vocab.pad, vocab.bos, vocab.eos) == (0, 1, 2) and 259 < vocab.size <= 300
+    stream = vocab.stream([files[3]])  # a file the tokenizer did not see
+    original = Path(files[3]).read_bytes()
+    assert stream[-1] == vocab.eos and b"".join(vocab.token_bytes[i] for i in stream[:-1]) == original
+    assert len(stream) < len(original) / 2  # merges learned: under half a token a byte
+
+    windows = study.spread_windows(stream, 4 * 32, 32, vocab.token_bytes)
+    assert windows.target_bytes.sum() > windows.target_bytes.size  # tokens of several bytes
+
+    class Uniform(nn.Module):  # the same logits everywhere: every target costs log(vocab) nats
+        def forward(self, input_ids, use_cache=False):
+            return type("Out", (), {"logits": torch.zeros(*input_ids.shape, vocab.size)})()
+
+    bits = study.evaluate(Uniform(), windows, 2, torch.device("cpu"), False)["bits_per_byte"]
+    assert bits == pytest.approx(math.log2(vocab.size) * windows.target_bytes.size / windows.target_bytes.sum())
+
+    results = tmp_path / "runs.jsonl"
+    study.main(["sweep", "--widths", "32", "--models", "photon", "llama", "--lrs", "3e-3", "--steps", "3",
+                "--seq-len", "32", "--batch", "2", "--eval-tokens", "128", "--legacy-tokens", "0", "--no-agreement",
+                "--tokenizer", str(out), "--train-files", *files[:3], "--valid-files", files[3],
+                "--results", str(results)])
+    runs = study.load_results(results)
+    assert {r["tokenizer"] for r in runs} == {"bpe"} and all(r["config"]["vocab_size"] == vocab.size for r in runs)
+    assert all(r["evaluation"]["tokenizer"]["name"] == "bpe" and 0 < r["valid_bits_per_byte"] < 12 for r in runs)
+    assert {study.variant_name(r) for r in runs} == {"photon tokens=bpe", "llama tokens=bpe"}
+
+
+def test_the_tokenizer_is_trained_on_the_training_split_only(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_train(files, vocab_size):
+        seen["files"] = {str(Path(f).relative_to(study.stdlib_root())) for f in files}
+        raise SystemExit("stop before training")
+
+    monkeypatch.setattr(study, "train_bpe", fake_train)
+    with pytest.raises(SystemExit, match="stop before training"):
+        study.main(["bpe", "--out", str(tmp_path / "bpe.json")])
+    assert seen["files"] == set(study.study_files("train"))
+    assert not seen["files"] & set(study.study_files("validation") + study.study_files("selection"))

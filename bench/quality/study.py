@@ -14,11 +14,13 @@ The protocol (docs/quality.md):
 * metric: held-out bits per byte over non-overlapping validation windows, split into "copyable" positions (the
   next 8 bytes already occur earlier in the window, so a model that can copy predicts them) and the others.
 
-Every run appends one JSON line to a results file (runs already there are skipped), so a sweep can be stopped and
-resumed; `report` picks each model's best learning rate and writes a table, a JSON summary and a plot of held-out
-bits per byte against the analytic cache bytes per token and the decode FLOPs per token (the quality/efficiency
-frontier). Every cost figure (training FLOPs, cache bytes, decode FLOPs) and the Llamas' depths come from
-`photon_hf.memory`, and `report` recomputes them from each run's recorded config.
+Every run appends one JSON line to a results file (runs already there are skipped), and checkpoints itself beside
+it (RESULTS.checkpoints/: model, optimizer, RNG, steps done, the curve so far) every --checkpoint-every steps, so
+running the same command again continues a run cut short bit-exactly where its last checkpoint left it (--pause-at
+stops every run at a step on purpose); `report` picks each model's best learning rate and writes a table, a JSON
+summary and a plot of held-out bits per byte against the analytic cache bytes per token and the decode FLOPs per
+token (the quality/efficiency frontier). Every cost figure (training FLOPs, cache bytes, decode FLOPs) and the
+Llamas' depths come from `photon_hf.memory`, and `report` recomputes them from each run's recorded config.
 
     python -m bench.quality.study sweep --widths 128 --models photon llama --lrs 1e-3 2e-3 4e-3 --steps 600
     python -m bench.quality.study sweep --widths 128 --models photon --lrs 2e-3 --photon chunk_sizes=2,2
@@ -31,10 +33,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +58,10 @@ MODELS = ("photon", "llama", "llama-size")
 # Bits per byte are also split by a target's position in its 4-byte chunk (PHOTON's level-0 chunk by default): the
 # first byte of a chunk is predicted from the converter prefix alone, so it measures what the hierarchy carries.
 CHUNK_PHASES = 4
+UNIT_CHUNKS = 4  # ... and by its chunk's position in the unit above (the default's level-1 unit of 4 chunks)
+# Copyable targets are also split by how many bytes back their source starts: within a look-back of 8 byte tokens
+# (11 bytes), within 35, within 100, further.
+COPY_DISTANCES = (11, 35, 100)
 CACHE_CONTEXT = 2048  # context (tokens) at which cache bytes and decode FLOPs per token are reported
 # Learning rates are picked on a selection split, never on the windows that are reported: the training files whose
 # split key (`photon_hf.data.split_key`) lies in [VALIDATION_FRACTION, + SELECTION_FRACTION), held out of training.
@@ -68,6 +77,65 @@ def byte_stream(files: list) -> np.ndarray:
         data = np.frombuffer(Path(path).read_bytes(), dtype=np.uint8).astype(np.int32)
         parts.extend([data, np.array([EOS], dtype=np.int32)])
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """The tokens a study's models read: byte-level (the default) or a subword tokenizer (`tokenizer`, a
+    `tokenizers.Tokenizer` over bytes read as Latin-1, `train_bpe`). `token_bytes[id]` is what a token stands for
+    (bits per byte divide by it; special tokens count one byte, like the byte-level <eos>)."""
+
+    name: str
+    size: int
+    pad: int
+    bos: int
+    eos: int
+    tokenizer: object = None
+    token_bytes: tuple[bytes, ...] | None = None
+    sha256: str | None = None
+
+    def stream(self, files: list) -> np.ndarray:
+        """The files as one int32 token stream, an <eos> after each."""
+        if self.tokenizer is None:
+            return byte_stream(files)
+        texts = [Path(path).read_bytes().decode("latin-1") for path in files]
+        ids = [np.array(e.ids + [self.eos], dtype=np.int32) for e in self.tokenizer.encode_batch(texts)]
+        return np.concatenate(ids) if ids else np.zeros(0, dtype=np.int32)
+
+
+BYTES = Vocabulary("bytes", VOCAB, PAD, BOS, EOS)
+BPE_SPECIALS = ("<pad>", "<bos>", "<eos>")  # ids 0, 1, 2 of every subword vocabulary the study trains
+# GPT-2's pre-tokenizer split (words with their leading space, digits, punctuation runs, whitespace runs), applied to
+# bytes read as Latin-1: one character a byte, so every merge is a byte string and any file round-trips exactly.
+BPE_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def train_bpe(files: list, vocab_size: int):
+    """A byte-level BPE tokenizer (`tokenizers`) of `vocab_size` tokens trained on `files`: the three specials, the
+    256 bytes, then merges."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(BPE_SPLIT), behavior="isolated")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(BPE_SPECIALS), show_progress=True,
+                                  initial_alphabet=[chr(b) for b in range(256)])
+    tokenizer.train_from_iterator((Path(path).read_bytes().decode("latin-1") for path in files), trainer=trainer)
+    return tokenizer
+
+
+def load_vocabulary(path: str | None) -> Vocabulary:
+    """The byte-level vocabulary (no path), or the subword tokenizer saved at `path` (`train_bpe`)."""
+    if not path:
+        return BYTES
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(path))
+    size = tokenizer.get_vocab_size()
+    pad, bos, eos = (tokenizer.token_to_id(t) for t in BPE_SPECIALS)
+    token_bytes = tuple(b"\0" if i in (pad, bos, eos) else tokenizer.id_to_token(i).encode("latin-1")
+                        for i in range(size))
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return Vocabulary(Path(path).stem, size, pad, bos, eos, tokenizer, token_bytes, digest)
 
 
 def study_files(split: str) -> list[str]:
@@ -86,39 +154,69 @@ def batch_offsets(stream_length: int, seq_len: int, batch: int, steps: int, seed
     return np.random.default_rng(seed).integers(0, stream_length - seq_len - 1, size=(steps, batch))
 
 
+def copy_sources(data: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For each target offset s (increasing) into `data` (a window's bytes, read on COPY_SPAN bytes past its end):
+    how many bytes back the nearest earlier occurrence of data[s : s + COPY_SPAN] starts, that occurrence lying
+    entirely inside data[:s]; 0 where there is none (the target is not copyable). An int64 array like `targets`."""
+    raw, item = data.tobytes(), data.dtype.itemsize
+    latest: dict[bytes, int] = {}
+    distances = np.zeros(len(targets), dtype=np.int64)
+    added = 0  # the spans starting before `added` are in `latest`, the newest occurrence winning
+    for i, s in enumerate(targets):
+        while added + COPY_SPAN <= s:
+            latest[raw[added * item : (added + COPY_SPAN) * item]] = added
+            added += 1
+        start = latest.get(raw[s * item : (s + COPY_SPAN) * item])
+        distances[i] = 0 if start is None else s - start
+    return distances
+
+
 def copyable_positions(window: np.ndarray, stream_tail: np.ndarray) -> np.ndarray:
-    """For each target position t >= 1 of a window, whether bytes t .. t+COPY_SPAN-1 (read on into `stream_tail`,
-    the bytes after the window) already occur entirely inside window[:t]. Returns a bool array [len(window) - 1]
-    aligned with the targets window[1:]."""
-    data = np.concatenate([window, stream_tail[:COPY_SPAN]]).tobytes()
-    item = window.dtype.itemsize
-    seen: set[bytes] = set()
-    flags = np.zeros(len(window) - 1, dtype=bool)
-    for t in range(1, len(window)):
-        if t >= COPY_SPAN:
-            start = t - COPY_SPAN
-            seen.add(data[start * item : t * item])
-        flags[t - 1] = data[t * item : (t + COPY_SPAN) * item] in seen
-    return flags
+    """For each target position t >= 1 of a byte window, whether bytes t .. t+COPY_SPAN-1 (read on into
+    `stream_tail`, the bytes after the window) already occur entirely inside window[:t]. Returns a bool array
+    [len(window) - 1] aligned with the targets window[1:]."""
+    return copy_sources(np.concatenate([window, stream_tail[:COPY_SPAN]]), np.arange(1, len(window))) > 0
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalWindows:
-    """Held-out windows and, for each target, whether it is copyable."""
+    """Held-out windows and, for each target, its bytes and where it could be copied from. All but `ids` are
+    [windows, seq_len - 1], aligned with the targets ids[:, 1:]."""
 
     ids: np.ndarray  # [windows, seq_len] int32
-    copyable: np.ndarray  # [windows, seq_len - 1] bool, aligned with the targets ids[:, 1:]
+    copyable: np.ndarray  # bool: the target's next COPY_SPAN bytes already occur earlier in the window
+    distance: np.ndarray  # int64: how many bytes back the nearest such occurrence starts (0: not copyable)
+    aligned: np.ndarray  # bool: that occurrence starts a token a multiple of CHUNK_PHASES tokens back (same phase)
+    target_bytes: np.ndarray  # int64: bytes each target token stands for (1 for byte-level tokens)
 
     def every(self, stride: int) -> EvalWindows:
         """Every `stride`-th window (still spread over the whole stream)."""
-        return EvalWindows(self.ids[::stride], self.copyable[::stride])
+        return EvalWindows(*(getattr(self, f.name)[::stride] for f in dataclasses.fields(self)))
 
 
-def window_set(stream: np.ndarray, starts: np.ndarray, seq_len: int) -> EvalWindows:
+def window_set(stream: np.ndarray, starts: np.ndarray, seq_len: int, token_bytes: list[bytes] | None = None):
+    """The windows stream[s : s + seq_len] for s in `starts`, with their targets' copy sources (`copy_sources`, on
+    the windows' bytes: `token_bytes[id]` is what a token id stands for; None for byte-level tokens)."""
     ids = np.stack([stream[s : s + seq_len] for s in starts])
-    copyable = np.stack([copyable_positions(stream[s : s + seq_len], stream[s + seq_len : s + seq_len + COPY_SPAN])
-                         for s in starts])
-    return EvalWindows(ids, copyable)
+    fields = []
+    for s in starts:
+        window = stream[s : s + seq_len + COPY_SPAN]  # read on: a target's span may end after the window
+        if token_bytes is None:
+            data, offsets, lengths = window, np.arange(len(window)), np.ones(len(window), dtype=np.int64)
+        else:
+            pieces = [token_bytes[i] for i in window]
+            lengths = np.array([len(b) for b in pieces], dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            data = np.frombuffer(b"".join(pieces), dtype=np.uint8)
+        targets = offsets[1:seq_len]
+        distance = copy_sources(data, targets)
+        copyable = distance > 0
+        source = np.searchsorted(offsets, targets - distance)  # the token the source starts in (when it starts one)
+        back = np.arange(1, seq_len) - source
+        aligned = copyable & (offsets[np.minimum(source, len(offsets) - 1)] == targets - distance) & (
+            back % CHUNK_PHASES == 0)
+        fields.append((copyable, distance, aligned, lengths[1:seq_len]))
+    return EvalWindows(ids, *(np.stack(column) for column in zip(*fields, strict=True)))
 
 
 def window_count(stream: np.ndarray, tokens: int, seq_len: int) -> int:
@@ -126,17 +224,17 @@ def window_count(stream: np.ndarray, tokens: int, seq_len: int) -> int:
     return max(1, min(tokens // seq_len, (len(stream) - COPY_SPAN) // seq_len))
 
 
-def spread_windows(stream: np.ndarray, tokens: int, seq_len: int) -> EvalWindows:
+def spread_windows(stream: np.ndarray, tokens: int, seq_len: int, token_bytes=None) -> EvalWindows:
     """`window_count` non-overlapping windows spread evenly over the whole stream, first byte to last."""
     count = window_count(stream, tokens, seq_len)
     starts = np.linspace(0, len(stream) - seq_len - COPY_SPAN, count).astype(np.int64)
-    return window_set(stream, starts, seq_len)
+    return window_set(stream, starts, seq_len, token_bytes)
 
 
-def leading_windows(stream: np.ndarray, tokens: int, seq_len: int) -> EvalWindows:
+def leading_windows(stream: np.ndarray, tokens: int, seq_len: int, token_bytes=None) -> EvalWindows:
     """The study's first evaluation set, kept to compare with earlier runs: consecutive windows from the start of
     the stream (with the stdlib validation split, its first 16 files in path order)."""
-    return window_set(stream, np.arange(window_count(stream, tokens, seq_len)) * seq_len, seq_len)
+    return window_set(stream, np.arange(window_count(stream, tokens, seq_len)) * seq_len, seq_len, token_bytes)
 
 
 def copy_distances(windows: EvalWindows) -> np.ndarray:
@@ -225,12 +323,13 @@ class Recipe:
         return self.final_lr + (1 - self.final_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def photon_config(width: int, overrides: dict | None = None) -> photon_hf.PhotonConfig:
+def photon_config(width: int, overrides: dict | None = None, vocab: Vocabulary = BYTES) -> photon_hf.PhotonConfig:
     """The PHOTON of a width: head width 32 up to D = 128, then 64; SwiGLU 2.6875 x D; two layers per stack."""
     fields = dict(
-        vocab_size=VOCAB, hidden_size=width, intermediate_size=int(2.6875 * width),
+        vocab_size=vocab.size, hidden_size=width, intermediate_size=int(2.6875 * width),
         num_attention_heads=max(4, width // 64), chunk_sizes=[4, 4], converter_width=2, num_encoder_layers=2,
-        num_decoder_layers=2, max_position_embeddings=2048, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+        num_decoder_layers=2, max_position_embeddings=2048, pad_token_id=vocab.pad, bos_token_id=vocab.bos,
+        eos_token_id=vocab.eos,
         kernel_backend="auto",  # the Triton kernels on a GPU, PyTorch on the CPU
     )
     fields.update(overrides or {})
@@ -306,19 +405,69 @@ def parameter_groups(model: nn.Module, weight_decay: float, hierarchy_lr: float 
     return [groups[k] for k in sorted(groups, key=lambda k: (not k[0], k[1]))]
 
 
+class RunCheckpoint:
+    """One run's state on disk, so that a run cut short (a sitting ends, the process is killed) continues
+    bit-exactly where it stopped: the model's and the optimizer's state, the RNG, the steps done (the data position:
+    every step's batch is a function of the step) and what the run has recorded so far (learning curve, loss trace,
+    training seconds). One file per run, named by a hash of the run's key; after the run is recorded the file keeps
+    the final weights only (for later diagnosis)."""
+
+    def __init__(self, directory: Path, key: str):
+        self.key = key
+        self.path = Path(directory) / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.pt"
+
+    def load(self) -> dict | None:
+        """The saved state of this run, or None when there is none (or it is a finished run's weights)."""
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state["key"] != self.key:
+            raise SystemExit(f"{self.path} holds another run's checkpoint (key {state['key']}); remove it")
+        return None if state["finished"] else state
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, progress: dict):
+        """Write the state atomically (a temporary file, then a rename): a kill during the write keeps the last one."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"key": self.key, "finished": optimizer is None, "model": model.state_dict(), **progress}
+        if optimizer is not None:
+            state |= {"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+        scratch = self.path.with_suffix(".tmp")
+        torch.save(state, scratch)
+        os.replace(scratch, self.path)
+
+
 def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, device, bf16: bool,
-          progress: str = "", hierarchy_lr: float = 1.0, eval_every: int = 0, checkpoint=None) -> dict:
-    """Train `steps` steps of the recipe; with `eval_every`, call `checkpoint(steps_done)` after every that many
-    steps (not after the last: the caller evaluates the trained model)."""
+          progress: str = "", hierarchy_lr: float = 1.0, eval_every: int = 0, curve_point=None,
+          checkpoint: RunCheckpoint | None = None, checkpoint_every: int = 0, pause_at: int | None = None) -> dict:
+    """Train `steps` steps of the recipe; with `eval_every`, call `curve_point(steps_done)` after every that many
+    steps (not after the last: the caller evaluates the trained model). With `checkpoint`, continue from its saved
+    state when there is one, save every `checkpoint_every` steps and, with `pause_at`, stop there (saved): the
+    result then has "paused": True and no final figures."""
     offsets = batch_offsets(len(stream), recipe.seq_len, recipe.batch, recipe.steps, recipe.seed)
     groups = parameter_groups(model, recipe.weight_decay, hierarchy_lr)
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=recipe.betas)
     schedule = Recipe(**{**dataclasses.asdict(recipe), "steps": steps})  # llama-size runs fewer steps
     data = torch.from_numpy(stream)
     span = torch.arange(recipe.seq_len)
+    done, trace, seconds = 0, [], 0.0
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"])
+        done, trace, seconds = saved["steps_done"], saved["train_loss_trace"], saved["train_seconds"]
+        if curve_point is not None:
+            curve_point.restore(saved["curve"])
+        print(f"{progress} continues from step {done} ({checkpoint.path})", flush=True)
+
+    def save(step_count: int):
+        checkpoint.save(model, optimizer, {"steps_done": step_count, "train_loss_trace": trace,
+                                           "train_seconds": seconds + time.perf_counter() - start,
+                                           "curve": curve_point.points if curve_point is not None else []})
+
     model.train()
-    trace, start = [], time.perf_counter()
-    for step in range(steps):
+    start = time.perf_counter()
+    for step in range(done, steps):
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"] * schedule.lr_factor(step)
         rows = torch.from_numpy(offsets[step % recipe.steps])[:, None] + span
@@ -334,47 +483,79 @@ def train(model, stream: np.ndarray, recipe: Recipe, lr: float, steps: int, devi
             trace.append([step, value])
             if not math.isfinite(value):
                 break
-            rate = (step + 1) * batch.numel() / (time.perf_counter() - start)
+            rate = (step + 1 - done) * batch.numel() / (time.perf_counter() - start)
             print(f"\r{progress} step {step + 1}/{steps} loss {value:.3f} ({rate:.0f} tok/s)", end="", flush=True)
-        if eval_every and checkpoint is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
+        if eval_every and curve_point is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
             paused = time.perf_counter()
-            checkpoint(step + 1)
+            curve_point(step + 1)
             model.train()
             start += time.perf_counter() - paused  # train_seconds counts training only
+        if checkpoint is not None and step + 1 < steps:
+            if step + 1 == pause_at:
+                save(step + 1)
+                print(f"\n{progress} paused at step {step + 1}: {checkpoint.path}", flush=True)
+                return {"paused": True}
+            if checkpoint_every and (step + 1) % checkpoint_every == 0:
+                save(step + 1)
     print(file=sys.stdout, flush=True)
     return {"steps": steps, "tokens_seen": steps * recipe.batch * recipe.seq_len, "train_loss_trace": trace,
-            "train_seconds": time.perf_counter() - start}
+            "train_seconds": seconds + time.perf_counter() - start}
+
+
+def target_masks(windows: EvalWindows) -> torch.Tensor:
+    """The kinds of targets the study scores, as masks [kinds, windows, seq_len - 1]: all, copyable, other; each
+    position in a CHUNK_PHASES-token chunk; each position of that chunk in its UNIT_CHUNKS-chunk unit of the level
+    above; copyable by how far back their source starts (the COPY_DISTANCES buckets); copyable from a source in the
+    same chunk phase (aligned) and from one out of phase."""
+    copyable = torch.from_numpy(windows.copyable)
+    distance = torch.from_numpy(windows.distance)
+    aligned = torch.from_numpy(windows.aligned)
+    target = torch.arange(1, windows.ids.shape[1]).expand_as(copyable)
+    edges = [0, *COPY_DISTANCES, distance.max().item() + 1]
+    return torch.stack(
+        [torch.ones_like(copyable), copyable, ~copyable]
+        + [target % CHUNK_PHASES == p for p in range(CHUNK_PHASES)]
+        + [target // CHUNK_PHASES % UNIT_CHUNKS == p for p in range(UNIT_CHUNKS)]
+        + [copyable & (distance > low) & (distance <= high) for low, high in zip(edges, edges[1:], strict=False)]
+        + [copyable & aligned, copyable & ~aligned]
+    )
 
 
 @torch.no_grad()
 def window_losses(model, windows: EvalWindows, batch: int, device, bf16: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per window, the summed negative log-likelihood (nats) and the number of targets of each kind: columns "all",
-    "copyable", "other", then each position in a CHUNK_PHASES-byte chunk. Two float64 arrays [windows, 3 + phases]."""
+    """Per window and kind of target (`target_masks`), the summed negative log-likelihood (nats) and the bytes those
+    targets stand for. Two float64 arrays [windows, kinds]."""
     model.eval()
-    seq = windows.ids.shape[1]
-    phase = torch.arange(1, seq) % CHUNK_PHASES
-    sums, counts = [], []
+    masks = target_masks(windows)
+    weights = (masks * torch.from_numpy(windows.target_bytes)).sum(-1).T.double()
+    sums = []
     for first in range(0, len(windows.ids), batch):
         ids = torch.from_numpy(windows.ids[first : first + batch]).long().to(device)
-        copyable = torch.from_numpy(windows.copyable[first : first + batch])
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(input_ids=ids, use_cache=False).logits
         nll = torch.nn.functional.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none"
         ).cpu().double()
-        masks = [torch.ones_like(copyable), copyable, ~copyable] + [(phase == p).expand_as(copyable)
-                                                                    for p in range(CHUNK_PHASES)]
-        sums.append(torch.stack([(nll * m).sum(1) for m in masks], 1))
-        counts.append(torch.stack([m.sum(1) for m in masks], 1).double())
-    return torch.cat(sums).numpy(), torch.cat(counts).numpy()
+        sums.append((nll * masks[:, first : first + batch]).sum(-1).T)
+    return torch.cat(sums).numpy(), weights.numpy()
 
 
 def bits_summary(sums: np.ndarray, counts: np.ndarray) -> dict:
-    """Bits per byte overall, on copyable / other targets and by position in the chunk, from `window_losses`."""
+    """Bits per byte overall, on copyable / other targets, by position in the chunk and in the unit above, and on
+    copyable targets by distance to their source and by alignment, from `window_losses`."""
     bits = sums.sum(0) / np.maximum(counts.sum(0), 1) / math.log(2)
+    share = counts.sum(0) / max(1.0, counts[:, 0].sum())
+    chunk = 3 + CHUNK_PHASES
+    distance = chunk + UNIT_CHUNKS
+    aligned = distance + len(COPY_DISTANCES) + 1
     return {"bits_per_byte": float(bits[0]), "bits_copyable": float(bits[1]), "bits_other": float(bits[2]),
-            "copyable_fraction": float(counts[:, 1].sum() / max(1, counts[:, 0].sum())),
-            "bits_by_chunk_position": [float(b) for b in bits[3:]]}
+            "copyable_fraction": float(share[1]),
+            "bits_by_chunk_position": [float(b) for b in bits[3:chunk]],
+            "bits_by_unit_position": [float(b) for b in bits[chunk:distance]],
+            "bits_copyable_by_distance": [float(b) for b in bits[distance:aligned]],
+            "copyable_fraction_by_distance": [float(f) for f in share[distance:aligned]],
+            "bits_copyable_aligned": float(bits[aligned]), "bits_copyable_unaligned": float(bits[aligned + 1]),
+            "aligned_fraction": float(share[aligned])}
 
 
 def evaluate(model, windows: EvalWindows, batch: int, device, bf16: bool) -> dict:
@@ -384,10 +565,12 @@ def evaluate(model, windows: EvalWindows, batch: int, device, bf16: bool) -> dic
 
 def reported(summary: dict, prefix: str = "valid") -> dict:
     """`bits_summary` under a run record's names: valid_bits_per_byte, valid_bits_copyable, ..."""
-    fields = ("bits_per_byte", "bits_copyable", "bits_other", "bits_by_chunk_position")
+    fields = ("bits_per_byte", "bits_copyable", "bits_other", "bits_by_chunk_position", "bits_by_unit_position",
+              "bits_copyable_by_distance", "bits_copyable_aligned", "bits_copyable_unaligned")
     record = {f"{prefix}_{name}": summary[name] for name in fields}
     if prefix == "valid":
-        record["copyable_fraction"] = summary["copyable_fraction"]
+        record |= {name: summary[name] for name in ("copyable_fraction", "copyable_fraction_by_distance",
+                                                    "aligned_fraction")}
     return record
 
 
@@ -401,16 +584,40 @@ def greedy_agreement(model, stream: np.ndarray, device, bf16: bool, prompts: int
     ids = torch.from_numpy(np.stack([stream[o : o + prompt_len] for o in offsets])).long().to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         sequences = model.generate(ids, max_new_tokens=gen_len, min_new_tokens=gen_len, do_sample=False,
-                                   pad_token_id=PAD)
+                                   pad_token_id=model.config.pad_token_id)
         logits = model(input_ids=sequences, use_cache=False).logits
     predicted = logits[:, prompt_len - 1 : -1].argmax(-1)
     return float((predicted == sequences[:, prompt_len:]).float().mean())
 
 
 # --------------------------------------------------------------------------------------------------- the runs
-def build(model_name: str, width: int, recipe: Recipe, photon_overrides: dict) -> tuple[object, object, int]:
+@dataclasses.dataclass
+class LearningCurve:
+    """A run's learning curve: calling it with the steps done appends a held-out point, scored by `score()` (the
+    `window_losses` of the curve windows) or from given sums and counts."""
+
+    score: Callable[[], tuple[np.ndarray, np.ndarray]]
+    tokens_per_step: int
+    label: str
+    points: list[dict] = dataclasses.field(default_factory=list)
+
+    def __call__(self, steps_done: int, sums: np.ndarray | None = None, counts: np.ndarray | None = None):
+        if sums is None:
+            sums, counts = self.score()
+        point = bits_summary(sums, counts)
+        self.points.append({"step": steps_done, "tokens_seen": steps_done * self.tokens_per_step, **point})
+        print(f"\n{self.label} step {steps_done}: {point['bits_per_byte']:.4f} bits/byte on the curve windows",
+              flush=True)
+
+    def restore(self, points: list[dict]):
+        """The points of a checkpoint (a run that continues)."""
+        self.points[:] = points
+
+
+def build(model_name: str, width: int, recipe: Recipe, photon_overrides: dict,
+          vocab: Vocabulary = BYTES) -> tuple[object, object, int]:
     """(model config, the PHOTON it is compared with, training steps) for one model of the study."""
-    photon = photon_config(width, photon_overrides)
+    photon = photon_config(width, photon_overrides, vocab)
     if model_name == "photon":
         return photon, photon, recipe.steps
     if model_name == "llama":
@@ -427,10 +634,14 @@ def run_key(record: dict) -> str:
     return json.dumps({k: record.get(k, defaults.get(k)) for k in keys}, sort_keys=True)
 
 
-def evaluation_protocol(args) -> dict:
-    """How a run is evaluated (part of a run's key: runs scored differently are never compared)."""
-    return {"windows": "spread", "eval_tokens": args.eval_tokens, "selection_tokens": args.selection_tokens,
-            "legacy_tokens": args.legacy_tokens, "eval_every": args.eval_every, "curve_stride": args.curve_stride}
+def evaluation_protocol(args, vocab: Vocabulary = BYTES) -> dict:
+    """How a run is evaluated (part of a run's key: runs scored differently are never compared), with the
+    tokenizer when it is not the byte-level one."""
+    protocol = {"windows": "spread", "eval_tokens": args.eval_tokens, "selection_tokens": args.selection_tokens,
+                "legacy_tokens": args.legacy_tokens, "eval_every": args.eval_every, "curve_stride": args.curve_stride}
+    if vocab.tokenizer is not None:
+        protocol["tokenizer"] = {"name": vocab.name, "sha256": vocab.sha256}
+    return protocol
 
 
 def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overrides: dict, init: str,
@@ -438,7 +649,7 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
     """Train one model, evaluating on the curve windows every `args.eval_every` steps, then score it on the
     evaluation windows (`valid_*`, what is reported), the selection windows (`selection_*`, what picks learning
     rates) and the study's first evaluation set (`legacy_*`)."""
-    config, photon, steps = build(model_name, width, recipe, photon_overrides)
+    config, photon, steps = build(model_name, width, recipe, photon_overrides, data["vocab"])
     torch.manual_seed(recipe.seed)
     model_class = photon_hf.PhotonForCausalLM if isinstance(config, photon_hf.PhotonConfig) else LlamaForCausalLM
     model = model_class(config)
@@ -450,8 +661,9 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
     record = {
         "model": model_name, "width": width, "lr": lr, "photon_overrides": photon_overrides, "init": init,
         "hierarchy_lr": hierarchy_lr if model_name == "photon" else 1.0, "recipe": dataclasses.asdict(recipe),
-        "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "bf16": bf16,
+        "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args, data["vocab"]),
+        "tokenizer": data["vocab"].name, "bf16": bf16,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "config": config.to_diff_dict(), "parameters": sum(p.numel() for p in model.parameters()),
         **cost_figures(config, recipe.seq_len),
         "photon_train_flops_per_token": memory.training_flops_per_token(photon, recipe.seq_len),
@@ -460,24 +672,21 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
         f" init={init}" if init != "default" else "") + (
         f" hierarchy_lr={hierarchy_lr:g}]" if record["hierarchy_lr"] != 1.0 else "]")
     windows = data["windows"]
-    tokens_per_step = recipe.batch * recipe.seq_len
-    curve = []
-
-    def checkpoint(steps_done: int, sums=None, counts=None):
-        if sums is None:
-            sums, counts = window_losses(model, windows["valid"].every(args.curve_stride), recipe.batch, device, bf16)
-        point = bits_summary(sums, counts)
-        curve.append({"step": steps_done, "tokens_seen": steps_done * tokens_per_step, **point})
-        print(f"\n{label} step {steps_done}: {point['bits_per_byte']:.4f} bits/byte on the curve windows", flush=True)
-
-    record.update(train(model, data["train"], recipe, lr, steps, device, bf16, progress=label,
-                        hierarchy_lr=record["hierarchy_lr"], eval_every=args.eval_every, checkpoint=checkpoint))
+    curve = LearningCurve(lambda: window_losses(model, windows["valid"].every(args.curve_stride), recipe.batch,
+                                                device, bf16), recipe.batch * recipe.seq_len, label)
+    checkpoint = RunCheckpoint(args.checkpoints, run_key(record)) if args.checkpoints else None
+    trained = train(model, data["train"], recipe, lr, steps, device, bf16, progress=label,
+                    hierarchy_lr=record["hierarchy_lr"], eval_every=args.eval_every, curve_point=curve,
+                    checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, pause_at=args.pause_at)
+    if trained.get("paused"):
+        return None
+    record.update(trained)
     record["train_flops"] = record["train_flops_per_token"] * record["tokens_seen"]
     sums, counts = window_losses(model, windows["valid"], recipe.batch, device, bf16)
     record.update(reported(bits_summary(sums, counts)))
     if args.eval_every:  # the last point of the curve, from the same windows as the others
-        checkpoint(steps, sums[:: args.curve_stride], counts[:: args.curve_stride])
-        record["curve"] = curve
+        curve(steps, sums[:: args.curve_stride], counts[:: args.curve_stride])
+        record["curve"] = curve.points
     for name in ("selection", "legacy"):
         if name in windows:
             record.update(reported(evaluate(model, windows[name], recipe.batch, device, bf16), name))
@@ -485,6 +694,8 @@ def run_one(model_name: str, width: int, lr: float, recipe: Recipe, photon_overr
         record["greedy_agreement"] = greedy_agreement(model, data["valid"], device, bf16)
     print(f"{label} {record['valid_bits_per_byte']:.4f} bits/byte (copyable {record['valid_bits_copyable']:.3f}, "
           f"other {record['valid_bits_other']:.3f}) in {record['train_seconds']:.0f} s", flush=True)
+    if checkpoint is not None:
+        checkpoint.save(model, None, {})  # the final weights only
     return record
 
 
@@ -510,21 +721,38 @@ def load_results(path: Path) -> list[dict]:
 
 
 def load_data(args) -> dict:
-    """The token streams and the evaluation windows: "valid" (spread over the whole validation split, reported),
-    "selection" (spread over the selection split, for picking learning rates; absent with local files and no
-    --selection-files) and "legacy" (the study's first evaluation set: the validation stream's leading windows)."""
+    """The vocabulary (`--tokenizer`), the token streams and the evaluation windows: "valid" (spread over the whole
+    validation split, reported), "selection" (spread over the selection split, for picking learning rates; absent
+    with local files and no --selection-files) and "legacy" (the study's first evaluation set: the validation
+    stream's leading windows)."""
+    vocab = load_vocabulary(getattr(args, "tokenizer", None))
     root = stdlib_root()
     train_files = args.train_files or [root / p for p in study_files("train")]
     valid_files = args.valid_files or [root / p for p in study_files("validation")]
     selection_files = args.selection_files or ([] if args.train_files else [root / p for p in study_files("selection")])
-    streams = {"train": byte_stream(train_files), "valid": byte_stream(valid_files)}
+    streams = {"train": vocab.stream(train_files), "valid": vocab.stream(valid_files)}
     seq = args.seq_len
-    windows = {"valid": spread_windows(streams["valid"], args.eval_tokens, seq)}
+    windows = {"valid": spread_windows(streams["valid"], args.eval_tokens, seq, vocab.token_bytes)}
     if selection_files and args.selection_tokens:
-        windows["selection"] = spread_windows(byte_stream(selection_files), args.selection_tokens, seq)
+        windows["selection"] = spread_windows(vocab.stream(selection_files), args.selection_tokens, seq,
+                                              vocab.token_bytes)
     if args.legacy_tokens:
-        windows["legacy"] = leading_windows(streams["valid"], args.legacy_tokens, seq)
-    return {**streams, "windows": windows}
+        windows["legacy"] = leading_windows(streams["valid"], args.legacy_tokens, seq, vocab.token_bytes)
+    return {**streams, "windows": windows, "vocab": vocab}
+
+
+def train_tokenizer(args) -> Path:
+    """Train the study's subword tokenizer on the training split only (or --train-files) and save it."""
+    files = args.train_files or [stdlib_root() / p for p in study_files("train")]
+    tokenizer = train_bpe(files, args.vocab_size)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(out))
+    vocab = load_vocabulary(out)
+    sample = vocab.stream(files[:: max(1, len(files) // 200)])
+    per_token = sum(len(vocab.token_bytes[i]) for i in sample) / len(sample)
+    print(f"{out}: {vocab.size} tokens trained on {len(files)} files, {per_token:.2f} bytes a token on a sample")
+    return out
 
 
 def copy_report(args) -> dict:
@@ -538,31 +766,44 @@ def copy_report(args) -> dict:
     return result
 
 
+def recipe_of(args) -> Recipe:
+    return Recipe(steps=args.steps, batch=args.batch, seq_len=args.seq_len, warmup=args.warmup, seed=args.seed)
+
+
+def planned_runs(args) -> list[dict]:
+    """The runs a sweep makes, in order, each as the fields of its key (`run_key`)."""
+    recipe, vocab = recipe_of(args), load_vocabulary(args.tokenizer)
+    return [{"model": model_name, "width": width, "lr": lr, "recipe": dataclasses.asdict(recipe),
+             "photon_overrides": parse_overrides(args.photon), "init": args.init,
+             "hierarchy_lr": args.hierarchy_lr if model_name == "photon" else 1.0, "eval_tokens": args.eval_tokens,
+             "evaluation": evaluation_protocol(args, vocab)}
+            for width in args.widths for model_name in args.models for lr in args.lrs]
+
+
 def sweep(args) -> list[dict]:
+    """Train and score every planned run that is not in the results file yet (continuing any from its checkpoint);
+    the data is loaded only when a run is to be made."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = Recipe(steps=args.steps, batch=args.batch, seq_len=args.seq_len, warmup=args.warmup, seed=args.seed)
-    overrides = parse_overrides(args.photon)
     results_path = Path(args.results)
+    if args.checkpoints is None:
+        args.checkpoints = results_path.with_suffix(".checkpoints")
     done = {run_key(r) for r in load_results(results_path)}
-    data = load_data(args)
-    new = []
-    for width in args.widths:
-        for model_name in args.models:
-            for lr in args.lrs:
-                hierarchy_lr = args.hierarchy_lr if model_name == "photon" else 1.0
-                record = {"model": model_name, "width": width, "lr": lr, "recipe": dataclasses.asdict(recipe),
-                          "photon_overrides": overrides, "init": args.init, "hierarchy_lr": hierarchy_lr,
-                          "eval_tokens": args.eval_tokens, "evaluation": evaluation_protocol(args)}
-                if run_key(record) in done:
-                    print(f"[{model_name} D={width} lr={lr:g}] already in {results_path}, skipped")
-                    continue
-                record = run_one(model_name, width, lr, recipe, overrides, args.init, hierarchy_lr, data, args, device)
-                results_path.parent.mkdir(parents=True, exist_ok=True)
-                with results_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                new.append(record)
+    data, new = None, []
+    for key in planned_runs(args):
+        if run_key(key) in done:
+            print(f"[{key['model']} D={key['width']} lr={key['lr']:g}] already in {results_path}, skipped")
+            continue
+        data = data or load_data(args)
+        record = run_one(key["model"], key["width"], key["lr"], recipe_of(args), key["photon_overrides"], args.init,
+                         key["hierarchy_lr"], data, args, device)
+        if record is None:  # paused (--pause-at): the same command continues it
+            continue
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        with results_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        new.append(record)
     return new
 
 
@@ -572,6 +813,8 @@ def variant_name(record: dict) -> str:
     suffix = f" init={init}" if init != "default" else ""
     if record.get("hierarchy_lr", 1.0) != 1.0:
         suffix += f" hierarchy_lr={record['hierarchy_lr']:g}"
+    if record.get("tokenizer", "bytes") != "bytes":
+        suffix += f" tokens={record['tokenizer']}"
     if record["model"] != "photon":
         return record["model"] + suffix
     overrides = record["photon_overrides"]
@@ -843,7 +1086,7 @@ def plot_sweeps(summary: list[dict], path: str):
     save_figure(plt, fig, path, dpi=110)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -874,12 +1117,20 @@ def main(argv=None):
                      help="the curve's points use every this-many-th evaluation window (the last point too)")
     run.add_argument("--no-agreement", dest="agreement", action="store_false",
                      help="skip the generation check (greedy generation vs teacher-forced argmax)")
+    run.add_argument("--tokenizer", default=None,
+                     help="a subword tokenizer saved by the `bpe` command (default: byte-level tokens)")
     run.add_argument("--train-files", nargs="*", help="local text files (default: the stdlib corpus)")
     run.add_argument("--valid-files", nargs="*")
     run.add_argument("--selection-files", nargs="*")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     run.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     run.add_argument("--results", default="bench/quality/results/runs.jsonl")
+    run.add_argument("--checkpoints", default=None,
+                     help="where runs keep their checkpoints (default: beside --results, RESULTS.checkpoints/): a run "
+                          "cut short continues from its last one when the same command runs again")
+    run.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (0: none)")
+    run.add_argument("--pause-at", type=int, default=None,
+                     help="stop every unfinished run at this step, checkpointed (the same command continues it)")
     rep = commands.add_parser("report", help="table, JSON and plot of the best run of every model")
     rep.add_argument("--results", nargs="+", default=["bench/quality/results/runs.jsonl"], help="JSONL run files")
     rep.add_argument("--out", default=None, help="output stem (default: the first results file without .jsonl)")
@@ -891,8 +1142,17 @@ def main(argv=None):
     copies.add_argument("--seq-len", type=int, default=512)
     copies.add_argument("--within", type=int, nargs="+", default=[11, 35, 100],
                         help="report the fraction of copies within these distances (bytes)")
-    args = parser.parse_args(argv)
-    return {"sweep": sweep, "report": report, "trend": trend, "copies": copy_report}[args.command](args)
+    bpe = commands.add_parser("bpe", help="train the subword tokenizer on the training split only and save it")
+    bpe.add_argument("--vocab-size", type=int, default=4096)
+    bpe.add_argument("--train-files", nargs="*", help="local text files (default: the stdlib training split)")
+    bpe.add_argument("--out", default="bench/quality/results/bpe-4096.json")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return {"sweep": sweep, "report": report, "trend": trend, "copies": copy_report,
+            "bpe": train_tokenizer}[args.command](args)
 
 
 if __name__ == "__main__":
