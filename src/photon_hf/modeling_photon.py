@@ -930,6 +930,10 @@ class PhotonModel(PhotonPreTrainedModel):
             lead += reach + token.chunk_size - 1
         return lead
 
+    def _levels_closed(self, tokens: int) -> int:
+        """How many levels, bottom-up, complete a unit at the `tokens`-th token."""
+        return sum(tokens % level.geometry.tokens_per_unit == 0 for level in self.levels)
+
     def extend(self, cache: PhotonCache, index: torch.Tensor, counts: list[int], tokens: torch.Tensor,
                lengths: list[int], ops: PhotonOps) -> torch.Tensor:
         """Continue rows of a cache view (`PhotonCache.over_states`) by several tokens each, at about the cost of a
@@ -941,8 +945,9 @@ class PhotonModel(PhotonPreTrainedModel):
         consumes decode columns up to a meta-chunk boundary; the rest runs through the encoders in whole units,
         attending to the cached ones, and the local decoders' state is rebuilt from the new units, as in a prefill.
         A continuation too short for that (`continuation_lead`) consumes decode columns to its end. The rows that
-        consume a column share one `decode_column`, so a batch of decode steps is one call. Returns [G, D], the
-        states that predict each row's next token.
+        consume a column and complete the same levels in it share one `decode_column`: a batch of decode steps is at
+        most L + 1 calls, whatever the rows' phases, and no row computes a level it does not run. Returns [G, D],
+        the states that predict each row's next token.
         """
         if not cache.viewing:
             raise RuntimeError("extend continues the rows of a view over per-request state (PhotonCache.over_states).")
@@ -960,13 +965,19 @@ class PhotonModel(PhotonPreTrainedModel):
         hidden = torch.empty(len(counts), self.config.hidden_size, device=tokens.device, dtype=dtype)
         now = list(counts)
         for column in range(max(columns)):
-            group = [g for g, n in enumerate(columns) if n > column]
-            rows = torch.tensor(group, device=tokens.device)
-            cache.select_rows(index[rows], [now[g] for g in group])
-            step = cache.begin_column()
-            hidden[rows] = self.decode_column(cache, tokens[rows, column], step, ops)
-            for g in group:
-                now[g] += 1
+            # Rows whose column completes the same levels take the same path through the hierarchy: one
+            # `decode_column` for each such class (at most L + 1), so every row runs only its own levels, unmasked.
+            classes: dict[int, list[int]] = {}
+            for g, n in enumerate(columns):
+                if n > column:
+                    classes.setdefault(self._levels_closed(now[g] + 1), []).append(g)
+            for group in classes.values():
+                rows = torch.tensor(group, device=tokens.device)
+                cache.select_rows(index[rows], [now[g] for g in group])
+                step = cache.begin_column()
+                hidden[rows] = self.decode_column(cache, tokens[rows, column], step, ops)
+                for g in group:
+                    now[g] += 1
         group = [g for g, n in enumerate(columns) if n < lengths[g]]
         if group:
             rows = torch.tensor(group, device=tokens.device)
