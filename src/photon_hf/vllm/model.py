@@ -56,6 +56,8 @@ class PhotonVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
             return self.model(input_ids[None], use_cache=False).last_hidden_state[0]
         assert isinstance(metadata, PhotonStateMetadata)
         lengths = metadata.query_lengths
+        if not lengths:
+            return self.model.embed_dec(input_ids).zero_()
         # Each request's tokens as a row of [R, T] (padded with its last token).
         starts = metadata.query_start_loc[:-1, None]
         source = (starts + torch.arange(max(lengths), device=input_ids.device)).clamp(max=metadata.last_tokens[:, None])
