@@ -618,7 +618,7 @@ def _add_serve_parser(subparsers):
     parser.add_argument("model", metavar="MODEL", help="model folder (save_pretrained or export), or a Hub id")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=_int_at_least(1), default=8000, help="port (default: 8000)")
-    parser.add_argument("--api-key", default=None,
+    parser.add_argument("--api-key", default=None, metavar="KEY",
                         help="every /v1 route answers 401 without the header `Authorization: Bearer KEY` (default: "
                              f"${API_KEY_ENV}, which keeps the key out of the process list; unset: no key)")
     parser.add_argument("--enable-admin-routes", action="store_true",

@@ -8,11 +8,12 @@ expects around it (`docs/serving.md`):
   knows PHOTON once `photon_hf` is imported, or through the folder's `auto_map` with `trust_remote_code`). It is a
   module-level class so that transformers 5.25, which loads the model in a process of its own (started with
   `spawn`), unpickles it there by importing this module, which imports `photon_hf` first.
-- **Requests.** Each request's sampling is checked before anything runs (`request_sampling`: a 400 naming the
-  field), as OpenAI clients mean it, and handed to the batching manager per request on every supported transformers
-  version: 5.25 (`_PhotonRunner`, in the model's process) passes `temperature`, `top_k` and `top_p` only where the
-  model's generation config samples and seeds torch globally; 5.17-5.24 (`_PhotonCBGenerateManager`, in this
-  process) pass `max_new_tokens` and EOS only, and start the manager with the first request's settings.
+- **Requests.** Each request's sampling is checked before anything runs, as OpenAI clients mean it
+  (`request_sampling`: a 400 naming the field), and handed to the batching manager per request, which the stock
+  bridges do not do: 5.25's runner, in the model's process, passes `temperature`, `top_k` and `top_p` only where the
+  model's generation config samples, and seeds torch globally (`_PhotonRunner` replaces it); 5.17-5.24's, in this
+  process, passes `max_new_tokens` and EOS only, and starts the manager with the first request's settings
+  (`_PhotonCBGenerateManager` replaces it).
 - **The gate** (`_Gate`): the API key on `/v1` (`--api-key`, `PHOTON_HF_API_KEY`), the routes that stop or swap
   the model (`/reset`, `/load_model`) off unless `--enable-admin-routes`, and the count of requests in flight.
   `/health` answers from the model's process (`model_problem`).
@@ -289,6 +290,7 @@ else:
             while self.active_requests:
                 time.sleep(0.05)
             time.sleep(1.0)  # the last results on their way to the server (sent just after they leave the dict)
+            self._exiting = False
             signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)  # interrupts its wait for requests
 
 
