@@ -5,6 +5,7 @@ streaming, chat, sampled, bad and abandoned requests, as an operator runs it: an
 prompt; a sampled answer with a seed equals `generate()` after `torch.manual_seed(seed)`, alone or in a busy batch.
 Every server always shuts down. Bounded: a few dozen requests of at most 24 tokens, each with a timeout."""
 
+import asyncio
 import functools
 import json
 import os
@@ -22,9 +23,11 @@ from pathlib import Path
 import openai
 import pytest
 import torch
+import uvicorn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from photon_hf import PhotonForCausalLM, byte_tokenizer, export_for_hub, photon_preset
+from photon_hf import server as photon_server
 from photon_hf.server import model_problem
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant: "
@@ -322,6 +325,42 @@ def test_health_reports_what_stops_the_model():
     assert "no model is loaded" in model_problem(types.SimpleNamespace(loaded_models={}), alive)
     dead = types.SimpleNamespace(is_cb_alive=lambda: False)
     assert "worker died" in model_problem(types.SimpleNamespace(loaded_models={"m": object()}), dead)
+
+
+def test_requests_still_running_at_the_shutdown_timeout_are_cut_off_cleanly(monkeypatch):
+    """The drain is uvicorn's graceful shutdown, bounded by --shutdown-timeout; what it cancels at the timeout gets a
+    503, or a last error event if it streams, and is counted (no traceback, no 500)."""
+    options = photon_server._ServeOptions(shutdown_timeout=7)
+    monkeypatch.setattr(photon_server, "_options", options)
+    assert photon_server._DrainingServer(uvicorn.Config(app=None)).config.timeout_graceful_shutdown == 7
+    monkeypatch.setattr(photon_server, "_traffic", photon_server._Traffic())
+
+    async def cut_off(streams: bool) -> list[dict]:
+        async def app(scope, receive, send):
+            if streams:
+                await send({"type": "http.response.start", "status": 200, "headers": []})
+                await send({"type": "http.response.body", "body": b"data: {}\n\n", "more_body": True})
+            await asyncio.Event().wait()  # generating, until cancelled
+
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        gate = photon_server._Gate(app, options)
+        scope = {"type": "http", "path": "/v1/completions", "method": "POST", "headers": []}
+        task = asyncio.create_task(gate(scope, None, send))
+        await asyncio.sleep(0.05)
+        photon_server._traffic.stopping(signal.SIGTERM)
+        task.cancel()
+        await task  # returns: the cancellation is answered, not raised
+        return sent
+
+    sent = asyncio.run(cut_off(streams=False))
+    assert sent[0]["status"] == 503 and b"--shutdown-timeout 7 s" in sent[-1]["body"]
+    sent = asyncio.run(cut_off(streams=True))
+    assert sent[-1]["body"].startswith(b'data: {"error": "The server stopped') and not sent[-1].get("more_body")
+    assert photon_server._traffic.cut_off == 1 and photon_server._traffic.in_flight == 0
 
 
 def test_an_exported_folder_with_a_key_and_admin_routes_drains_a_stream_on_sigterm(tmp_path, served, reference):

@@ -337,7 +337,7 @@ class _Gate:
                       "--enable-admin-routes to allow it.")
             return await JSONResponse({"detail": detail}, 403)(scope, receive, send)
         _traffic.in_flight += 1
-        answered = False
+        started = answered = False
 
         def leave():
             nonlocal answered
@@ -346,6 +346,8 @@ class _Gate:
                 _traffic.in_flight -= 1
 
         async def send_and_count(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 leave()  # the whole answer goes out now (the handler may return a little later)
             await send(message)
@@ -353,9 +355,21 @@ class _Gate:
         try:
             await self.app(scope, receive, send_and_count)
         except asyncio.CancelledError:
-            if not answered:
-                _traffic.cut_off += 1
-            raise
+            if _traffic.stop_signal is None or answered:
+                raise
+            # Cut off at --shutdown-timeout: a 503, or a stream's error event, rather than the traceback and the 500
+            # (or the unfinished stream) uvicorn gives a cancelled request.
+            _traffic.cut_off += 1
+            task = asyncio.current_task()
+            if hasattr(task, "uncancel"):  # Python 3.11+
+                task.uncancel()
+            detail = ("The server stopped before this request finished (--shutdown-timeout "
+                      f"{self.options.shutdown_timeout:g} s).")
+            if not started:
+                await JSONResponse({"detail": detail}, 503)(scope, receive, send)
+            else:  # an event stream: its last event says why it ends
+                event = f"data: {json.dumps({'error': detail})}\n\n"
+                await send({"type": "http.response.body", "body": event.encode()})
         finally:
             leave()
 
