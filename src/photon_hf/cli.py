@@ -648,8 +648,10 @@ def _add_serve_parser(subparsers):
 
 
 def check_port(host: str, port: int):
-    """Raise OSError (one line) unless `host`:`port` can be listened on, binding as the server will (every address
-    `host` resolves to, with SO_REUSEADDR), so a taken port fails before the model loads."""
+    """Raise OSError (one line) unless `host`:`port` can be listened on, binding as the server will (asyncio's
+    `create_server`: every address `host` resolves to, SO_REUSEADDR, IPv6 sockets IPv6-only, an address family the
+    machine lacks skipped), so a taken port fails before the model loads."""
+    import errno
     import socket
 
     try:
@@ -659,9 +661,13 @@ def check_port(host: str, port: int):
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 probe.bind(address)
             except OSError as error:
+                if error.errno == errno.EADDRNOTAVAIL:
+                    continue
                 raise OSError(f"cannot listen on {address[0]} port {port}: {error.strerror or error} (another "
                               "server holds it? choose another --port)") from None
 
