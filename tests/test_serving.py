@@ -181,6 +181,25 @@ def test_bad_requests_are_refused_with_a_reason():
         PhotonBatchingManager(model, GenerationConfig(repetition_penalty=1.2), max_cache_len=32)
 
 
+def test_settings_a_request_leaves_unset_are_generates_defaults():
+    """A sampled request that names no top_k / top_p, with a generation config that names none either, samples as
+    generate() does (its defaults: top_k 50, top_p 1.0); the config's own values come first."""
+    model = tiny_model().double()
+    prompt = random_ids(1, 9)[0].tolist()
+    for config, expected in ((GenerationConfig(), dict(top_k=50, top_p=1.0)),
+                             (GenerationConfig(top_k=7, top_p=0.8), dict(top_k=7, top_p=0.8))):
+        manager = PhotonBatchingManager(model, config, max_batch_size=2, max_cache_len=48)
+        manager.add_request(prompt, request_id="s", max_new_tokens=20, temperature=1.2, seed=5)
+        while (output := manager.get_result(timeout=0)) is None:
+            manager.iterate()
+        torch.manual_seed(5)
+        alone = model.generate(torch.tensor([prompt]), generation_config=config, max_new_tokens=20, do_sample=True,
+                               temperature=1.2)
+        assert output.generated_tokens == alone[0, len(prompt):].tolist(), config
+        explicit = _alone(model, prompt, dict(max_new_tokens=20, do_sample=True, temperature=1.2, seed=5, **expected))
+        assert output.generated_tokens == explicit
+
+
 def test_generate_batch_equals_generate_per_request():
     model = tiny_model().double()
     prompts = [random_ids(1, n, seed=n)[0].tolist() for n in (1, 4, 17, 9, 33, 6)]

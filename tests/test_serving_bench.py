@@ -2,6 +2,7 @@
 speed): one PHOTON server on 127.0.0.1, two streaming clients, the report and its plot."""
 
 import json
+import sys
 
 import transformers
 from packaging.version import Version
@@ -19,6 +20,17 @@ def test_summary_arithmetic():
     assert summary["wall_s"] == 2.0 and summary["output_tokens_per_s"] == 3.0
     assert summary["requests_held_peak"] == 2
     assert abs(summary["token_latency_median_ms"] - 350) < 1e-9 and abs(summary["ttft_median_s"] - 0.15) < 1e-12
+
+
+def test_the_figures_are_written_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    report = dict(clients=2, new_tokens=3, size="tiny", machine="cpu",
+                  servers={"photon-cb": dict(output_tokens_per_s=5.0, ttft_median_s=0.1, token_latency_median_ms=9.0)})
+    output = tmp_path / "serving.json"
+    run_serving.write_report(report, output)
+    assert json.loads(output.read_text()) == report
+    assert not output.with_suffix(".png").exists()
+    assert "matplotlib is not installed" in capsys.readouterr().out
 
 
 def test_the_benchmark_runs_end_to_end(tmp_path):

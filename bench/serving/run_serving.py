@@ -10,7 +10,8 @@ rows are all at different phases (`--phases`).
 
 Figures per server: output tokens/s, time to first token and per-token latency (median, p95), requests held at
 once, and cache memory per active request (PHOTON: a row of the pool, sized for `--max-cache-len`; Llama: its KV
-at the request's own length, paged). One JSON file a run under `bench/serving/results/`, and a plot.
+at the request's own length, paged). One JSON file a run under `bench/serving/results/`, and a plot where
+matplotlib is installed.
 
     python -m bench.serving.run_serving --size small --clients 8 --new-tokens 64
     python -m bench.serving.run_serving --device cuda --size photon-600m --dtype bfloat16 --clients 256  # GPU
@@ -109,6 +110,7 @@ class Server:
             command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(folder), "--port",
                        str(self.port), "--continuous-batching", "--device", args.device, "--dtype", args.dtype]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), USE_HUB_KERNELS="0")
+        env.pop("PHOTON_HF_API_KEY", None)  # the clients send no key
         self.log = open(log, "w")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
@@ -229,8 +231,12 @@ def measure_phases(size: str, rows: int, steps: int, dtype: str, device: str, th
     return out
 
 
-def plot(report: dict, path: Path):
-    import matplotlib
+def plot(report: dict, path: Path) -> bool:
+    """The report's three panels as a PNG at `path`; False (no plot) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -250,6 +256,20 @@ def plot(report: dict, path: Path):
                  f"({report['machine']})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(report: dict, output: Path):
+    """The figures as JSON at `output`, and the plot beside it (`.png`) where matplotlib is installed."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=1))
+    print(f"wrote {output}")
+    if report["servers"]:
+        if plot(report, output.with_suffix(".png")):
+            print(f"wrote {output.with_suffix('.png')}")
+        else:
+            print("no plot: matplotlib is not installed (pip install matplotlib); the figures are in the JSON file")
 
 
 def main(argv=None):
@@ -318,12 +338,7 @@ def main(argv=None):
         report["phases"] = measure_phases(args.size, args.phase_rows, args.phase_steps, args.dtype, args.device,
                                           args.threads)
         print(f"phases: {report['phases']}", flush=True)
-    output = args.output or RESULTS / f"serving_{time.strftime('%Y%m%d-%H%M%S')}_{args.device}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=1))
-    if report["servers"]:
-        plot(report, output.with_suffix(".png"))
-    print(f"wrote {output}")
+    write_report(report, args.output or RESULTS / f"serving_{time.strftime('%Y%m%d-%H%M%S')}_{args.device}.json")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""The `photon-hf` command line: quickstart, train, generate, export, info.
+"""The `photon-hf` command line: quickstart, train, generate, export, info, serve.
 
 Run `photon-hf --help`, or `photon-hf COMMAND --help` for one command. Every command is a thin layer over the
 library (`photon_hf.training`, `photon_hf.data`, `photon_hf.hub`, `photon_hf.memory`) and stock transformers /
 datasets / peft: `train` parses its flags into a `photon_hf.training.TrainJob` and runs it.
 
 Exit codes: 0 on success, 2 for a mistake in the command line (a bad value, an empty prompt, a model that does not
-resolve), which is reported in one line before any model is loaded, 1 for an error during the work.
+resolve, a port that is taken), which is reported in one line before any model is loaded, 1 for an error during the
+work.
 
 This module imports no torch, transformers or peft at the top (only `photon_hf.presets` and `photon_hf.train_job`,
 plain Python), and the `photon-hf` console script (`photon_hf_cli`) imports it without running `photon_hf/__init__.py`,
@@ -597,22 +598,36 @@ def _cmd_quickstart(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------- serve
+API_KEY_ENV = "PHOTON_HF_API_KEY"  # the server's API key, when --api-key is not given
+
+
 def _add_serve_parser(subparsers):
     parser = subparsers.add_parser(
         "serve",
         help="serve a PHOTON model to many users at once (OpenAI-compatible API)",
         description="Start transformers' own OpenAI-compatible server (`transformers serve`: /v1/models, "
-                    "/v1/completions, /v1/chat/completions where the tokenizer has a chat template, streaming) with "
-                    "the model loaded and PHOTON's continuous batching on: requests share one decode batch as they "
-                    "come and go, each answered exactly as generate() alone would. Needs the `serving` extra "
-                    "(pip install \"photon-hf[serving]\").",
-        epilog="example: photon-hf serve photon-quickstart --max-batch-size 64   then, from Python: "
-               "openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none').completions.create("
-               "model='photon-quickstart', prompt='import ', max_tokens=50)",
+                    "/v1/completions, /v1/chat/completions where the tokenizer has a chat template, streaming, "
+                    "/health) with the model loaded and PHOTON's continuous batching on: requests share one decode "
+                    "batch as they come and go, each answered exactly as generate() alone would. SIGINT or SIGTERM "
+                    "stops admitting requests, lets those in flight finish, and exits 0. Needs the `serving` extra "
+                    "(from a checkout: pip install \".[serving]\"). See docs/serving.md.",
+        epilog="example: PHOTON_HF_API_KEY=secret photon-hf serve photon-quickstart --max-batch-size 64   then, "
+               "from Python: openai.OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='secret').completions."
+               "create(model='photon-quickstart', prompt='import ', max_tokens=50)",
     )
     parser.add_argument("model", metavar="MODEL", help="model folder (save_pretrained or export), or a Hub id")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=_int_at_least(1), default=8000, help="port (default: 8000)")
+    parser.add_argument("--api-key", default=None, metavar="KEY",
+                        help="every /v1 route answers 401 without the header `Authorization: Bearer KEY` (default: "
+                             f"${API_KEY_ENV}, which keeps the key out of the process list; unset: no key)")
+    parser.add_argument("--enable-admin-routes", action="store_true",
+                        help="allow transformers' /reset and /load_model, which stop or replace the model "
+                             "(default: they answer 403)")
+    parser.add_argument("--shutdown-timeout", type=_float_in(0, low_open=False, what="seconds >= 0"), default=25.0,
+                        metavar="SECONDS",
+                        help="after SIGINT or SIGTERM, how long the requests in flight may take to finish before "
+                             "they are cut off (default: 25, under Kubernetes' 30 s grace period)")
     parser.add_argument("--max-batch-size", type=_int_at_least(1), default=32,
                         help="requests decoded at once: rows of the cache pool, allocated at start (default: 32)")
     parser.add_argument("--max-cache-len", type=_int_at_least(2), default=None,
@@ -624,27 +639,59 @@ def _add_serve_parser(subparsers):
     parser.add_argument("--device", default="auto", help="device (default: auto)")
     parser.add_argument("--dtype", default="auto", help="weights' dtype, e.g. bfloat16 (default: auto)")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the code of an exported folder")
-    parser.add_argument("--default-seed", type=int, default=None, help="seed of the server's random numbers")
+    parser.add_argument("--default-seed", type=int, default=None,
+                        help="seed of the random numbers of sampled requests without a seed of their own")
     parser.add_argument("--enable-cors", action="store_true", help="allow cross-origin requests")
     parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"],
                         help="(default: warning)")
     parser.set_defaults(handler=_cmd_serve)
 
 
+def check_port(host: str, port: int):
+    """Raise OSError (one line) unless `host`:`port` can be listened on, binding as the server will (asyncio's
+    `create_server`: every address `host` resolves to, SO_REUSEADDR, IPv6 sockets IPv6-only, an address family the
+    machine lacks skipped), so a taken port fails before the model loads."""
+    import errno
+    import socket
+
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as error:
+        raise OSError(f"cannot listen on --host {host}: {error}") from None
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRNOTAVAIL:
+                    continue
+                raise OSError(f"cannot listen on {address[0]} port {port}: {error.strerror or error} (another "
+                              "server holds it? choose another --port)") from None
+
+
 def _cmd_serve(args) -> int:
     name = resolve_model(args.model, what="MODEL")
+    try:
+        check_port(args.host, args.port)
+    except OSError as error:
+        raise UsageError(str(error)) from None
     _load_package()
     try:
         from .server import serve
     except ImportError as error:
         raise UsageError(
-            f"`photon-hf serve` needs the serving extra: pip install \"photon-hf[serving]\" ({error})"
+            f"`photon-hf serve` needs the serving extra: from a checkout, pip install \".[serving]\" ({error})"
         ) from None
     serve(
         name, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
         max_cache_len=args.max_cache_len, align_phases=not args.mixed_phases, compile=args.compile,
         device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, log_level=args.log_level,
         default_seed=args.default_seed, enable_cors=args.enable_cors,
+        api_key=args.api_key, admin_routes=args.enable_admin_routes,
+        shutdown_timeout=args.shutdown_timeout,
     )
     return 0
 

@@ -393,9 +393,10 @@ class PhotonBatchingManager:
             raise RequestError(f"temperature must be >= 0, got {temperature}.")
         if do_sample is None:  # an explicit temperature asks for sampling (an OpenAI client's 0: greedy)
             do_sample = True if temperature_given else bool(config.do_sample)
+        # Unset in the request and the config: generate()'s defaults (GenerationConfig._get_default_generation_params)
         top_k = config.top_k if top_k is None else top_k
         top_p = config.top_p if top_p is None else top_p
-        top_k, top_p = int(top_k or 0), float(1.0 if top_p is None else top_p)
+        top_k, top_p = int(50 if top_k is None else top_k), float(1.0 if top_p is None else top_p)
         if top_k < 0 or not 0 < top_p <= 1:
             raise RequestError(f"top_k must be >= 0 and top_p in (0, 1], got {top_k} and {top_p}.")
         return SamplingSettings(int(max_new_tokens), frozenset(int(t) for t in eos), do_sample, temperature, top_k,
