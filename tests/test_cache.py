@@ -336,3 +336,25 @@ def test_the_model_talks_to_the_cache_through_its_verbs_only():
     step = "".join(inspect.getsource(f) for f in (PhotonModel.decode_column, PhotonModel._consume,
                                                    PhotonModel._encoder_step))
     assert not re.findall(r"lookback|self_decoding|decoder_input|decoder_reading", step)
+
+
+def test_a_view_refuses_what_it_cannot_hold():
+    """A view's rows are picked per step and never grow: `select_rows` needs a view, `extend` a view, and a row
+    taken past the view's length is an error that says so, before anything is written."""
+    from helpers import tiny_model
+
+    from photon_hf.attention_photon import REFERENCE_OPS
+
+    model = tiny_model()
+    config = model.config
+    states = {name: torch.zeros(3, *shape, dtype=dtype) for name, shape, dtype in PhotonCache.state_layout(
+        config, 32, torch.float32)}
+    view = PhotonCache.over_states(config, 32, states)
+    dense = PhotonCache(config, max_cache_len=32)
+    with pytest.raises(RuntimeError, match="over_states"):
+        dense.select_rows(torch.tensor([0]), [0])
+    with pytest.raises(RuntimeError, match="over_states"):
+        model.model.extend(dense, torch.tensor([0]), [0], torch.ones(1, 4, dtype=torch.long), [4], REFERENCE_OPS)
+    with pytest.raises(ValueError, match="a row holds 1 to 32 tokens"):
+        model.model.extend(view, torch.tensor([1]), [30], torch.ones(1, 4, dtype=torch.long), [4], REFERENCE_OPS)
+    assert states["counts"].tolist() == [0, 0, 0]
