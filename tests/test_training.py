@@ -201,7 +201,8 @@ def test_train_job_checks_its_values_and_holds_the_defaults(tmp_path):
         "validation_fraction": 1.5, "size": "huge", "eval_blocks": -1, "max_minutes": 0, "output_dir": "",
     }
     for field, value in bad.items():
-        with pytest.raises(ValueError, match=f"`{field}` must be"):
+        flag = "--" + field.replace("_", "-")
+        with pytest.raises(ValueError, match=f"`{field}` \\({flag}\\) must be"):
             TrainJob(**{"output_dir": str(tmp_path), **{field: value}})
     with pytest.raises(ValueError, match="--model PATH"):
         TrainJob(output_dir=str(tmp_path), lora_r=4)
