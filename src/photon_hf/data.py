@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import inspect
 import json
 import os
 import sysconfig
@@ -418,11 +419,13 @@ def _pack_documents(
     block_size: int,
     byte_level: bool,
     dtype: str = "int64",
+    as_lists: bool = False,
 ) -> dict:
     """Tokenize a batch of documents, put the end-of-sequence token after each, concatenate them and cut the
     stream into blocks of `block_size` tokens of type `dtype` (the remainder of the batch is dropped). `labels`
     are the inputs (the model shifts them). Special-token strings inside the text (e.g. a literal "<eos>") are
-    tokenized as text."""
+    tokenized as text. `as_lists`: each block a list of Python ints rather than a row of one array (a stream's
+    blocks live on apart in a shuffle buffer, where a row would keep its whole batch's array alive)."""
     eos = np.array([tokenizer.eos_token_id], dtype=dtype)
     if byte_level:
         ids = [np.frombuffer(text.encode("utf-8"), dtype=np.uint8) for text in batch[text_column]]
@@ -434,6 +437,8 @@ def _pack_documents(
     stream = np.concatenate([part for x in ids for part in (x.astype(dtype), eos)])
     usable = len(stream) // block_size * block_size
     blocks = stream[:usable].reshape(-1, block_size)
+    if as_lists:
+        blocks = blocks.tolist()
     return {"input_ids": blocks, "labels": blocks}
 
 
@@ -458,8 +463,8 @@ def pack_dataset(
     `dataset` has cache files, and stay in memory when it is in memory (as the default corpus is).
 
     An `IterableDataset` is packed on the fly as it is iterated, `map_batch_size` documents at a time (in the
-    process that iterates it, so `num_proc` does not apply), into int64 blocks (NumPy rows, which
-    `default_data_collator` stacks); `max_blocks` then keeps its first blocks.
+    process that iterates it, so `num_proc` does not apply), into blocks of Python ints, as the rows of a stored
+    dataset read back; `max_blocks` then keeps its first blocks.
     """
     datasets = _require_datasets()
     if not isinstance(block_size, int) or block_size < 2:
@@ -492,8 +497,7 @@ def pack_dataset(
     if num_proc is not None and num_proc > 1:
         # A forked worker must not reuse the parent's tokenizer thread pool.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Stored blocks take the narrowest type; a stream stores nothing, so its blocks are the model's int64 already.
-    dtype = "int64" if streaming else token_id_dtype(max(len(tokenizer), tokenizer.vocab_size))
+    dtype = token_id_dtype(max(len(tokenizer), tokenizer.vocab_size))
     ids = datasets.Sequence(datasets.Value(dtype), length=block_size)
     pack = dict(
         function=_pack_documents,
@@ -506,6 +510,7 @@ def pack_dataset(
             "block_size": block_size,
             "byte_level": is_byte_tokenizer(tokenizer),
             "dtype": dtype,
+            "as_lists": streaming,
         },
     )
     if streaming:  # a stream's columns may be unknown until it is read: keep the text alone, then replace it
@@ -557,7 +562,12 @@ def training_stream(blocks, *, seed: int = 0, shuffle_buffer: int = 1000, rank: 
 
     stream = blocks.repeat(None)
     if shuffle_buffer:
-        stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        shuffle = dict(seed=seed, buffer_size=shuffle_buffer)
+        if "max_buffer_input_shards" in inspect.signature(stream.shuffle).parameters:
+            # datasets >= 5 fills the buffer from up to 10 shards read at once, each with its own batch of documents
+            # being packed: memory would grow with the shard count. One shard at a time keeps it flat.
+            shuffle["max_buffer_input_shards"] = 1
+        stream = stream.shuffle(**shuffle)
     if world_size > 1:
         stream = split_dataset_by_node(stream, rank=rank, world_size=world_size)
     return stream

@@ -7,6 +7,7 @@ loading anything); `photon_hf.training.run_training` carries a job out.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 from .presets import PHOTON_PRESETS
@@ -136,6 +137,11 @@ class TrainJob:
     gradient_checkpointing: bool = _option(False, "optimisation", help="recompute activations to save memory")
     bf16: bool | None = _option(None, "optimisation",
                                 help="bf16 mixed precision (default: on where the GPU supports it)")
+    deepspeed: str | None = _option(
+        None, "optimisation", metavar="CONFIG",
+        help="DeepSpeed config file, e.g. examples/accelerate/deepspeed_zero3.json (ZeRO-3); start the command with "
+             "torchrun or accelerate launch",
+    )
     seed: int = _option(
         0, "optimisation",
         help="random seed of the new model's weights, the data order and dropout: equal seeds give equal runs",
@@ -203,6 +209,10 @@ class TrainJob:
             from .training import model_config
 
             model_config(self.size, **self.overrides)  # a bad `overrides` value raises its ValueError here
+        if self.deepspeed is not None and not os.path.isfile(self.deepspeed):
+            raise ValueError(
+                f"`deepspeed` (--deepspeed) {self.deepspeed!r} is not a file; pass a DeepSpeed JSON config."
+            )
         if self.resume and not self.save_checkpoints:
             raise ValueError(
                 "`resume` (--resume) continues from checkpoints, so it needs `save_checkpoints=True` "
@@ -251,6 +261,7 @@ class TrainJob:
             save_steps=self.save_steps,
             save_total_limit=self.save_total_limit,
             gradient_checkpointing=self.gradient_checkpointing,
+            deepspeed=self.deepspeed,
             seed=self.seed,
         )
 

@@ -1,6 +1,7 @@
 """Training PHOTON with the stock `transformers.Trainer`.
 
-Nothing here replaces a Trainer piece; these are the few things a PHOTON run needs around it:
+Nothing here replaces a Trainer piece (but the training dataloader of a stream already split between processes,
+`PerProcessStreamTrainer`); these are the few things a PHOTON run needs around it:
 
 * `TrainJob` and `run_training`: one whole run (data, model or LoRA adapter, Trainer, time budget, resume, saving),
   the body of `photon-hf train` and of the quickstart. `TrainJob`'s field defaults are the defaults of every
@@ -17,8 +18,10 @@ Nothing here replaces a Trainer piece; these are the few things a PHOTON run nee
 Gradient accumulation is exact: `PhotonForCausalLM.forward` takes `**kwargs`, so the Trainer passes
 `num_items_in_batch` (the label count of the whole accumulated batch) and the loss is a sum divided by it.
 Gradient checkpointing (`TrainingArguments(gradient_checkpointing=True)`) recomputes each `PhotonBlock`. For data
-parallel runs start the same script with `torchrun` or `accelerate launch` (see the README's "Training" section for
-FSDP and DeepSpeed).
+parallel runs start the same script with `torchrun` or `accelerate launch`; a stream split between the processes
+(`photon_hf.data.training_stream`) trains with `PerProcessStreamTrainer`. `fully_shard_model` shards a model with
+FSDP2 without accelerate (on CPU processes too). docs/training.md covers streaming, the launchers, DDP, FSDP2 and
+DeepSpeed ZeRO-2/3.
 """
 
 from __future__ import annotations
