@@ -17,7 +17,8 @@ blocks of `block_size` tokens with `labels == input_ids`, ready for `transformer
 
 With `streaming=True` the same sources come as `datasets.IterableDataset`s instead, read lazily (local files
 and Hub datasets with `load_dataset(..., streaming=True)`), and `pack_dataset` packs them on the fly: nothing is
-tokenized ahead, written to the `datasets` cache or held beyond one `map_batch_size` batch of documents.
+tokenized ahead or written to the `datasets` cache, and no more is held than the batch of `map_batch_size`
+documents being packed (and `training_stream`'s shuffle buffer).
 `training_stream` makes the packed stream endless, shuffles it in a bounded buffer and gives each process of a
 distributed run its own share (`datasets.distributed.split_dataset_by_node`).
 
