@@ -387,8 +387,8 @@ def resume_checkpoint(job: TrainJob) -> str | None:
     last = get_last_checkpoint(job.output_dir) if Path(job.output_dir).is_dir() else None
     if last is None:
         raise ValueError(
-            f"`resume` found no checkpoint-* folder in {job.output_dir!r}; drop --resume (`resume=None`) to start "
-            "afresh, or pass the checkpoint folder to resume from."
+            f"`resume` (--resume) found no checkpoint-* folder in {job.output_dir!r}; drop --resume (`resume=None`) to "
+            "start afresh, or pass the checkpoint folder to resume from."
         )
     return last
 
@@ -403,7 +403,9 @@ def load_model_and_tokenizer(job: TrainJob):
 
     if job.model:
         if not Path(job.model).is_dir():
-            raise FileNotFoundError(f"`model` {job.model!r} is not a folder; pass a folder saved by `photon-hf train`.")
+            raise FileNotFoundError(
+                f"`model` (--model) {job.model!r} is not a folder; pass a folder saved by `photon-hf train`."
+            )
         model = AutoModelForCausalLM.from_pretrained(job.model, dtype=torch.float32)
         return model, AutoTokenizer.from_pretrained(job.model)
     tokenizer = load_tokenizer(job.tokenizer)
