@@ -168,7 +168,13 @@ def test_errors_say_what_to_change(tmp_path, capsys):
     assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--resume", *TINY_TRAIN]) == 2
     assert "drop --resume" in capsys.readouterr().err
     assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--block-size", "1"]) == 2  # TrainJob's check
-    assert "`block_size` must be an int >= 2, got 1" in capsys.readouterr().err
+    assert "`block_size` (--block-size) must be an int >= 2, got 1" in capsys.readouterr().err
+    assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--streaming"]) == 2
+    assert "(--max-steps) is required with `streaming` (--streaming)" in capsys.readouterr().err
+    single = tmp_path / "one.txt"  # one document: nothing to hold out; the error names the flag that fixes it
+    single.write_text("a single document")
+    assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--dataset", str(single), "--size", "tiny"]) == 1
+    assert "--validation-data" in capsys.readouterr().err
     assert cli.main(["train", "--output-dir", str(tmp_path / "new"), "--model", str(tmp_path)]) == 2
     assert "without a config.json" in capsys.readouterr().err
     (tmp_path / "folder").mkdir()

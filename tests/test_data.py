@@ -1,17 +1,20 @@
-"""photon_hf.data: byte tokenizer, embedded corpus split, local files, packing (multiprocess)."""
+"""photon_hf.data: byte tokenizer, embedded corpus split, local files, packing (multiprocess), streaming."""
 
+import itertools
 import json
 
+import datasets
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, default_data_collator
 
 from photon_hf import data
 from photon_hf.data import (
     byte_tokenizer,
+    first_blocks,
     is_byte_tokenizer,
     is_validation,
     load_stdlib_corpus,
@@ -19,6 +22,7 @@ from photon_hf.data import (
     pack_dataset,
     stdlib_files,
     token_id_dtype,
+    training_stream,
 )
 
 TRICKY = "héllo wörld 🎉\r\n\tdef f():  # <eos> <pad> literal\n\x00\x7f"
@@ -198,3 +202,102 @@ def test_hub_dataset_splits(monkeypatch):
     assert len(corpus["train"]) + len(corpus["validation"]) == 20 and len(corpus["validation"]) >= 1
     with pytest.raises(ValueError, match="has no 'body' column"):
         load_text_corpus("someone/texts", text_column="body")
+    # Streamed: load_dataset(..., streaming=True) gives IterableDatasets; their own test split is the validation.
+    splits["test"] = Dataset.from_dict({"text": ["test 0", "test 1"]})
+
+    def fake_streaming_load(path, name=None, streaming=False, **kwargs):
+        calls.append((path, name, streaming))
+        return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in splits.items()})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_streaming_load)
+    corpus = load_text_corpus("someone/texts", streaming=True)
+    assert calls[-1] == ("someone/texts", None, True) and isinstance(corpus["train"], datasets.IterableDataset)
+    assert [d["text"] for d in corpus["validation"]] == ["test 0", "test 1"]
+    assert len(list(corpus["train"])) == 20
+    with pytest.raises(ValueError, match="has no 'body' column"):
+        load_text_corpus("someone/texts", text_column="body", streaming=True)
+
+
+# ------------------------------------------------------------------------------------------------- streaming
+def _jsonl(path, count: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for i in range(count):
+            f.write(json.dumps({"text": f"doc {i}: " + "xyz " * int(rng.integers(1, 30)), "n": i}) + "\n")
+    return path
+
+
+def test_streaming_holds_out_the_same_documents(tmp_path):
+    """A stream splits its documents as the in-memory corpus does (by a hash of the text), for local files and the
+    default corpus, and reads nothing ahead."""
+    jsonl = str(_jsonl(tmp_path / "docs.jsonl", 80))
+    in_memory = load_text_corpus(jsonl, validation_fraction=0.2)
+    streamed = load_text_corpus(jsonl, validation_fraction=0.2, streaming=True)
+    assert isinstance(streamed["train"], datasets.IterableDataset)
+    for split in ("train", "validation"):
+        assert [d["text"] for d in streamed[split]] == list(in_memory[split]["text"]), split
+    stdlib = load_text_corpus(streaming=True, max_files=4)
+    assert [d["path"] for d in stdlib["validation"]] == list(load_stdlib_corpus(max_files=4)["validation"]["path"])
+    folder = _write_docs(tmp_path / "txt", 12)
+    texts = [d["text"] for split in load_text_corpus(str(folder), streaming=True).values() for d in split]
+    assert sorted(texts) == sorted(p.read_text() for p in folder.iterdir())  # one document per .txt file
+    with pytest.raises(ValueError, match="--text-column"):
+        load_text_corpus(jsonl, text_column="body", streaming=True)
+    with pytest.raises(ValueError, match="--text-column"):  # a Hub stream's columns are checked on its first record
+        data._check_text_column(Dataset.from_dict({"t": ["x"]}).to_iterable_dataset(), "text", "The dataset has")
+
+
+def test_packing_a_stream_gives_the_in_memory_blocks_and_reads_a_bounded_window(tmp_path):
+    docs = [f"doc {i}: " + "abcdefghij" * (i % 7 + 1) for i in range(300)]
+    tokenizer = byte_tokenizer()
+    in_memory = pack_dataset(Dataset.from_dict({"text": docs}), tokenizer, 32, map_batch_size=50)
+    read = []
+
+    def documents(indices):
+        for i in indices:
+            read.append(i)
+            yield {"text": docs[i], "other": i}
+
+    stream = datasets.IterableDataset.from_generator(documents, gen_kwargs={"indices": list(range(300))})
+    packed = pack_dataset(stream, tokenizer, 32, map_batch_size=50)
+    first = next(iter(packed))
+    assert len(read) == 50  # one map batch of documents is read to make the first block, no more
+    assert list(first) == ["input_ids", "labels"] and type(first["input_ids"][0]) is int  # as stored rows read back
+    rows = list(packed)
+    assert [r["input_ids"] for r in rows] == in_memory["input_ids"]
+    batch = default_data_collator(rows[:2])
+    assert batch["input_ids"].dtype == torch.int64 and torch.equal(batch["input_ids"], batch["labels"])
+    assert len(list(pack_dataset(stream, tokenizer, 32, max_blocks=3))) == 3
+    assert first_blocks(packed, 4)["input_ids"] == in_memory["input_ids"][:4]
+    with pytest.raises(ValueError, match="--num-proc"):
+        pack_dataset(stream, tokenizer, 32, num_proc=2)
+    with pytest.raises(ValueError, match="--validation-data"):
+        first_blocks(pack_dataset(stream.take(1), tokenizer, 4096), 4)
+
+
+def test_training_stream_is_endless_shuffled_by_seed_and_split_between_processes(tmp_path):
+    tokenizer = byte_tokenizer()
+    one_file = pack_dataset(load_text_corpus(str(_jsonl(tmp_path / "a.jsonl", 60)), streaming=True)["train"],
+                            tokenizer, 16)
+    blocks = [tuple(r["input_ids"]) for r in one_file]
+
+    def take(stream, count):
+        return [tuple(r["input_ids"]) for r in itertools.islice(stream, count)]
+
+    plain = take(training_stream(one_file, shuffle_buffer=0), 2 * len(blocks) + 3)
+    assert plain == blocks + blocks + blocks[:3]  # repeated without end, in order without a buffer
+    shuffled = take(training_stream(one_file, seed=1, shuffle_buffer=20), 40)
+    assert shuffled == take(training_stream(one_file, seed=1, shuffle_buffer=20), 40)
+    assert shuffled != take(training_stream(one_file, seed=2, shuffle_buffer=20), 40) and shuffled != blocks[:40]
+    # One shard (file): each of 2 processes keeps every other block of the same shuffled stream, so per step they
+    # see together what one process with twice the batch sees.
+    ranks = [take(training_stream(one_file, seed=1, shuffle_buffer=20, rank=r, world_size=2), 20) for r in (0, 1)]
+    assert ranks[0] == shuffled[0::2] and ranks[1] == shuffled[1::2]
+    # Two shards on two processes: each reads its own file.
+    files = [str(_jsonl(tmp_path / f"part{i}.jsonl", 30, seed=i)) for i in (1, 2)]
+    two_files = pack_dataset(load_text_corpus(str(tmp_path / "part*.jsonl"), streaming=True)["train"], tokenizer, 16)
+    per_file = [{tuple(r["input_ids"]) for r in pack_dataset(
+        load_text_corpus(f, streaming=True)["train"], tokenizer, 16)} for f in files]
+    for rank in (0, 1):
+        mine = set(take(training_stream(two_files, shuffle_buffer=0, rank=rank, world_size=2), 10))
+        assert sum(mine <= blocks_of_file for blocks_of_file in per_file) == 1, rank

@@ -25,6 +25,7 @@ from photon_hf.memory import (
     parameter_matched_llama,
     roofline_step_ms,
     training_flops_per_token,
+    training_state_bytes,
 )
 
 
@@ -190,3 +191,19 @@ def test_training_flops_per_token_of_the_600m_shapes():
     matmul = 6 * (16 * (4 * 1664**2 + 3 * 1664 * 4096) + 1664 * 32000)
     assert matmul < training_flops_per_token(llama_config_for(config), 2048) < 1.2 * matmul
     assert 0.3 * matmul < training_flops_per_token(config, 2048) < 0.7 * matmul
+
+
+def test_training_state_bytes_per_strategy():
+    """AdamW's 16 bytes a parameter (fp32 weights, gradients, two moments) kept whole by DDP and split by the
+    sharding strategies; DeepSpeed's mixed precision keeps bf16 weights and gradients beside 12 bytes of fp32 state."""
+    config = photon_preset("photon-600m")
+    parameters = count_parameters(config)
+    assert training_state_bytes(config, "ddp", 8)["total"] == 16 * parameters
+    assert training_state_bytes(config, "fsdp2", 8)["total"] == 16 * parameters / 8
+    assert training_state_bytes(config, "zero3", 8)["total"] == (2 + 2 + 12) * parameters / 8
+    zero2 = training_state_bytes(config, "zero2", 8)
+    assert zero2["weights"] == 2 * parameters and zero2["total"] == 2 * parameters + 14 * parameters / 8
+    fp32 = training_state_bytes(config, "zero2", 8, mixed_precision=False)
+    assert fp32["total"] == 4 * parameters + 12 * parameters / 8
+    with pytest.raises(ValueError, match="strategy"):
+        training_state_bytes(config, "zero4")

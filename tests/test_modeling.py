@@ -318,8 +318,9 @@ def test_lookback_reaches_exactly_w_tokens_before_the_chunk():
 
 def test_packed_position_ids_are_run_as_one_sequence_with_a_warning(caplog):
     """PHOTON does not honour packed rows (`position_ids` restarting at each document, as TRL's padding-free
-    packing and `DataCollatorWithFlattening` make them): it runs the row as one sequence and says so once. Ordinary
-    and left-padded `position_ids` (generate's) give no warning."""
+    packing and `DataCollatorWithFlattening` make them): it runs the row as one sequence and says so once, in a
+    training forward and in an evaluation forward that builds a cache alike. Ordinary and left-padded `position_ids`
+    (generate's prefill and decode steps) give no warning."""
     model = tiny_model().eval()
     first, second = random_ids(1, 9)[0].tolist(), random_ids(1, 7)[0].tolist()
     packed = DataCollatorWithFlattening()([{"input_ids": first}, {"input_ids": second}])
@@ -334,9 +335,14 @@ def test_packed_position_ids_are_run_as_one_sequence_with_a_warning(caplog):
         model(ids, attention_mask=mask, position_ids=padded_positions, use_cache=False)
         model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False)
         assert "restart inside a row" not in caplog.text
+        # An evaluation forward (no labels, so `use_cache` at its default builds a cache: a prefill) warns too.
+        assert model.config.use_cache
+        model(packed["input_ids"], position_ids=packed["position_ids"])
+        assert caplog.text.count("restart inside a row") == 1
+        warning_once.cache_clear()
         logits = model(packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"]).logits
         model(packed["input_ids"], position_ids=packed["position_ids"], labels=packed["labels"])
         alone = model(torch.tensor([second])).logits
-    assert caplog.text.count("restart inside a row") == 1 and "packing=False" in caplog.text
+    assert caplog.text.count("restart inside a row") == 2 and "packing=False" in caplog.text
     # What the warning says: the second document sees the first, so its logits are not those of running it alone.
     assert not torch.allclose(logits[0, 9:], alone[0], atol=1e-3)

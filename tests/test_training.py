@@ -1,7 +1,9 @@
 """Stock transformers.Trainer on PHOTON: exact gradient accumulation, gradient checkpointing, resuming,
 perplexity, time budget, and a real learning check on the embedded corpus."""
 
+import dataclasses
 import functools
+import json
 import math
 
 import numpy as np
@@ -15,6 +17,7 @@ import photon_hf
 from photon_hf import PHOTON_PRESETS, PhotonForCausalLM, photon_preset
 from photon_hf.data import byte_tokenizer, load_text_corpus, pack_dataset
 from photon_hf.modeling_photon import PhotonBlock
+from photon_hf.train_job import DEFAULT_MAX_STEPS
 from photon_hf.training import (
     TimeBudgetCallback,
     TrainJob,
@@ -22,6 +25,7 @@ from photon_hf.training import (
     compute_perplexity,
     default_learning_rate,
     preprocess_logits_for_perplexity,
+    run_training,
     torch_threads,
     training_arguments,
 )
@@ -167,6 +171,54 @@ def test_resume_from_checkpoint_continues_the_same_run(tmp_path):
     assert max_difference(straight, resumed) < 1e-6
 
 
+def _small_corpus(path, documents: int = 60):
+    rng = np.random.default_rng(0)
+    with open(path, "w") as f:
+        for i in range(documents):
+            f.write(json.dumps({"text": f"{i}: " + " ".join(f"w{w}" for w in rng.integers(0, 40, 30))}) + "\n")
+    return str(path)
+
+
+def _job(tmp_path, name: str, **fields) -> TrainJob:
+    defaults = dict(dataset=_small_corpus(tmp_path / "corpus.jsonl"), size="tiny", block_size=32, batch_size=4,
+                    max_steps=4, eval_blocks=2, eval_steps=4, save_steps=2, logging_steps=1, validation_fraction=0.2)
+    return TrainJob(output_dir=str(tmp_path / name), **{**defaults, **fields})
+
+
+def _saved(folder) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(f"{folder}/model.safetensors")
+
+
+def test_seeded_runs_are_equal(tmp_path):
+    """The seed fixes the new model's weights and the data order: two runs with one seed end bit-equal on a CPU,
+    another seed gives another model."""
+    first, again, other = (_job(tmp_path, name, seed=seed, max_steps=2, save_checkpoints=False)
+                           for name, seed in (("first", 3), ("again", 3), ("other", 4)))
+    for job in (first, again, other):
+        run_training(job)
+    a, b = _saved(first.output_dir), _saved(again.output_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert max_difference(a, _saved(other.output_dir)) > 1e-3
+
+
+def test_a_resumed_stream_continues_where_its_data_left_off(tmp_path):
+    """A streamed run stopped at a checkpoint and resumed re-reads the blocks it had trained on and skips them, so
+    it ends with the weights of an uninterrupted run."""
+    straight = _job(tmp_path, "straight", streaming=True, shuffle_buffer=8)
+    run_training(straight)
+    interrupted = _job(tmp_path, "resumed", streaming=True, shuffle_buffer=8)
+    run_training(interrupted, callbacks=[_StopAt(2)])
+    stopped = _saved(interrupted.output_dir)
+    assert (tmp_path / "resumed" / "checkpoint-2").is_dir()
+    assert max_difference(_saved(straight.output_dir), stopped) > 1e-4  # the interrupted run is really behind
+    run_training(dataclasses.replace(interrupted, resume="last"))
+    assert max_difference(_saved(straight.output_dir), _saved(interrupted.output_dir)) < 1e-6
+    record = json.loads((tmp_path / "resumed" / "photon_training.json").read_text())
+    assert record["train_steps"] == 4 and "streamed: 16 training blocks" in record["training_data"]
+
+
 def test_perplexity_metrics_and_time_budget(tmp_path):
     tokenizer = byte_tokenizer()
     model = tiny_model()
@@ -201,7 +253,8 @@ def test_train_job_checks_its_values_and_holds_the_defaults(tmp_path):
         "validation_fraction": 1.5, "size": "huge", "eval_blocks": -1, "max_minutes": 0, "output_dir": "",
     }
     for field, value in bad.items():
-        with pytest.raises(ValueError, match=f"`{field}` must be"):
+        flag = "--" + field.replace("_", "-")
+        with pytest.raises(ValueError, match=f"`{field}` \\({flag}\\) must be"):
             TrainJob(**{"output_dir": str(tmp_path), **{field: value}})
     with pytest.raises(ValueError, match="--model PATH"):
         TrainJob(output_dir=str(tmp_path), lora_r=4)
@@ -209,6 +262,13 @@ def test_train_job_checks_its_values_and_holds_the_defaults(tmp_path):
         TrainJob(output_dir=str(tmp_path), model=str(tmp_path), overrides={"hidden_size": 96})
     with pytest.raises(ValueError, match="cannot resume"):
         TrainJob(output_dir=str(tmp_path), max_minutes=1.0, resume="last")
+    with pytest.raises(ValueError, match=r"`max_steps` \(--max-steps\) is required with `streaming`"):
+        TrainJob(output_dir=str(tmp_path), streaming=True)
+    with pytest.raises(ValueError, match=r"`eval_blocks` \(--eval-blocks\) must be > 0 with `streaming`"):
+        TrainJob(output_dir=str(tmp_path), streaming=True, max_steps=10, eval_blocks=0)
+    with pytest.raises(ValueError, match=r"--num-proc"):
+        TrainJob(output_dir=str(tmp_path), streaming=True, max_steps=10, num_proc=2)
+    assert TrainJob(output_dir=str(tmp_path)).max_steps == DEFAULT_MAX_STEPS  # in memory, a default applies
 
     job = TrainJob(output_dir=str(tmp_path))
     plain = training_arguments(str(tmp_path))

@@ -32,11 +32,12 @@ examples:
   photon-hf quickstart                                  train ~3 minutes on the Python stdlib, then generate
   photon-hf train --output-dir runs/small --max-steps 2000
   photon-hf train --output-dir runs/mine --dataset my_texts/ --size base
+  photon-hf train --output-dir runs/big --dataset corpus/ --streaming --max-steps 20000
   photon-hf train --output-dir runs/lora --model runs/small --lora-r 8 --dataset notes.jsonl
   photon-hf generate --model runs/small --prompt "def parse(" --sample
   photon-hf export runs/small hub/photon-small --repo-id me/photon-small
   photon-hf info --size photon-600m --context-lengths 2048,32768
-  torchrun --nproc_per_node 2 -m photon_hf train --output-dir runs/ddp    data parallel (CPU or GPU)
+  torchrun --nproc_per_node 2 -m photon_hf train --output-dir runs/ddp    data parallel (CPU or GPU; docs/training.md)
 
 The generation benchmark and the kernel benchmark are scripts in a source checkout, not commands:
   python -m bench.generation.run_generation --help, python -m bench.kernels.bench_kernels --help
@@ -253,8 +254,8 @@ def _add_train_parser(subparsers):
                     "transformers Trainer. Saves a Hugging Face model folder (model, tokenizer, eval_results.json) "
                     "to --output-dir, with checkpoints to resume from. For several processes start it with "
                     "`torchrun --nproc_per_node N -m photon_hf train ...` or `accelerate launch --multi_gpu "
-                    "--num_processes N -m photon_hf train ...`. Every option is a field of "
-                    "photon_hf.training.TrainJob.",
+                    "--num_processes N -m photon_hf train ...` (docs/training.md: streaming, launchers, DeepSpeed, "
+                    "FSDP2). Every option is a field of photon_hf.training.TrainJob.",
         epilog="example: photon-hf train --output-dir runs/small --max-steps 2000 --eval-steps 200",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -13,6 +13,8 @@ geometry the model and `PhotonCache` use, so the analytic figures cannot drift f
   (`photon-hf info`, the model card);
 * `decode_step_cost` and `roofline_step_ms`: the minimal traffic and FLOPs of one decode step of stock `generate`,
   and the step time they imply on a device (the benchmark's roofline column);
+* `training_state_bytes`: the weights, gradients and AdamW state one training process holds under DDP, DeepSpeed
+  ZeRO-2/3 or FSDP2 (docs/training.md);
 * `forward_flops` and `training_flops_per_token`: the matmul FLOPs of a training step, PHOTON's counted on the
   sequence it really runs (padded to whole meta-chunks, with the token look-back's extra keys), checked against
   `torch.utils.flop_counter` in tests/test_memory.py (the quality study's compute axis).
@@ -144,6 +146,36 @@ def count_parameters(config: PhotonConfig | LlamaConfig) -> int:
     with torch.device("meta"):
         model = (PhotonForCausalLM if isinstance(config, PhotonConfig) else LlamaForCausalLM)(config)
     return sum(p.numel() for p in model.parameters())
+
+
+# Bytes per parameter of AdamW training, per strategy: (weights, gradients, optimizer state), each with the share of
+# it a process keeps (1: whole, "N": 1/processes). Mixed precision (bf16 compute) as each strategy implements it:
+# DDP and FSDP2 keep fp32 weights and gradients (autocast / `MixedPrecisionPolicy` cast to bf16 on the fly);
+# DeepSpeed keeps bf16 weights and gradients and fp32 master weights with the Adam moments (12 bytes).
+TRAINING_STATE = {
+    "ddp": {True: ((4, 1), (4, 1), (8, 1)), False: ((4, 1), (4, 1), (8, 1))},
+    "zero2": {True: ((2, 1), (2, "N"), (12, "N")), False: ((4, 1), (4, "N"), (8, "N"))},
+    "zero3": {True: ((2, "N"), (2, "N"), (12, "N")), False: ((4, "N"), (4, "N"), (8, "N"))},
+    "fsdp2": {True: ((4, "N"), (4, "N"), (8, "N")), False: ((4, "N"), (4, "N"), (8, "N"))},
+}
+
+
+def training_state_bytes(
+    config: PhotonConfig | LlamaConfig, strategy: str = "ddp", processes: int = 1, mixed_precision: bool = True
+) -> dict[str, float]:
+    """Bytes one of `processes` training processes holds for the model's weights, gradients and AdamW state under
+    `strategy` ("ddp", "zero2", "zero3" or "fsdp2"; see `TRAINING_STATE`), and their "total". Activations,
+    communication buffers and the weights a sharded strategy gathers for the unit it is computing come on top."""
+    if strategy not in TRAINING_STATE:
+        raise ValueError(f"`strategy` must be one of {sorted(TRAINING_STATE)}, got {strategy!r}.")
+    parameters = count_parameters(config)
+    parts = {}
+    for name, (per_parameter, share) in zip(
+        ("weights", "gradients", "optimizer"), TRAINING_STATE[strategy][mixed_precision], strict=True
+    ):
+        parts[name] = parameters * per_parameter / (processes if share == "N" else 1)
+    parts["total"] = sum(parts.values())
+    return parts
 
 
 def llama_kv_cache_bytes(

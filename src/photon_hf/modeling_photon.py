@@ -593,7 +593,7 @@ def _to_columns(hidden: torch.Tensor, pad_t: torch.Tensor, length: int, logits_t
 
 def _warn_if_packed(position_ids: torch.Tensor, attention_mask: torch.Tensor | None):
     """Warn once when `position_ids` restart inside a row (between two real tokens): packed documents, which PHOTON
-    runs as one sequence. One host sync; called only by the uncached forward."""
+    runs as one sequence. One host sync; called by every forward but a decode step."""
     restarts = position_ids[..., 1:] <= position_ids[..., :-1]
     if attention_mask is not None and attention_mask.dim() == 2:  # left padding's positions do not count
         real = attention_mask.bool()
@@ -756,7 +756,7 @@ class PhotonModel(PhotonPreTrainedModel):
                 padding is honoured with a per-row chunk grid that starts at the row's first real token.
             position_ids: ignored: positions come from the chunk grid. Packed rows, whose `position_ids` restart at
                 each document (TRL's padding-free packing, `DataCollatorWithFlattening`), are run as one sequence,
-                with a one-time warning (checked in the uncached forward of training only).
+                with a one-time warning (checked in every forward but a decode step).
             past_key_values / cache (`PhotonCache`, *optional*): the hierarchical cache (the argument is named
                 `cache` from transformers 5.24 on). An empty cache is filled by a prefill; a filled one is extended.
             logits_to_keep (`int` or `torch.Tensor`): compute the states of the last `k` positions only (0: all),
@@ -781,11 +781,12 @@ class PhotonModel(PhotonPreTrainedModel):
         if not decoding or not input_ids.is_cuda:  # no host-device sync inside a GPU decode step
             _check_ids(input_ids, self.config.vocab_size)
 
+        if position_ids is not None and not decoding:
+            _warn_if_packed(position_ids, attention_mask)
+
         extras = {}
         ops = photon_ops(self.config, input_ids.device, self.embed_dec.weight.dtype)
         if cache is None:
-            if position_ids is not None:
-                _warn_if_packed(position_ids, attention_mask)
             hidden, extras = self._full_forward(input_ids, attention_mask, logits_to_keep, ops)
         elif not decoding:
             hidden = self._prefill(cache, input_ids, attention_mask, logits_to_keep, ops)

@@ -7,6 +7,7 @@ loading anything); `photon_hf.training.run_training` carries a job out.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 from .presets import PHOTON_PRESETS
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 LORA = "LoRA (fine-tuning a saved --model)"
 CHECKPOINTS = "evaluation and checkpoints"
+DEFAULT_MAX_STEPS = 1000  # `max_steps` of an in-memory run that sets none (a streamed run must set it)
 
 
 def _option(default=dataclasses.MISSING, group: str | None = None, *, help: str, **argparse_settings):
@@ -40,7 +42,10 @@ class TrainJob:
     Bad values raise a `ValueError` naming the field when the job is built, before any data or model is loaded.
 
     Data: `dataset` is "stdlib" (the Python standard library's source), local text files or a Hub dataset name;
-    `eval_blocks` validation blocks are kept, evenly spread (0 = all). Model: a new model of shape `size` (a
+    `eval_blocks` validation blocks are kept, evenly spread (0 = all). With `streaming` the documents are read,
+    tokenized and packed as training consumes them (`photon_hf.data.training_stream`), nothing is held in memory or
+    the `datasets` cache, `max_steps` must be given, and the validation set is the first `eval_blocks` blocks of the
+    held-out documents. Model: a new model of shape `size` (a
     `PHOTON_PRESETS` name) with `overrides` applied to its config, or a saved one (`model`, a folder); `lora_r` > 0
     trains a LoRA adapter on a saved model instead of all weights. `max_minutes` also stops on time, with a
     learning rate that decays by time or steps, whichever runs out first. `save_checkpoints=False` keeps no
@@ -67,8 +72,20 @@ class TrainJob:
     max_files: int | None = _option(None, "data", metavar="N",
                                     help="stdlib corpus only: use the first N files per split")
     block_size: int = _option(256, "data", help="tokens per training block")
-    eval_blocks: int = _option(64, "data",
-                               help="validation blocks per evaluation, evenly spread over the split; 0 = all")
+    eval_blocks: int = _option(
+        64, "data", help="validation blocks per evaluation, evenly spread over the split (with --streaming: its first "
+                         "blocks); 0 = all",
+    )
+    streaming: bool = _option(
+        False, "data",
+        help="read, tokenize and pack the dataset on the fly as training consumes it (local files, folders, Hub "
+             "datasets, stdlib), holding no copy in memory or the datasets cache; needs --max-steps",
+    )
+    shuffle_buffer: int = _option(
+        1000, "data", metavar="BLOCKS",
+        help="with --streaming: blocks in the shuffle buffer (the shard order is shuffled too); 0 keeps the corpus's "
+             "order",
+    )
     tokenizer: str = _option(
         "bytes", "data",
         help="'bytes' (the built-in byte-level tokenizer, no download) or an AutoTokenizer name or folder; ignored "
@@ -96,7 +113,10 @@ class TrainJob:
     lora_chunker: bool = _option(False, LORA, help="also adapt each level's chunker")
     lora_converter: bool = _option(False, LORA, help="also adapt each level's converter")
     # optimisation
-    max_steps: int = _option(1000, "optimisation", help="optimizer steps")
+    max_steps: int | None = _option(
+        None, "optimisation", metavar="N",
+        help=f"optimizer steps (default: {DEFAULT_MAX_STEPS}; required with --streaming)",
+    )
     max_minutes: float | None = _option(
         None, "optimisation",
         help="also stop after this many minutes of training; the learning rate then decays by time or steps, "
@@ -117,7 +137,15 @@ class TrainJob:
     gradient_checkpointing: bool = _option(False, "optimisation", help="recompute activations to save memory")
     bf16: bool | None = _option(None, "optimisation",
                                 help="bf16 mixed precision (default: on where the GPU supports it)")
-    seed: int = _option(0, "optimisation", help="random seed")
+    deepspeed: str | None = _option(
+        None, "optimisation", metavar="CONFIG",
+        help="DeepSpeed config file, e.g. examples/accelerate/deepspeed_zero3.json (ZeRO-3); start the command with "
+             "torchrun or accelerate launch",
+    )
+    seed: int = _option(
+        0, "optimisation",
+        help="random seed of the new model's weights, the data order and dropout: equal seeds give equal runs",
+    )
     # evaluation and checkpoints
     eval_steps: int = _option(100, CHECKPOINTS, help="evaluate every N steps")
     logging_steps: int = _option(10, CHECKPOINTS, help="log every N steps")
@@ -133,9 +161,12 @@ class TrainJob:
     )
 
     def __post_init__(self):
+        def flag(name: str) -> str:
+            return FIELDS[name].metadata.get("flag", "--" + name.replace("_", "-"))
+
         def check(name: str, ok: bool, requirement: str):
             if not ok:
-                raise ValueError(f"`{name}` must be {requirement}, got {getattr(self, name)!r}.")
+                raise ValueError(f"`{name}` ({flag(name)}) must be {requirement}, got {getattr(self, name)!r}.")
 
         def positive_int(name: str, optional: bool = False, minimum: int = 1):
             value = getattr(self, name)
@@ -148,11 +179,12 @@ class TrainJob:
         check("size", self.size in PHOTON_PRESETS, f"one of {', '.join(PHOTON_PRESETS)}")
         check("validation_fraction", 0 < self.validation_fraction < 1, "between 0 and 1")
         positive_int("block_size", minimum=2)
-        for name in ("batch_size", "grad_accum", "max_steps", "eval_steps", "logging_steps", "save_steps"):
+        for name in ("batch_size", "grad_accum", "eval_steps", "logging_steps", "save_steps"):
             positive_int(name)
-        for name in ("max_files", "num_proc", "save_total_limit"):
+        for name in ("max_files", "num_proc", "save_total_limit", "max_steps"):
             positive_int(name, optional=True)
         positive_int("eval_blocks", minimum=0)
+        positive_int("shuffle_buffer", minimum=0)
         positive_int("lora_r", minimum=0)
         check("learning_rate", self.learning_rate is None or self.learning_rate > 0, "> 0 or None")
         check("warmup", self.warmup >= 0, ">= 0")
@@ -177,8 +209,33 @@ class TrainJob:
             from .training import model_config
 
             model_config(self.size, **self.overrides)  # a bad `overrides` value raises its ValueError here
+        if self.deepspeed is not None and not os.path.isfile(self.deepspeed):
+            raise ValueError(
+                f"`deepspeed` (--deepspeed) {self.deepspeed!r} is not a file; pass a DeepSpeed JSON config."
+            )
         if self.resume and not self.save_checkpoints:
-            raise ValueError("`resume` continues from checkpoints, so it needs `save_checkpoints=True`.")
+            raise ValueError(
+                "`resume` (--resume) continues from checkpoints, so it needs `save_checkpoints=True` "
+                "(--save-checkpoints)."
+            )
+        if self.streaming:
+            if self.max_steps is None:
+                raise ValueError(
+                    "`max_steps` (--max-steps) is required with `streaming` (--streaming): a stream has no length to "
+                    "count epochs by, so say how many optimizer steps to train."
+                )
+            if self.eval_blocks == 0:
+                raise ValueError(
+                    "`eval_blocks` (--eval-blocks) must be > 0 with `streaming` (--streaming): the validation set is "
+                    "the first blocks of a stream, which has no end to read to."
+                )
+            if self.num_proc is not None:
+                raise ValueError(
+                    "`num_proc` (--num-proc) does not apply to `streaming` (--streaming): each process packs its own "
+                    "stream as it trains."
+                )
+        elif self.max_steps is None:
+            self.max_steps = DEFAULT_MAX_STEPS
 
     def training_arguments(self, config: PhotonConfig | None = None) -> TrainingArguments:
         """The `TrainingArguments` of this job for a model with `config` (which sets the default learning rate)."""
@@ -204,9 +261,12 @@ class TrainJob:
             save_steps=self.save_steps,
             save_total_limit=self.save_total_limit,
             gradient_checkpointing=self.gradient_checkpointing,
+            deepspeed=self.deepspeed,
             seed=self.seed,
         )
 
+
+FIELDS = {field.name: field for field in dataclasses.fields(TrainJob)}
 
 # The quickstart's own defaults: a few minutes of the "small" shape on a CPU (at `default_learning_rate`), and no
 # checkpoint left behind (`photon-hf quickstart --save-checkpoints` keeps them).

@@ -1,6 +1,7 @@
 """Training PHOTON with the stock `transformers.Trainer`.
 
-Nothing here replaces a Trainer piece; these are the few things a PHOTON run needs around it:
+Nothing here replaces a Trainer piece (but the training dataloader of a stream already split between processes,
+`PerProcessStreamTrainer`); these are the few things a PHOTON run needs around it:
 
 * `TrainJob` and `run_training`: one whole run (data, model or LoRA adapter, Trainer, time budget, resume, saving),
   the body of `photon-hf train` and of the quickstart. `TrainJob`'s field defaults are the defaults of every
@@ -17,8 +18,10 @@ Nothing here replaces a Trainer piece; these are the few things a PHOTON run nee
 Gradient accumulation is exact: `PhotonForCausalLM.forward` takes `**kwargs`, so the Trainer passes
 `num_items_in_batch` (the label count of the whole accumulated batch) and the loss is a sum divided by it.
 Gradient checkpointing (`TrainingArguments(gradient_checkpointing=True)`) recomputes each `PhotonBlock`. For data
-parallel runs start the same script with `torchrun` or `accelerate launch` (see the README's "Training" section for
-FSDP and DeepSpeed).
+parallel runs start the same script with `torchrun` or `accelerate launch`; a stream split between the processes
+(`photon_hf.data.training_stream`) trains with `PerProcessStreamTrainer`. `fully_shard_model` shards a model with
+FSDP2 without accelerate (on CPU processes too). docs/training.md covers streaming, the launchers, DDP, FSDP2 and
+DeepSpeed ZeRO-2/3.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from transformers.utils import logging
 
 from .configuration_photon import PhotonConfig
 from .presets import photon_preset
-from .train_job import TrainJob
+from .train_job import DEFAULT_MAX_STEPS, TrainJob
 
 logger = logging.get_logger(__name__)
 
@@ -124,7 +127,7 @@ def training_arguments(output_dir: str, *, config: PhotonConfig | None = None, b
         warmup_steps=TrainJob.warmup,
         lr_scheduler_type=TrainJob.lr_scheduler_type,
         max_grad_norm=TrainJob.max_grad_norm,
-        max_steps=TrainJob.max_steps,
+        max_steps=DEFAULT_MAX_STEPS,
         logging_steps=TrainJob.logging_steps,
         eval_strategy="steps",
         eval_steps=TrainJob.eval_steps,
@@ -224,6 +227,37 @@ class TimeBudgetCallback(TrainerCallback):
         return control
 
 
+class PerProcessStreamTrainer(Trainer):
+    """The stock `Trainer`, for a training stream that is already this process's share of the data
+    (`photon_hf.data.training_stream` with `rank` and `world_size`, i.e. `datasets.distributed.split_dataset_by_node`).
+
+    `accelerate` splits every `IterableDataset` it prepares between the processes once more (it shards the stream, or
+    keeps one slice of each batch: accelerate issue #3547), which would drop part of each process's share, so the
+    training dataloader here batches this process's blocks as they are; everything else is the stock `Trainer`'s.
+    """
+
+    def get_train_dataloader(self):
+        from accelerate.data_loader import prepare_data_loader
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        # One process's view: accelerate's device placement and gradient-accumulation bookkeeping, no split.
+        return prepare_data_loader(
+            loader, self.args.device, num_processes=1, process_index=0, put_on_device=True, dispatch_batches=False
+        )
+
+
+def is_split_per_process(dataset) -> bool:
+    """Whether `dataset` is a stream that `datasets.distributed.split_dataset_by_node` gave one process."""
+    return getattr(dataset, "_distributed", None) is not None
+
+
 def build_trainer(
     model,
     args: TrainingArguments,
@@ -234,8 +268,11 @@ def build_trainer(
     perplexity_metrics: bool = True,
 ) -> Trainer:
     """A stock `Trainer` for packed blocks (`photon_hf.data.pack_dataset`): `default_data_collator`, the
-    tokenizer saved with every checkpoint, and (`perplexity_metrics`) evaluation perplexity."""
-    return Trainer(
+    tokenizer saved with every checkpoint, and (`perplexity_metrics`) evaluation perplexity. A training stream
+    split between processes (`photon_hf.data.training_stream`) gets a `PerProcessStreamTrainer`, which keeps the
+    split as it is."""
+    trainer_class = PerProcessStreamTrainer if is_split_per_process(train_dataset) else Trainer
+    return trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
@@ -248,15 +285,48 @@ def build_trainer(
     )
 
 
+# ------------------------------------------------------------------------------------- FSDP2 without accelerate
+def fully_shard_model(model, mesh=None, **fsdp_kwargs):
+    """Shard `model` in place with FSDP2 (`torch.distributed.fsdp.fully_shard`) as accelerate's FSDP2 plugin would:
+    one unit per module of a class the model lists in `_no_split_modules` (every `PhotonBlock`), and the rest
+    (embeddings, chunkers, converters, norms, start latents, LM head) in the root unit. Returns `model`.
+
+    accelerate's FSDP plugin needs GPUs (CPU processes fall back to plain DDP without a word), so this is the route
+    that shards on CPU processes (gloo) too, with a training loop of one's own (`examples/pretrain_fsdp2.py`).
+    `mesh` defaults to every process of the default process group; `fsdp_kwargs` (e.g. `mp_policy`,
+    `reshard_after_forward`) go to each `fully_shard` call. FSDP2 averages gradients over the processes.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    unit_classes = set(model._no_split_modules or ())
+    for module in reversed(list(model.modules())):  # children before their parents, as accelerate does
+        if module is not model and type(module).__name__ in unit_classes:
+            fully_shard(module, mesh=mesh, **fsdp_kwargs)
+    fully_shard(model, mesh=mesh, **fsdp_kwargs)
+    return model
+
+
+def full_state_dict(model) -> dict[str, torch.Tensor]:
+    """The whole weights of a model sharded by `fully_shard_model`, on the CPU, in every process (all processes must
+    call it: it gathers the shards). `PhotonForCausalLM(config).load_state_dict(...)` takes them back unsharded."""
+    return {
+        name: (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach().cpu()
+        for name, tensor in model.state_dict().items()
+    }
+
+
 # ------------------------------------------------------------------------------------------------ a whole run
 def run_training(job: TrainJob, callbacks: list | None = None) -> dict:
     """Carry out one `TrainJob`: prepare the data, build or load the model (with a LoRA adapter when `lora_r` > 0),
     train with a stock `Trainer`, evaluate, and save the model, tokenizer, `eval_results.json` and the training
     record (`photon_training.json`, read by `photon-hf export`) to `job.output_dir`. Returns the final evaluation
     metrics (`eval_loss`, `eval_perplexity`, ...)."""
+    from transformers import set_seed
+
     from .hub import TRAINING_INFO_FILE
 
     resume = resume_checkpoint(job)
+    set_seed(job.seed)  # the new model's weights (and a LoRA adapter's); the Trainer seeds the data order and dropout
     model, tokenizer = load_model_and_tokenizer(job)
     meta = model.config.tokens_per_unit[-1]
     if job.block_size % meta:
@@ -288,7 +358,11 @@ def run_training(job: TrainJob, callbacks: list | None = None) -> dict:
             final = final.merge_and_unload()
         final.save_pretrained(job.output_dir)
         tokenizer.save_pretrained(job.output_dir)
-        dataset_name, description = _describe_source(job.dataset, corpus)
+        streamed = None
+        if job.streaming:
+            blocks_per_step = training_args.train_batch_size * job.grad_accum * training_args.world_size
+            streamed = (trainer.state.global_step * blocks_per_step, len(validation))
+        dataset_name, description = _describe_source(job.dataset, corpus, streamed)
         info = {
             "dataset_name": dataset_name,
             "training_data": description,
@@ -313,8 +387,8 @@ def resume_checkpoint(job: TrainJob) -> str | None:
     last = get_last_checkpoint(job.output_dir) if Path(job.output_dir).is_dir() else None
     if last is None:
         raise ValueError(
-            f"`resume` found no checkpoint-* folder in {job.output_dir!r}; drop --resume (`resume=None`) to start "
-            "afresh, or pass the checkpoint folder to resume from."
+            f"`resume` (--resume) found no checkpoint-* folder in {job.output_dir!r}; drop --resume (`resume=None`) to "
+            "start afresh, or pass the checkpoint folder to resume from."
         )
     return last
 
@@ -329,7 +403,9 @@ def load_model_and_tokenizer(job: TrainJob):
 
     if job.model:
         if not Path(job.model).is_dir():
-            raise FileNotFoundError(f"`model` {job.model!r} is not a folder; pass a folder saved by `photon-hf train`.")
+            raise FileNotFoundError(
+                f"`model` (--model) {job.model!r} is not a folder; pass a folder saved by `photon-hf train`."
+            )
         model = AutoModelForCausalLM.from_pretrained(job.model, dtype=torch.float32)
         return model, AutoTokenizer.from_pretrained(job.model)
     tokenizer = load_tokenizer(job.tokenizer)
@@ -365,19 +441,31 @@ def apply_lora(model, job: TrainJob):
 
 def prepare_data(job: TrainJob, tokenizer, training_args: TrainingArguments):
     """(documents, packed training blocks, packed validation blocks) of `job`; the main process goes first, so
-    that other processes of a distributed run reuse its `datasets` cache."""
-    from .data import load_text_corpus, pack_dataset
+    that other processes of a distributed run reuse its `datasets` cache.
 
-    with training_args.main_process_first(desc="preparing the dataset"):
-        corpus = load_text_corpus(
-            job.dataset,
-            name=job.dataset_config,
-            validation_source=job.validation_data,
-            text_column=job.text_column,
-            validation_fraction=job.validation_fraction,
-            max_files=job.max_files,
-            num_proc=job.num_proc,
+    With `job.streaming` the documents are `IterableDataset`s, the training blocks this process's endless share of
+    the packed stream (`training_stream`: shuffled with `job.seed`, split between the processes), and the validation
+    blocks the first `job.eval_blocks` of the held-out stream, in memory."""
+    from .data import first_blocks, load_text_corpus, pack_dataset, training_stream
+
+    source = dict(
+        name=job.dataset_config,
+        validation_source=job.validation_data,
+        text_column=job.text_column,
+        validation_fraction=job.validation_fraction,
+        max_files=job.max_files,
+    )
+    if job.streaming:
+        corpus = load_text_corpus(job.dataset, streaming=True, **source)
+        blocks = pack_dataset(corpus, tokenizer, job.block_size, text_column=job.text_column)
+        validation = first_blocks(blocks["validation"], job.eval_blocks)
+        train = training_stream(
+            blocks["train"], seed=job.seed, shuffle_buffer=job.shuffle_buffer, rank=training_args.process_index,
+            world_size=training_args.world_size,
         )
+        return corpus, train, validation
+    with training_args.main_process_first(desc="preparing the dataset"):
+        corpus = load_text_corpus(job.dataset, num_proc=job.num_proc, **source)
         pack = dict(text_column=job.text_column, num_proc=job.num_proc)
         train = pack_dataset(corpus["train"], tokenizer, job.block_size, **pack)
         validation = pack_dataset(
@@ -391,18 +479,27 @@ def _is_hub_name(source: str) -> bool:
     return source != "stdlib" and not os.path.exists(source) and not glob.has_magic(source)
 
 
-def _describe_source(source: str | None, corpus) -> tuple[str, str]:
-    """(short dataset name, one-paragraph description) of a training corpus, for the model card."""
-    train, validation = len(corpus["train"]), len(corpus["validation"])
-    if source in (None, "stdlib"):
+def _describe_source(source: str | None, corpus, streamed: tuple[int, int] | None = None) -> tuple[str, str]:
+    """(short dataset name, one-paragraph description) of a training corpus, for the model card. `streamed`: (blocks
+    trained on, validation blocks) of a streamed run, whose documents are not counted."""
+    stdlib = source in (None, "stdlib")
+    if streamed is not None:
+        unit = "files" if stdlib else "documents"
+        amount = f"streamed: {streamed[0]} training blocks, validated on {streamed[1]} blocks of held-out {unit}"
+    elif stdlib:
+        amount = (f"{len(corpus['train'])} files for training and {len(corpus['validation'])} held-out files for "
+                  "validation")
+    else:
+        amount = f"{len(corpus['train'])} training documents and {len(corpus['validation'])} validation documents"
+    if stdlib:
         version = ".".join(map(str, sys.version_info[:2]))
         return (
             f"Python {version} standard library source",
             f"The Python {sys.version.split()[0]} standard library's own source files (the embedded default corpus "
-            f"of photon_hf, read from the local installation): {train} files for training and {validation} held-out "
-            "files for validation, split by a hash of each file's relative path.",
+            f"of photon_hf, read from the local installation): {amount}, split by a hash of each file's relative "
+            "path.",
         )
-    return source, f"`{source}`: {train} training documents and {validation} validation documents."
+    return source, f"`{source}`: {amount}."
 
 
 # ------------------------------------------------------------------------------------------- runs on a budget
