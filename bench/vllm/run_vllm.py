@@ -179,21 +179,25 @@ def close(llm):
 
 def chunked_prefill(folder: Path, args) -> dict:
     """Time to prefill one `--long-prompt`-token prompt (one token generated), unsplit and in `--chunk`-token
-    chunks; median of `--repeats` after a warm-up."""
+    chunks (vLLM's token budget); median of `--repeats` prompts, each new (no prefix cache), after a warm-up."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    prompt = TokensPrompt(prompt_token_ids=[random.Random(1).randint(0, 255) for _ in range(args.long_prompt)])
+    def prompt(seed: int):
+        rng = random.Random(seed)
+        return TokensPrompt(prompt_token_ids=[rng.randint(0, 255) for _ in range(args.long_prompt)])
+
     params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
     out = {}
     for name, budget in (("unsplit", max(args.long_prompt, args.max_model_len)), ("chunked", args.chunk)):
-        llm = in_process_engine(folder, args, max_num_batched_tokens=budget, max_num_seqs=8)
+        llm = in_process_engine(folder, args, max_num_batched_tokens=budget, max_num_seqs=8,
+                                enable_prefix_caching=False)
         try:
-            llm.generate(prompt, params, use_tqdm=False)
+            llm.generate(prompt(0), params, use_tqdm=False)
             times = []
-            for _ in range(args.repeats):
+            for repeat in range(args.repeats):
                 start = time.perf_counter()
-                llm.generate(prompt, params, use_tqdm=False)
+                llm.generate(prompt(1 + repeat), params, use_tqdm=False)
                 times.append(time.perf_counter() - start)
         finally:
             close(llm)
@@ -311,6 +315,7 @@ def main(argv=None):
     parser.add_argument("--long-prompt", type=int, default=2040, help="chunked prefill: the prompt's length")
     parser.add_argument("--chunk", type=int, default=256, help="chunked prefill: vLLM's token budget")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prefill-sizes", nargs="*", default=[], help="chunked prefill also at these presets")
     parser.add_argument("--profile-requests", type=int, default=32)
     parser.add_argument("--serve-python", default=sys.executable, help="the Python that runs `photon-hf serve`")
     parser.add_argument("--skip", nargs="*", default=[], choices=[*SERVERS, "chunked-prefill", "profile"])
@@ -359,6 +364,11 @@ def main(argv=None):
             report["chunked_prefill"] = {name: chunked_prefill(folder, args)
                                          for name, folder in (("photon", photon), ("llama", llama))}
             print(f"chunked prefill: {report['chunked_prefill']}", flush=True)
+            for size in args.prefill_sizes:  # the same measurement at other shapes
+                big_photon, big_llama, _ = make_models(root / size, size, args.dtype, args.seed)
+                for name, folder in ((f"photon {size}", big_photon), (f"llama {size}", big_llama)):
+                    report["chunked_prefill"][name] = chunked_prefill(folder, args)
+                    print(f"chunked prefill, {name}: {report['chunked_prefill'][name]}", flush=True)
         if "profile" not in args.skip:
             report["profile"] = profile(photon, args)
             print(f"profile: {json.dumps(report['profile'], indent=1)}", flush=True)

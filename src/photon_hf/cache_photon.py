@@ -25,6 +25,7 @@ static-shape function that `torch.compile` (and CUDA graphs) can capture.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -809,11 +810,29 @@ class PhotonCache(Cache):
         each (host ints, the caller's bookkeeping: the step plan is made on the host from them)."""
         if not self.viewing:
             raise RuntimeError("select_rows works on a view over per-request state (PhotonCache.over_states).")
+        self._select(index)
+        self.seen, self.pads = 0, [-count for count in counts]
+        self._steps = {}
+
+    def _select(self, index: torch.Tensor):
         self.row_index = index
         for layer in self.layers:
             layer.row_index = index
-        self.seen, self.pads = 0, [-count for count in counts]
-        self._steps = {}
+
+    @contextlib.contextmanager
+    def narrowed(self, rows: list[int]):
+        """Inside a view's step: work on some of the selected rows only (their batch positions `rows`, host ints).
+        Yields (those positions as a tensor, their step plan); the verbs address only their storage until the
+        block ends."""
+        saved = self.row_index, self.pads, self._steps
+        positions = torch.tensor(rows, device=self.row_index.device)
+        self._select(self.row_index.index_select(0, positions))
+        self.pads, self._steps = [self.pads[r] for r in rows], {}
+        try:
+            yield positions, self._step_at(self.seen % self.period)
+        finally:
+            self._select(saved[0])
+            self.pads, self._steps = saved[1], saved[2]
 
     def set_counts(self, counts: torch.Tensor):
         """The selected rows of a view now hold `counts` ([B]) real tokens (a prefill or continuation wrote them)."""

@@ -931,10 +931,6 @@ class PhotonModel(PhotonPreTrainedModel):
             lead += reach + token.chunk_size - 1
         return lead
 
-    def _levels_closed(self, tokens: int) -> int:
-        """How many levels, bottom-up, complete a unit at the `tokens`-th token."""
-        return sum(tokens % level.geometry.tokens_per_unit == 0 for level in self.levels)
-
     def extend(self, cache: PhotonCache, index: torch.Tensor, counts: list[int], tokens: torch.Tensor,
                lengths: list[int], ops: PhotonOps) -> torch.Tensor:
         """Continue rows of a cache view (`PhotonCache.over_states`) by several tokens each, at about the cost of a
@@ -946,9 +942,9 @@ class PhotonModel(PhotonPreTrainedModel):
         consumes decode columns up to a meta-chunk boundary; the rest runs through the encoders in whole units,
         attending to the cached ones, and the local decoders' state is rebuilt from the new units, as in a prefill.
         A continuation too short for that (`continuation_lead`) consumes decode columns to its end. The rows that
-        consume a column and complete the same levels in it share one `decode_column`: a batch of decode steps is at
-        most L + 1 calls, whatever the rows' phases, and no row computes a level it does not run. Returns [G, D],
-        the states that predict each row's next token.
+        consume a column share one `decode_column`, whatever their phases: a batch of decode steps is one call, and
+        inside it each level runs only for the rows that reach it (`_consume_apart`). Returns [G, D], the states
+        that predict each row's next token.
         """
         if not cache.viewing:
             raise RuntimeError("extend continues the rows of a view over per-request state (PhotonCache.over_states).")
@@ -966,19 +962,13 @@ class PhotonModel(PhotonPreTrainedModel):
         hidden = torch.empty(len(counts), self.config.hidden_size, device=tokens.device, dtype=dtype)
         now = list(counts)
         for column in range(max(columns)):
-            # Rows whose column completes the same levels take the same path through the hierarchy: one
-            # `decode_column` for each such class (at most L + 1), so every row runs only its own levels, unmasked.
-            classes: dict[int, list[int]] = {}
-            for g, n in enumerate(columns):
-                if n > column:
-                    classes.setdefault(self._levels_closed(now[g] + 1), []).append(g)
-            for group in classes.values():
-                rows = torch.tensor(group, device=tokens.device)
-                cache.select_rows(index[rows], [now[g] for g in group])
-                step = cache.begin_column()
-                hidden[rows] = self.decode_column(cache, tokens[rows, column], step, ops)
-                for g in group:
-                    now[g] += 1
+            group = [g for g, n in enumerate(columns) if n > column]
+            rows = torch.tensor(group, device=tokens.device)
+            cache.select_rows(index[rows], [now[g] for g in group])
+            step = cache.begin_column()
+            hidden[rows] = self.decode_column(cache, tokens[rows, column], step, ops)
+            for g in group:
+                now[g] += 1
         group = [g for g, n in enumerate(columns) if n < lengths[g]]
         if group:
             rows = torch.tensor(group, device=tokens.device)
@@ -1034,24 +1024,63 @@ class PhotonModel(PhotonPreTrainedModel):
         """The rows arriving at `level` hand over a finished sub-unit: token ids [B] at level 0, encoder states
         [B, D] above (other rows' entries are ignored). Returns what conditions each row's next sub-unit, [B, D]
         (the token state at level 0), valid for the arriving rows."""
-        lvl, layer = self.levels[level], cache.layers[level]
+        layer = cache.layers[level]
         rows = cache.rows(level, counts, step)
         subunits = layer.add_subunit(rows.phase, items, rows.arriving)
+        if cache.viewing and not step.every_row[level]:
+            return self._consume_apart(cache, level, items, subunits, counts, ops)
         continuing = closing = None
         if step.feeding[level]:
-            x = self.embed_dec(items) if level == 0 else items
-            continuing = lvl.decoder.step(layer, rows, x, counts, self.rotary_emb, ops)
+            continuing = self._feed(cache, level, rows, items, counts, ops)
         if step.closing[level]:
-            units = lvl.chunk(self.embed_enc(subunits) if level == 0 else subunits, ops)
-            state = self._encoder_step(level, layer, rows, units, ops)
-            # The top stream is shifted: the unit just finished conditions the next one.
-            cond = state if lvl.geometry.is_top else self._consume(cache, step, level + 1, state, counts, ops)
-            closing = lvl.decoder.start_unit(layer, rows, lvl.prefix(cond), counts, self.rotary_emb, ops)
+            closing = self._close(cache, step, level, rows, subunits, counts, ops)
         if not step.closing[level]:
             return continuing
         if not step.continuing[level]:
             return closing
         return torch.where(rows.closing[:, None], closing, continuing)
+
+    def _feed(self, cache: PhotonCache, level: int, rows: PhotonRows, items: torch.Tensor, counts: torch.Tensor,
+              ops: PhotonOps) -> torch.Tensor:
+        """The feeding rows hand their finished sub-unit (items: [B] token ids or [B, D] states) to the level's local
+        decoder; returns what conditions each one's next sub-unit: [B, D]."""
+        x = self.embed_dec(items) if level == 0 else items
+        return self.levels[level].decoder.step(cache.layers[level], rows, x, counts, self.rotary_emb, ops)
+
+    def _close(self, cache: PhotonCache, step: PhotonStep, level: int, rows: PhotonRows, subunits: torch.Tensor,
+               counts: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
+        """The closing rows complete a unit of their sub-units (subunits: [B, C] ids or [B, C, D] states): chunker,
+        encoder step, the level above, then the new unit's prefix. Returns what conditions sub-unit 0: [B, D]."""
+        lvl, layer = self.levels[level], cache.layers[level]
+        units = lvl.chunk(self.embed_enc(subunits) if level == 0 else subunits, ops)
+        state = self._encoder_step(level, layer, rows, units, ops)
+        # The top stream is shifted: the unit just finished conditions the next one.
+        cond = state if lvl.geometry.is_top else self._consume(cache, step, level + 1, state, counts, ops)
+        return lvl.decoder.start_unit(layer, rows, lvl.prefix(cond), counts, self.rotary_emb, ops)
+
+    def _consume_apart(self, cache: PhotonCache, level: int, items: torch.Tensor, subunits: torch.Tensor,
+                       counts: torch.Tensor, ops: PhotonOps) -> torch.Tensor:
+        """`_consume` for a view whose arriving rows take different paths at `level` (known on the host, from their
+        counts): the rows that feed the local decoder and those that close a unit each run as a batch of their own
+        (`PhotonCache.narrowed`), unmasked, so no row computes a path it does not take; the level above sees the
+        closing rows only. Returns [B, D]."""
+        geometry = self.levels[level].geometry
+        tokens = cache.real_tokens()
+        closing = [r for r, n in enumerate(tokens) if geometry.closes(n)]
+        feeding = [r for r, n in enumerate(tokens) if geometry.feeds_last_subunit or not geometry.closes(n)]
+        out = None
+        for group, closes in ((feeding, False), (closing, True)):
+            if not group:
+                continue
+            with cache.narrowed(group) as (sub, step):
+                rows = cache.rows(level, counts[sub], step)
+                if closes:
+                    result = self._close(cache, step, level, rows, subunits[sub], counts[sub], ops)
+                else:
+                    result = self._feed(cache, level, rows, items[sub], counts[sub], ops)
+            out = result.new_empty(len(tokens), result.shape[-1]) if out is None else out
+            out[sub] = result
+        return out
 
     def _encoder_step(self, level: int, layer: PhotonLevelCache, rows: PhotonRows, units: torch.Tensor,
                       ops: PhotonOps) -> torch.Tensor:
