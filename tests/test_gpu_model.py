@@ -103,3 +103,34 @@ def test_compiled_generate_equals_eager_and_never_synchronizes():
                 token = model(token, cache=cache, decode_step=step).logits[:, -1:].argmax(-1)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_a_view_continued_in_chunks_on_gpu(backend):
+    """vLLM's path on the device: a view over per-request state at scattered rows, prompts continued in chunks and
+    decoded (`PhotonModel.extend`); with the Triton decode kernel the cache is read in place by row index. Every
+    state equals the full forward's."""
+    from photon_hf.attention_photon import photon_ops
+
+    model = _model(torch.float32, chunk_sizes=[4, 4], decoder_lookback=3)
+    model.config.kernel_backend = backend
+    config, length = model.config, 96
+    states = {name: torch.zeros(9, *shape, dtype=dtype, device="cuda")
+              for name, shape, dtype in PhotonCache.state_layout(config, length, torch.float32)}
+    cache = PhotonCache.over_states(config, length, states)
+    requests = [random_ids(1, n, seed=n)[0].cuda() for n in (90, 37, 5)]
+    rows, done = torch.tensor([7, 2, 4], device="cuda"), [0, 0, 0]
+    ops = photon_ops(config, torch.device("cuda"), torch.float32)
+    with torch.no_grad():
+        full = [model(ids[None], use_cache=False).logits[0] for ids in requests]
+        for chunk in (33, 1, 40, 1, 1, 20):
+            lengths = [min(chunk, len(ids) - d) for ids, d in zip(requests, done, strict=True)]
+            live = [g for g, n in enumerate(lengths) if n > 0]
+            tokens = torch.zeros(len(live), max(lengths), dtype=torch.long, device="cuda")
+            for i, g in enumerate(live):
+                tokens[i, : lengths[g]] = requests[g][done[g] : done[g] + lengths[g]]
+            hidden = model.model.extend(cache, rows[live], [done[g] for g in live], tokens, [lengths[g] for g in live],
+                                        ops)
+            for i, g in enumerate(live):
+                done[g] += lengths[g]
+                assert torch.allclose(model.lm_head(hidden[i]), full[g][done[g] - 1], atol=1e-4)

@@ -7,7 +7,8 @@ model's math only calls what it got (a `PhotonOps`, one field per op of `photon_
 - `latent_attention` / `latent_attention_full`: causal attention over a context encoder's units, with or without a
   sliding window (training, prefill);
 - `chunk_local_attention`: causal attention inside each local-decoder window (training, prefill, a unit's prefix);
-- `decode_attention`: one query per row over that row's slice of a KV cache, keys [start, end) (decode steps);
+- `decode_attention`: one query per row over that row's slice of a KV cache, keys [start, end), the cache's rows
+  picked by index when it holds more rows than the batch (decode steps; a view over vLLM's state blocks);
 - `chunk_compress`: whether a chunker's RMSNorm (+ projection) runs the fused kernel.
 
 The PyTorch references are the `*_ref` functions of `photon_kernels`, each beside its kernel. The functions below
@@ -56,9 +57,13 @@ def _window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=q.shape[1] != k.shape[1])
 
 
-def _cached_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start, end) -> torch.Tensor:
-    """One query per row over keys [start, end) of that row's cache. q: [B, H, hd]; keys, values: [B, Hkv, K, hd];
-    start, end: ints or [B] tensors -> [B, H, hd]. (`photon_kernels.decode_attention_ref`.)"""
+def _cached_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start, end,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+    """One query per row over keys [start, end) of that row's cache. q: [B, H, hd]; keys, values: [N, Hkv, K, hd];
+    rows: [B] the cache row of each query (None: row b, N == B); start, end: ints or [B] tensors -> [B, H, hd].
+    (`photon_kernels.decode_attention_ref`.)"""
+    if rows is not None:
+        keys, values = keys.index_select(0, rows), values.index_select(0, rows)
     pos = torch.arange(keys.shape[2], device=q.device)
     start = torch.as_tensor(start, device=q.device).reshape(-1, 1)
     end = torch.as_tensor(end, device=q.device).reshape(-1, 1)
@@ -100,7 +105,7 @@ class PhotonOps(NamedTuple):
     chunk_local_attention: Callable[..., torch.Tensor]  # (q, k, v): local-decoder windows
     latent_attention: Callable[..., torch.Tensor]  # (q, k, v, window): a context encoder with a sliding window
     latent_attention_full: Callable[..., torch.Tensor]  # (q, k, v): a context encoder, full causal
-    decode_attention: Callable[..., torch.Tensor]  # (q, keys, values, start, end): one query per row over a cache
+    decode_attention: Callable[..., torch.Tensor]  # (q, keys, values, start, end, rows): one query a row, over a cache
 
 
 REFERENCE_OPS = PhotonOps(
@@ -169,6 +174,6 @@ def _in_common_dtype(fn, autocast: torch.dtype | None, q, k, v, *args):
     return fn(q.to(dtype), k.to(dtype), v.to(dtype), *args)
 
 
-def _decode_kernel(q, keys, values, start, end):
-    """`cached_attention` through the Triton decode kernel, which reads the cache in place."""
-    return photon_kernels.decode_attention(q.to(keys.dtype), keys, values, start, end)
+def _decode_kernel(q, keys, values, start, end, rows=None):
+    """`cached_attention` through the Triton decode kernel, which reads the cache in place (its rows by index)."""
+    return photon_kernels.decode_attention(q.to(keys.dtype), keys, values, start, end, rows)

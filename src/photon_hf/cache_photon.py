@@ -339,11 +339,12 @@ class PhotonLevelCache(CacheLayerMixin):
     def update_encoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, unit: torch.Tensor,
                        mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys/values [B, Hkv, 1, hd] of unit `unit` ([B]) for the rows in `mask`; return the layer's
-        whole encoder KV ([B, Hkv, capacity, hd] each), to be read within `encoder_bounds`."""
+        whole encoder KV ([N, Hkv, capacity, hd] each: batch row b is row `row_index[b]` in a view, else row b), to
+        be read within `encoder_bounds`."""
         slot = unit % self.level.encoder_window if self.ring else unit
         _write_rows(self.encoder_keys[layer], 2, slot, keys[:, :, 0], mask, self.row_index)
         _write_rows(self.encoder_values[layer], 2, slot, values[:, :, 0], mask, self.row_index)
-        return self._read(self.encoder_keys[layer]), self._read(self.encoder_values[layer])
+        return self.encoder_keys[layer], self.encoder_values[layer]
 
     def store_history(self, rows: slice, states: torch.Tensor):
         """At the prefill: the encoder states [G, >= units, D] of the cache rows `rows` (kept when recording)."""
@@ -382,10 +383,11 @@ class PhotonLevelCache(CacheLayerMixin):
     def update_decoder(self, layer: int, keys: torch.Tensor, values: torch.Tensor, slot: torch.Tensor,
                        mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the keys/values [B, Hkv, 1, hd] at window slot `slot` ([B]) for the rows in `mask`; return the
-        layer's local KV ([B, Hkv, entries, hd] each), to be read within `decoder_bounds`."""
+        layer's local KV ([N, Hkv, entries, hd] each, rows as in `update_encoder`), to be read within
+        `decoder_bounds`."""
         _write_rows(self.decoder_keys[layer], 2, slot, keys[:, :, 0], mask, self.row_index)
         _write_rows(self.decoder_values[layer], 2, slot, values[:, :, 0], mask, self.row_index)
-        return self._read(self.decoder_keys[layer]), self._read(self.decoder_values[layer])
+        return self.decoder_keys[layer], self.decoder_values[layer]
 
     def decoder_bounds(self, slot: torch.Tensor, tokens: torch.Tensor, phase: torch.Tensor):
         """The local entries [start, end) that a query at window slot `slot` ([B]) attends to: the window so far."""

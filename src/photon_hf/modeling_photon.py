@@ -288,7 +288,7 @@ class PhotonLocalDecoder(PhotonStack):
 
         def attend(q, k, v, layer_idx):
             keys, values = cache.update_decoder(layer_idx, k, v, slot, rows.feeding)
-            return ops.decode_attention(q[:, :, 0], keys, values, start, end)[:, :, None]
+            return ops.decode_attention(q[:, :, 0], keys, values, start, end, cache.row_index)[:, :, None]
 
         return self(x[:, None], cos, sin, attend)[:, 0]
 
@@ -1092,7 +1092,7 @@ class PhotonModel(PhotonPreTrainedModel):
 
         def attend(q, k, v, layer_idx):
             keys, values = layer.update_encoder(layer_idx, k, v, position, rows.closing)
-            return ops.decode_attention(q[:, :, 0], keys, values, start, end)[:, :, None]
+            return ops.decode_attention(q[:, :, 0], keys, values, start, end, layer.row_index)[:, :, None]
 
         state = self.levels[level].encoder(units[:, None], cos, sin, attend)[:, 0]
         layer.record(position, state, rows.closing)
