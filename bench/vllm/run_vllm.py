@@ -310,10 +310,11 @@ def markdown(report: dict) -> str:
                   f"({result['chunked_over_unsplit']:.2f}x)."]
     if "profile" in report:
         p = report["profile"]
+        forward = (f"PHOTON's forward {100 * p['model_share_of_wall']:.0f}% of the engine's wall time (the rest is "
+                   "vLLM's scheduler, sampler and bookkeeping), " if "model_share_of_wall" in p else "")
         lines += ["", f"Profile (PHOTON, {p['requests']} requests x {p['new_tokens']} tokens, {p['wall_s']:.2f} s): "
-                  f"PHOTON's forward {100 * p['model_share_of_wall']:.0f}% of the engine's wall time (the rest is "
-                  f"vLLM's scheduler, sampler and bookkeeping), matrix products and attention "
-                  f"{100 * p['arithmetic_share_of_wall']:.0f}%, all PyTorch ops {100 * p['ops_share_of_wall']:.0f}%."]
+                  f"{forward}matrix products and attention {100 * p['arithmetic_share_of_wall']:.0f}%, all PyTorch "
+                  f"ops {100 * p['ops_share_of_wall']:.0f}%."]
     return "\n".join(lines) + "\n"
 
 
@@ -340,7 +341,13 @@ def main(argv=None):
     parser.add_argument("--skip", nargs="*", default=[], choices=[*SERVERS, "chunked-prefill", "profile"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--replot", type=Path, default=None, help="only redraw the plot (and table) of a result JSON")
     args = parser.parse_args(argv)
+    if args.replot:  # e.g. in an environment with matplotlib
+        report = json.loads(args.replot.read_text())
+        args.replot.with_suffix(".md").write_text(markdown(report))
+        plot(report, args.replot.with_suffix(".png"))
+        return
 
     machine = platform.processor() or platform.machine()
     if args.device == "cuda":
