@@ -33,6 +33,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -318,6 +319,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _command_line(argv: list[str]) -> str:
+    """This run's command, as run from the repository root, with paths relative to it (results name no machine's
+    folders)."""
+    args = [os.path.relpath(arg) if os.path.isabs(arg) else arg for arg in argv]
+    return shlex.join(["python", "-m", "bench.vllm.run_vllm", *args])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -358,7 +366,7 @@ def main(argv=None):
                   date=time.strftime("%Y-%m-%d %H:%M"), max_model_len=args.max_model_len, kv_space_gib=args.kv_space,
                   clients=args.clients, requests_per_client=args.requests_per_client,
                   prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, serving={}, max_concurrency={},
-                  command=" ".join(sys.argv))
+                  command=_command_line(sys.argv[1:] if argv is None else list(argv)))
     logs = Path(tempfile.mkdtemp(prefix="photon-vllm-bench-"))
     print(f"server logs: {logs}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
