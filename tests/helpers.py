@@ -1,5 +1,11 @@
-"""Small shared helpers for the tests: tiny configs and models, random ids, the cache field name."""
+"""Small shared helpers for the tests: tiny configs and models, random ids, the cache field name, the console
+script."""
 
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from photon_hf import PhotonConfig, PhotonForCausalLM, photon_preset
@@ -36,3 +42,12 @@ def random_ids(batch: int, length: int, seed: int = 0) -> torch.Tensor:
 def cache_of(output):
     """The cache field of a model or generate output, whatever this transformers version calls it."""
     return getattr(output, CACHE_NAME)
+
+
+def console_script() -> str:
+    """The installed `photon-hf` console script: the venv's bin/ first, even when it is not on PATH."""
+    beside_python = Path(sys.executable).with_name("photon-hf")
+    executable = str(beside_python) if beside_python.exists() else shutil.which("photon-hf")
+    if executable is None:
+        pytest.fail("the photon-hf console script is not installed: pip install -e .")
+    return executable

@@ -4,13 +4,11 @@ the quickstart on a tiny budget, and errors that say what to change (each mistak
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import console_script
 from train_helpers import run_python
 
 from photon_hf import cli, kv_cache_bytes, llama_kv_cache_bytes
@@ -84,16 +82,8 @@ def test_train_options_are_the_train_job_fields():
     assert cli._train_job(parser.parse_args(["train", "--output-dir", "out", "--resume"])).resume == "last"
 
 
-def _console_script() -> str:
-    beside_python = Path(sys.executable).with_name("photon-hf")  # the venv's bin/, even when it is not on PATH
-    executable = str(beside_python) if beside_python.exists() else shutil.which("photon-hf")
-    if executable is None:
-        pytest.fail("the photon-hf console script is not installed: pip install -e .")
-    return executable
-
-
 def test_console_script_and_module_entry_points():
-    result = subprocess.run([_console_script(), "info", "--size", "tiny"], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([console_script(), "info", "--size", "tiny"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "parameters" in result.stdout
     result = run_python(
@@ -218,7 +208,7 @@ def mistakes(tmp_path_factory):
     # No network in the tests: a Hub endpoint that refuses connections at once stands for "no network".
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(cwd / "hf")}
     processes = {
-        name: subprocess.Popen([_console_script(), *argv], cwd=cwd, env={**env, **extra}, text=True,
+        name: subprocess.Popen([console_script(), *argv], cwd=cwd, env={**env, **extra}, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for name, (argv, _, extra) in MISTAKES.items()
     }

@@ -9,11 +9,9 @@ import asyncio
 import functools
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import types
 import urllib.request
@@ -24,6 +22,7 @@ import openai
 import pytest
 import torch
 import uvicorn
+from helpers import console_script
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from photon_hf import PhotonForCausalLM, byte_tokenizer, export_for_hub, photon_preset
@@ -59,21 +58,13 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _console_script() -> str:
-    beside_python = Path(sys.executable).with_name("photon-hf")  # the venv's bin/, even when it is not on PATH
-    executable = str(beside_python) if beside_python.exists() else shutil.which("photon-hf")
-    if executable is None:
-        pytest.fail("the photon-hf console script is not installed: pip install -e .")
-    return executable
-
-
 class Server:
     """`photon-hf serve FOLDER` on 127.0.0.1, in a process group of its own; `close` always stops it."""
 
     def __init__(self, folder: str, log_path, *options: str, key: str | None = None, env: dict | None = None):
         self.folder, self.port, self.log_path, self.key = folder, _free_port(), log_path, key
         self.log = open(log_path, "w")
-        command = [_console_script(), "serve", folder, "--port", str(self.port), "--device", "cpu", "--log-level",
+        command = [console_script(), "serve", folder, "--port", str(self.port), "--device", "cpu", "--log-level",
                    "info", *options]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
                                         env={**os.environ, **(env or {})})
@@ -299,7 +290,7 @@ def test_a_client_that_leaves_mid_stream_frees_its_row(served):
 
 def test_a_taken_port_fails_at_once_in_one_line(served):
     """A second server on the module server's port stops before loading anything, with one line."""
-    result = subprocess.run([_console_script(), "serve", served.folder, "--port", str(served.port)],
+    result = subprocess.run([console_script(), "serve", served.folder, "--port", str(served.port)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result
     assert result.stdout == "" and len(result.stderr.strip().splitlines()) == 1, result.stderr
