@@ -89,6 +89,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def wait_for_server(process: subprocess.Popen, url: str, log: str, seconds: float, name: str = "the server"):
+    """Poll `url` until the server `process` answers; raise, naming its log, if it exits or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited; see {log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{name} did not start in {seconds:.0f} s; see {log}")
+
+
 class Server:
     """A server subprocess on 127.0.0.1 that always stops (context manager)."""
 
@@ -115,16 +129,8 @@ class Server:
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
 
     def __enter__(self):
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/models", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        raise RuntimeError(f"the server did not start in 300 s; see {self.log.name}")
+        wait_for_server(self.process, f"{self.url}/models", self.log.name, 300)
+        return self
 
     def __exit__(self, *exc):
         self.process.terminate()

@@ -42,7 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.serving.run_serving import LETTERS, free_port, make_models, summarize
+from bench.serving.run_serving import LETTERS, free_port, make_models, summarize, wait_for_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SERVERS = ("photon-vllm", "llama-vllm", "photon-serve")
@@ -75,18 +75,8 @@ class Server:
                                         start_new_session=True)
 
     def __enter__(self):
-        import urllib.request
-
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited; see {self.log.name}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2):
-                    return self
-            except OSError:
-                time.sleep(1)
-        raise RuntimeError(f"{self.kind} did not start in 900 s; see {self.log.name}")
+        wait_for_server(self.process, f"{self.url}/v1/models", self.log.name, 900, self.kind)
+        return self
 
     def __exit__(self, *exc):
         import signal
