@@ -247,3 +247,17 @@ def test_decode_mode_reaches_every_generate_call(tmp_path, decode):
     assert {size for name, _, size, _ in calls if name == "photon"} == {5 + 9}
     assert all(size is None for name, _, size, _ in calls if name == "llama")
     assert results["meta"]["options"]["decode"] == decode
+
+
+def test_the_chunked_prefill_benchmark_continues_a_row_exactly(tmp_path):
+    """`bench.vllm.chunked_prefill` (no vLLM needed) runs a prompt unsplit and in chunks over a state view: the last
+    states agree (float32), the chunk count and the floor follow from its own timings, and it writes its JSON."""
+    from bench.vllm import chunked_prefill
+
+    output = tmp_path / "chunked.json"
+    chunked_prefill.main(["--size", "tiny", "--dtype", "float32", "--prompt-tokens", "40", "--chunk", "16",
+                          "--max-model-len", "64", "--repeats", "1", "--threads", "1", "--output", str(output)])
+    result = json.loads(output.read_text())
+    assert result["chunks"] == 3 and result["continued_tokens"] == 8
+    assert result["max_state_difference"] < 1e-4
+    assert result["floor_ratio"] == pytest.approx(3 * result["fresh_chunk_s"] / result["unsplit_s"])
