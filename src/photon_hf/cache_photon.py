@@ -561,6 +561,7 @@ class PhotonCache(Cache):
         self.config = config
         self.max_columns = max_cache_len  # columns (pads included) the static storage holds; None: it grows
         self.period = config.levels[-1].tokens_per_unit  # P_L: steps repeat with the meta-chunk
+        self._plans: dict[frozenset[int], PhotonStep] = {}  # step plans by the rows' counts mod P_L (`_step_at`)
         self.recording = False
         self._reset_rows()
 
@@ -658,10 +659,16 @@ class PhotonCache(Cache):
     def _step_at(self, phase: int) -> PhotonStep:
         """The step of every column that brings `seen` to `phase` (mod P_L), from the rows' distinct paddings."""
         # Real-token counts mod P_L, as 1..P_L (a multiple of P_L completes a unit at every level).
-        counts = {(phase - pad) % self.period or self.period for pad in set(self.pads)}
+        counts = frozenset((phase - pad) % self.period or self.period for pad in set(self.pads))
+        if counts not in self._plans:
+            self._plans[counts] = self._plan(counts)
+        return self._plans[counts]
+
+    def _plan(self, counts: frozenset[int]) -> PhotonStep:
+        """Which levels a column runs, and how, for rows at these real-token counts (mod P_L, as 1..P_L)."""
         continuing, closing, feeding, every_row = [], [], [], []
         arriving = counts
-        for level in self.config.levels:
+        for level in (layer.level for layer in self.layers):
             arrived = {c for c in arriving if level.arrives(c)}
             closed = {c for c in arrived if level.closes(c)}
             continuing.append(bool(arrived - closed))
