@@ -61,6 +61,9 @@ def test_bfloat16_equals_generate_with_a_cache_of_the_same_size(tmp_path):
     prompts, budgets = workload(seed=3)
     with engine(folder, dtype="bfloat16", max_num_seqs=4, max_num_batched_tokens=64) as llm:
         got = greedy(llm, prompts, budgets)
+        [linears] = llm.apply_model(lambda model: {type(m).__name__ for m in model.modules() if "Linear" in
+                                                   type(m).__name__})
+    assert linears == {"PackedLinear"}  # every product through oneDNN with its weight packed once
     assert got == reference(folder, prompts, budgets, dtype=torch.bfloat16)
 
 

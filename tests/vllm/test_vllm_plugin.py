@@ -123,3 +123,26 @@ def test_the_state_page_is_kv_cache_bytes_for_every_preset():
             assert content == kv_cache_bytes(config, 2048) and page % 8 == 0 and page - content < 8
             sizes = [dtype.itemsize for _, _, dtype in state_layout(config, MAX_MODEL_LEN, torch.bfloat16)]
             assert sizes == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_packed_linear_is_bit_equal_to_the_linear_it_replaces(dtype):
+    """`PackedLinear` (the weight packed once for oneDNN) against `nn.Linear` (packed again at every call): the
+    same bits at every batch size a step can bring, with and without a bias, for the shapes of the CPU presets and
+    the paper's 600M; a shared weight (a tied head) stays the same tensor."""
+    from torch import nn
+
+    from photon_hf.vllm.model import PackedLinear, packs_weights
+
+    assert packs_weights(dtype)
+    torch.manual_seed(0)
+    for features, bias in [((64, 192), False), ((256, 768), False), ((768, 256), False), ((1024, 256), True),
+                           ((1664, 4096), False), ((256, 259), False)]:
+        linear = nn.Linear(*features, bias=bias).to(dtype)
+        packed = PackedLinear(linear, keep_weight=True)
+        assert packed.weight is linear.weight
+        for rows in [1, 3, 16, 33, 130, 257]:
+            x = torch.randn(2, rows, features[0], dtype=dtype)
+            assert torch.equal(packed(x), linear(x)), (features, bias, rows)
+    assert PackedLinear(linear, keep_weight=False).weight is None
+    assert not packs_weights(torch.float32)  # fp32 keeps F.linear: MKL's product rounds differently from oneDNN's

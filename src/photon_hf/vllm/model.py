@@ -15,14 +15,42 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from vllm import _custom_ops as vllm_ops
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsAttentionFree
+from vllm.platforms import current_platform
 
 from ..attention_photon import photon_ops
 from ..modeling_photon import PhotonModel
 from .backend import PhotonStateMetadata
 from .state import PhotonState
+
+
+class PackedLinear(nn.Module):
+    """A `nn.Linear` whose weight oneDNN packed once, for a CPU in half precision: vLLM's `onednn_mm`, the GEMM its
+    own linear layers use there. `F.linear` runs the same oneDNN matmul but packs the weight again at every call
+    (about 50 us on an AMX Xeon, whatever the batch), so the result is bit-equal and a decode step's small products
+    cost a third. The unpacked weight stays only where another module shares it (a tied LM head)."""
+
+    def __init__(self, linear: nn.Linear, keep_weight: bool):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.handler = vllm_ops.create_onednn_mm(linear.weight.detach().t(), 32)
+        self.weight = linear.weight if keep_weight else None
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return vllm_ops.onednn_mm(self.handler, x, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def packs_weights(dtype: torch.dtype) -> bool:
+    """Whether `PackedLinear` serves this platform and dtype (vLLM's CPU build with oneDNN; fp32 keeps `F.linear`,
+    whose MKL product rounds differently from oneDNN's)."""
+    return current_platform.is_cpu() and dtype in (torch.bfloat16, torch.float16) and vllm_ops._supports_onednn
 
 
 class PhotonVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
@@ -84,3 +112,14 @@ class PhotonVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
             self.lm_head.weight = self.model.embed_dec.weight
             loaded.add("lm_head.weight")
         return loaded
+
+    def process_weights_after_loading(self) -> None:
+        """vLLM's hook once the weights are in: on a CPU in half precision, every linear layer becomes a
+        `PackedLinear` (bit-equal, packed once)."""
+        if not packs_weights(self.lm_head.weight.dtype):
+            return
+        shared = self.model.embed_dec.weight
+        for parent in list(self.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Linear:
+                    setattr(parent, name, PackedLinear(child, keep_weight=child.weight is shared))
