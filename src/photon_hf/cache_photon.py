@@ -571,7 +571,6 @@ class PhotonCache(Cache):
         self.counts: torch.Tensor | None = None  # [B] real tokens consumed per row (device)
         self.history_tokens: torch.Tensor | None = None  # recording only: [B, columns] input ids
         self._stale = False  # after crop(), until the model has rebuilt the local state (`pending_rebuild`)
-        self._steps: dict[int, PhotonStep] = {}
         self.viewing = False  # storage shared with per-request state (`over_states`): rows are picked per step
         self.row_index: torch.Tensor | None = None  # a view's selected rows ([B])
 
@@ -642,7 +641,6 @@ class PhotonCache(Cache):
             layer.lazy_initialization(len(pads), device, dtype, layer.level.units_in(max(counts)))
         if self.recording:
             self.history_tokens = torch.zeros(len(pads), 0, dtype=torch.long, device=device)
-        self._steps = {}
 
     # ---------------------------------------------------------------------------------------- decode columns
     def begin_column(self) -> PhotonStep:
@@ -651,10 +649,7 @@ class PhotonCache(Cache):
         longest = self.seen - min(self.pads)
         for layer in self.layers:
             layer.reserve_tokens(longest)
-        phase = self.seen % self.period
-        if phase not in self._steps:
-            self._steps[phase] = self._step_at(phase)
-        return self._steps[phase]
+        return self._step_at(self.seen % self.period)
 
     def _step_at(self, phase: int) -> PhotonStep:
         """The step of every column that brings `seen` to `phase` (mod P_L), from the rows' distinct paddings."""
@@ -709,9 +704,7 @@ class PhotonCache(Cache):
     # ------------------------------------------------------------------------------------------ batch reshaping
     def _new_pads(self, pads: list[int], counts: torch.Tensor):
         self.counts = _static(counts) if self.is_compileable else counts
-        if pads != self.pads:  # beams of one prompt share their padding: the step table usually survives a reorder
-            self.pads = pads
-            self._steps = {}
+        self.pads = pads
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         """Beam search: row i takes the state of row beam_idx[i] (in place)."""
@@ -724,7 +717,6 @@ class PhotonCache(Cache):
             self.history_tokens = self.history_tokens.index_select(0, index)
         if len(set(self.pads)) > 1:
             self.pads = [self.pads[i] for i in beam_idx.tolist()]
-            self._steps = {}
         self.counts.copy_(self.counts.index_select(0, index))
 
     def batch_select_indices(self, indices: torch.Tensor):
@@ -783,11 +775,8 @@ class PhotonCache(Cache):
 
     def _set_count(self, row: int, count: int):
         """Host side of a row's new real-token count: its padding relative to the columns seen (negative when it
-        holds more tokens than the pool has stepped). The step table only changes with the set of paddings mod P_L."""
-        before = {p % self.period for p in self.pads}
+        holds more tokens than the pool has stepped)."""
         self.pads[row] = self.seen - count
-        if {p % self.period for p in self.pads} != before:
-            self._steps = {}
 
     # ------------------------------------------------------------------- a view over per-request state (vLLM)
     @classmethod
@@ -821,7 +810,6 @@ class PhotonCache(Cache):
             raise RuntimeError("select_rows works on a view over per-request state (PhotonCache.over_states).")
         self._select(index)
         self.seen, self.pads = 0, [-count for count in counts]
-        self._steps = {}
 
     def _select(self, index: torch.Tensor):
         self.row_index = index
@@ -833,15 +821,15 @@ class PhotonCache(Cache):
         """Inside a view's step: work on some of the selected rows only (their batch positions `rows`, host ints).
         Yields (those positions as a tensor, their step plan); the verbs address only their storage until the
         block ends."""
-        saved = self.row_index, self.pads, self._steps
+        saved = self.row_index, self.pads
         positions = torch.tensor(rows, device=self.row_index.device)
         self._select(self.row_index.index_select(0, positions))
-        self.pads, self._steps = [self.pads[r] for r in rows], {}
+        self.pads = [self.pads[r] for r in rows]
         try:
             yield positions, self._step_at(self.seen % self.period)
         finally:
             self._select(saved[0])
-            self.pads, self._steps = saved[1], saved[2]
+            self.pads = saved[1]
 
     def set_counts(self, counts: torch.Tensor):
         """The selected rows of a view now hold `counts` ([B]) real tokens (a prefill or continuation wrote them)."""
@@ -907,7 +895,6 @@ class PhotonCache(Cache):
         for layer in self.layers:
             layer.crop(layer.level.units_in(longest))
         self._stale = True
-        self._steps = {}
 
     def pending_rebuild(self) -> tuple[list[torch.Tensor], torch.Tensor, list[int]] | None:
         """After `crop`, once: what the unfinished units' local state must be rebuilt from, as (encoder states
