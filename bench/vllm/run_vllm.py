@@ -245,7 +245,7 @@ def profile(folder: Path, args) -> dict:
     arithmetic = sum(e.self_cpu_time_total for e in events if e.key.startswith(ARITHMETIC)) / 1e6
     top = sorted((e for e in events if e.key.startswith(OPS)), key=lambda e: -e.self_cpu_time_total)[:12]
     return dict(requests=args.profile_requests, new_tokens=args.new_tokens, wall_s=wall, model_forward_s=spent[0],
-                aten_self_s=total_ops, arithmetic_self_s=arithmetic, arithmetic_share_of_wall=arithmetic / wall,
+                ops_self_s=total_ops, arithmetic_self_s=arithmetic, arithmetic_share_of_wall=arithmetic / wall,
                 ops_share_of_wall=total_ops / wall, model_share_of_wall=spent[0] / wall,
                 top_ops=[(e.key, e.self_cpu_time_total / 1e6, e.count) for e in top])
 
@@ -305,8 +305,8 @@ def markdown(report: dict) -> str:
         forward = (f"PHOTON's forward {100 * p['model_share_of_wall']:.0f}% of the engine's wall time (the rest is "
                    "vLLM's scheduler, sampler and bookkeeping), " if "model_share_of_wall" in p else "")
         lines += ["", f"Profile (PHOTON, {p['requests']} requests x {p['new_tokens']} tokens, {p['wall_s']:.2f} s): "
-                  f"{forward}matrix products and attention {100 * p['arithmetic_share_of_wall']:.0f}%, all PyTorch "
-                  f"ops {100 * p['ops_share_of_wall']:.0f}%."]
+                  f"{forward}matrix products and attention {100 * p['arithmetic_share_of_wall']:.0f}%, all ops "
+                  f"(PyTorch's and vLLM's) {100 * p['ops_share_of_wall']:.0f}%."]
     return "\n".join(lines) + "\n"
 
 
