@@ -5,7 +5,8 @@
 * `bench.quality`: quality at equal training compute against FLOP-matched Llamas (docs/quality.md);
 * `bench.kernels`: each Triton kernel against the PyTorch path it replaces (docs/kernels.md);
 * `bench.serving`: concurrent clients against `photon-hf serve` (docs/serving.md);
-* `bench.vllm`: PHOTON and the same-size Llama in vLLM, and chunked prefill at the model level (docs/vllm.md);
+* `bench.vllm`: PHOTON and the same-size Llama in vLLM, chunked prefill at the model level, and what its packed CPU
+  products save (docs/vllm.md);
 * `bench.training`: peak memory of streamed against in-memory training, every launcher command of docs/training.md
   on two CPU processes, activation memory per token;
 * `bench.common`: timing, budgets and run metadata shared by the jobs;
