@@ -276,6 +276,21 @@ def test_a_rows_state_layout_is_the_static_cache_row(overrides, dtype):
     assert bound == [t.data_ptr() for t in states.values()]
 
 
+def test_a_tensor_parallel_ranks_row_keeps_its_share_of_the_key_value_heads():
+    """With `kv_heads` (a tensor-parallel rank's share, `photon_hf.vllm`) every key/value entry keeps that many
+    heads and nothing else changes: the KV bytes split over the ranks, the sub-units and counts do not."""
+    config = tiny_config(decoder_lookback=5)  # 2 key/value heads
+    whole, share = PhotonCache.state_layout(config, 64, torch.float32), PhotonCache.state_layout(config, 64,
+                                                                                                 torch.float32, 1)
+    assert [name for name, _, _ in share] == [name for name, _, _ in whole]
+    for (name, shape, item), (_, whole_shape, whole_item) in zip(share, whole, strict=True):
+        kv = "_keys." in name or "_values." in name  # levels.<i>.<field>.<layer>
+        assert item == whole_item and shape == ((1, *whole_shape[1:]) if kv else whole_shape), name
+    states = {name: torch.zeros(3, *shape, dtype=item) for name, shape, item in share}
+    view = PhotonCache.over_states(config, 64, states, kv_heads=1)
+    assert {layer.kv_heads for layer in view.layers} == {1}
+
+
 def test_the_step_plan_says_which_levels_run_and_who_feeds_the_decoder():
     plain = PhotonCache(tiny_config(), max_cache_len=64)  # C = [4, 4]: P = 4, 16
     plain.begin_prefill([0], 0, torch.device("cpu"), torch.float32)

@@ -151,10 +151,12 @@ class PhotonLevelCache(CacheLayerMixin):
     _row_fields = ("pending",)  # batch-first tensors besides the KV lists, moved with the rows
     _kv_fields = ("encoder_keys", "encoder_values", "decoder_keys", "decoder_values")  # one tensor per layer each
 
-    def __init__(self, level: PhotonLevelGeometry, config: PhotonConfig, max_units: int | None = None):
+    def __init__(self, level: PhotonLevelGeometry, config: PhotonConfig, max_units: int | None = None,
+                 kv_heads: int | None = None):
         super().__init__()
         self.level = level
-        self.kv_heads, self.head_dim, self.hidden_size = config.num_key_value_heads, config.head_dim, config.hidden_size
+        self.kv_heads = config.num_key_value_heads if kv_heads is None else kv_heads
+        self.head_dim, self.hidden_size = config.head_dim, config.hidden_size
         self.max_units = max_units
         self.recording = False
         self.units = 0  # units completed by the longest row (host)
@@ -540,11 +542,12 @@ class PhotonLookbackLevelCache(PhotonLevelCache):
 _LEVEL_CACHES = {"encoder": PhotonLevelCache, "self": PhotonSelfLevelCache, "lookback": PhotonLookbackLevelCache}
 
 
-def level_cache(level: PhotonLevelGeometry, config: PhotonConfig, max_columns: int | None = None) -> PhotonLevelCache:
+def level_cache(level: PhotonLevelGeometry, config: PhotonConfig, max_columns: int | None = None,
+                kv_heads: int | None = None) -> PhotonLevelCache:
     """The cache layer of a level, for the way its local decoder reads, sized for `max_columns` columns (None:
-    it grows)."""
+    it grows), keeping `kv_heads` key/value heads (None: the config's)."""
     cls = _LEVEL_CACHES[level.decoder_reading]
-    return cls(level, config, None if max_columns is None else level.units_for(max_columns))
+    return cls(level, config, None if max_columns is None else level.units_for(max_columns), kv_heads)
 
 
 class PhotonCache(Cache):
@@ -554,10 +557,12 @@ class PhotonCache(Cache):
     `generate()` builds one through `PhotonForCausalLM._prepare_cache_for_generation`; a direct
     `model(input_ids, use_cache=True)` builds one too. With `max_cache_len` (columns, pads included) all storage is
     allocated once at the prefill and the cache `is_compileable`; without it, the encoder caches grow by doubling.
+    `kv_heads`: the key/value heads each attention layer keeps, all of the config's unless a tensor-parallel rank
+    keeps its share (vLLM, `photon_hf.vllm`).
     """
 
-    def __init__(self, config: PhotonConfig, max_cache_len: int | None = None):
-        super().__init__(layers=[level_cache(level, config, max_cache_len) for level in config.levels])
+    def __init__(self, config: PhotonConfig, max_cache_len: int | None = None, kv_heads: int | None = None):
+        super().__init__(layers=[level_cache(level, config, max_cache_len, kv_heads) for level in config.levels])
         self.config = config
         self.max_columns = max_cache_len  # columns (pads included) the static storage holds; None: it grows
         self.period = config.levels[-1].tokens_per_unit  # P_L: steps repeat with the meta-chunk
@@ -780,22 +785,23 @@ class PhotonCache(Cache):
 
     # ------------------------------------------------------------------- a view over per-request state (vLLM)
     @classmethod
-    def state_layout(cls, config: PhotonConfig, max_cache_len: int,
-                     dtype: torch.dtype) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    def state_layout(cls, config: PhotonConfig, max_cache_len: int, dtype: torch.dtype,
+                     kv_heads: int | None = None) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
         """Every tensor one row of a static cache of `max_cache_len` columns keeps: (name, shape without the batch
         dimension, dtype), level by level, then the row's token count. Their bytes add up to
-        `memory.kv_cache_bytes(config, max_cache_len, dtype=dtype)`."""
-        layers = cls(config, max_cache_len).layers
+        `memory.kv_cache_bytes(config, max_cache_len, dtype=dtype)` (with all the config's `kv_heads`)."""
+        layers = cls(config, max_cache_len, kv_heads).layers
         layout = [(f"levels.{i}.{name}", shape, item) for i, layer in enumerate(layers)
                   for name, shape, item in layer.row_layout(dtype)]
         return [*layout, ("counts", (), torch.long)]
 
     @classmethod
-    def over_states(cls, config: PhotonConfig, max_cache_len: int, states: dict[str, torch.Tensor]) -> PhotonCache:
-        """A cache whose storage is `states` ([N, *shape] per entry of `state_layout`): N rows that requests hold,
-        such as vLLM's per-request state blocks. Nothing is copied or reallocated; each step names the rows it works
-        on (`select_rows`), and the cache verbs read and write those rows in place."""
-        cache = cls(config, max_cache_len)
+    def over_states(cls, config: PhotonConfig, max_cache_len: int, states: dict[str, torch.Tensor],
+                    kv_heads: int | None = None) -> PhotonCache:
+        """A cache whose storage is `states` ([N, *shape] per entry of `state_layout`, with the same `kv_heads`): N
+        rows that requests hold, such as vLLM's per-request state blocks. Nothing is copied or reallocated; each step
+        names the rows it works on (`select_rows`), and the cache verbs read and write those rows in place."""
+        cache = cls(config, max_cache_len, kv_heads)
         for i, layer in enumerate(cache.layers):
             prefix = f"levels.{i}."
             layer.bind({name[len(prefix):]: tensor for name, tensor in states.items() if name.startswith(prefix)})

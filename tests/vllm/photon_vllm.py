@@ -78,3 +78,16 @@ def greedy(llm, prompts: list[list[int]], max_tokens: list[int]) -> list[list[in
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in max_tokens]
     outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
     return [list(output.outputs[0].token_ids) for output in outputs]
+
+
+def rank_shares(model) -> list[tuple]:
+    """What one tensor-parallel rank's model holds, block by block of every stack: (the query projection's class,
+    query heads, key/value heads, the outputs `k_proj` keeps, the inputs `down_proj` keeps, key/value heads of the
+    state blocks; vLLM's CPU layers pack their weights and drop the tensors, so the layers' own sizes). Run in
+    each worker by `LLM.apply_model` (a module-level function: the workers unpickle it by name)."""
+    return [
+        (type(block.self_attn.q_proj).__name__, block.self_attn.num_heads, block.self_attn.num_kv_heads,
+         block.self_attn.k_proj.output_size_per_partition, block.mlp.down_proj.input_size_per_partition,
+         model.state.kv_heads)
+        for level in model.model.levels for stack in (level.encoder, level.decoder) for block in stack.layers
+    ]

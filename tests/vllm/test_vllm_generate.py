@@ -2,14 +2,15 @@
 for token: over the model's variants (one to three levels, windowed encoders, a token look-back, "self" decoding,
 GQA, bfloat16), prompts from one token to several meta-chunks, requests joining, leaving and reusing state blocks
 (three at a time), chunked prefill cutting prompts at any token (a small token budget), and requests preempted and
-recomputed."""
+recomputed; and two tensor-parallel ranks."""
 
+import os
 import random
 import time
 
 import pytest
 import torch
-from photon_vllm import MAX_MODEL_LEN, engine, greedy, photon_checkpoint, reference
+from photon_vllm import MAX_MODEL_LEN, engine, greedy, photon_checkpoint, rank_shares, reference
 
 from photon_hf.modeling_photon import PhotonModel
 
@@ -107,3 +108,20 @@ def test_the_state_block_is_the_cost_models_row_and_sets_the_concurrency(tmp_pat
     assert config.cache_config.mamba_cache_mode == "none" and not config.cache_config.enable_prefix_caching
     budget = config.cache_config.kv_cache_memory_bytes  # VLLM_CPU_KVCACHE_SPACE, 1 GiB here
     assert budget == 1 << 30 and kv_config.num_blocks == budget // expected
+
+
+def test_two_tensor_parallel_ranks_split_every_stack_and_generate_exactly(tmp_path, monkeypatch):
+    """`tensor_parallel_size=2` (two worker processes): every block of every stack keeps half the heads and half
+    the MLP width, each rank's state blocks half the key/value heads, and the output equals `generate` alone."""
+    cpus = sorted(os.sched_getaffinity(0))
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{cpus[0]}|{cpus[-1]}")  # one NUMA node: bind each rank
+    folder = photon_checkpoint(tmp_path / "tp")  # 4 query heads, 2 key/value heads, MLP width 192
+    prompts, budgets = workload(seed=7)
+    with engine(folder, tensor_parallel_size=2, max_num_seqs=3, max_num_batched_tokens=40) as llm:
+        shares = llm.apply_model(rank_shares)
+        got = greedy(llm, prompts, budgets)
+    head_dim = 64 // 4
+    assert len(shares) == 2 and all(len(rank) == len(shares[0]) > 0 for rank in shares)
+    assert {entry for rank in shares for entry in rank} == {
+        ("ColumnParallelLinear", 2, 1, head_dim, 192 // 2, 1)}
+    assert got == reference(folder, prompts, budgets)

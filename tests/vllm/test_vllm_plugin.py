@@ -91,6 +91,8 @@ def test_a_folder_from_photon_hf_train_loads(tmp_path):
     (dict(speculative_config={"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 2}),
      "speculative decoding"),
     (dict(kv_cache_dtype="fp8"), "KV-cache dtype"),
+    (dict(tensor_parallel_size=2, hf_overrides=dict(num_key_value_heads=1)),
+     r"key/value heads \(1\) do not split evenly over 2 ranks"),
 ])
 def test_what_photon_cannot_do_is_refused_at_start_up(tmp_path, options, refused):
     folder = photon_checkpoint(tmp_path / "refused")

@@ -18,10 +18,14 @@ logger = init_logger(__name__)
 class PhotonVllmConfig(VerifyAndUpdateConfig):
     @classmethod
     def verify_and_update_config(cls, vllm_config) -> None:
-        cache, parallel = vllm_config.cache_config, vllm_config.parallel_config
+        cache, parallel, model = vllm_config.cache_config, vllm_config.parallel_config, vllm_config.model_config
+        tp, config = parallel.tensor_parallel_size, model.hf_config
+        shares = {"attention heads": config.num_attention_heads, "key/value heads": config.num_key_value_heads,
+                  "MLP width (intermediate_size)": config.intermediate_size}
         refusals = {
             "speculative decoding": vllm_config.speculative_config is not None,
-            "tensor parallelism (--tensor-parallel-size > 1)": parallel.tensor_parallel_size > 1,
+            **{f"--tensor-parallel-size {tp}: its {what} ({size}) do not split evenly over {tp} ranks": size % tp != 0
+               for what, size in shares.items()},
             "pipeline parallelism (--pipeline-parallel-size > 1)": parallel.pipeline_parallel_size > 1,
             "LoRA adapters (--enable-lora); merge the adapter into the model first": vllm_config.lora_config
             is not None,
@@ -38,13 +42,12 @@ class PhotonVllmConfig(VerifyAndUpdateConfig):
                 "cached prefix chunk. See docs/vllm.md."
             )
             cache.enable_prefix_caching = False
-        model = vllm_config.model_config
         check = f"{PhotonRequestCheck.__module__}:{PhotonRequestCheck.__qualname__}"
         if check not in (model.logits_processors or []):
             model.logits_processors = [*(model.logits_processors or []), check]
         cache.mamba_cache_mode = "none"
         cache.mamba_block_size = model.max_model_len
-        content, page = state_page_bytes(model.hf_config, model.max_model_len, model.dtype)
+        content, page = state_page_bytes(config, model.max_model_len, model.dtype, tp)
         if page != content:
             cache.mamba_page_size_padded = page
 

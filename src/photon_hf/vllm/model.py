@@ -7,6 +7,9 @@ whole batch to `PhotonModel.extend` over a `PhotonCache` view of the state block
 indices: every decoding request (whatever its phase in the meta-chunk) shares one `decode_column`, and a prompt or
 a continued chunk runs at the cost of a prefill. Only each request's last token gets a state: it is the one vLLM
 samples from.
+
+With tensor parallelism (`--tensor-parallel-size`), every stack's blocks split their heads and MLP width over the
+ranks, as vLLM's Llama does (`split_blocks`), and each rank's state blocks hold its share of the key/value heads.
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 from vllm import _custom_ops as vllm_ops
+from vllm.distributed import get_tensor_model_parallel_world_size
 from vllm.forward_context import get_forward_context
+from vllm.model_executor.layers.linear import ColumnParallelLinear, RowParallelLinear
 from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 from vllm.model_executor.models.interfaces import HasInnerState, IsAttentionFree
+from vllm.model_executor.models.utils import maybe_prefix
 from vllm.platforms import current_platform
 
 from ..attention_photon import photon_ops
-from ..modeling_photon import PhotonModel
+from ..modeling_photon import PhotonAttention, PhotonMLP, PhotonModel
 from .backend import PhotonStateMetadata
 from .state import PhotonState
 
@@ -53,6 +59,30 @@ def packs_weights(dtype: torch.dtype) -> bool:
     return current_platform.is_cpu() and dtype in (torch.bfloat16, torch.float16) and vllm_ops._supports_onednn
 
 
+def split_blocks(model: PhotonModel, prefix: str = "model") -> None:
+    """Tensor parallelism, in place: in every block of every stack (encoders and local decoders at each level), the
+    attention keeps this rank's share of the query and key/value heads (`q_proj`, `k_proj`, `v_proj` column-parallel)
+    and `o_proj` sums the ranks' shares (row-parallel, all-reduced); in the MLP, `gate_proj` and `up_proj` are
+    column-parallel and `down_proj` row-parallel. Parameter names do not change, and each parallel weight loads its
+    rank's slice of the checkpoint tensor. Embeddings, chunkers, converters, norms and the LM head are replicated:
+    every rank holds them whole."""
+    for name, module in model.named_modules(prefix=prefix):
+        if isinstance(module, PhotonAttention):
+            ranks = get_tensor_model_parallel_world_size()
+            module.num_heads //= ranks
+            module.num_kv_heads //= ranks
+            columns, rows = ("q_proj", "k_proj", "v_proj"), ("o_proj",)
+        elif isinstance(module, PhotonMLP):
+            columns, rows = ("gate_proj", "up_proj"), ("down_proj",)
+        else:
+            continue
+        for child in columns + rows:
+            linear = getattr(module, child)
+            parallel = ColumnParallelLinear if child in columns else RowParallelLinear
+            setattr(module, child, parallel(linear.in_features, linear.out_features, bias=False, return_bias=False,
+                                            prefix=f"{name}.{child}"))
+
+
 class PhotonVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
     """`PhotonForCausalLM` for vLLM: the same modules and parameter names (`model.*`, `lm_head.weight`), so a
     checkpoint loads name for name."""
@@ -62,9 +92,12 @@ class PhotonVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
         config = vllm_config.model_config.hf_config
         self.config = config
         self.model = PhotonModel(config)
+        tensor_parallel_size = vllm_config.parallel_config.tensor_parallel_size
+        if tensor_parallel_size > 1:
+            split_blocks(self.model, prefix=maybe_prefix(prefix, "model"))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.state = PhotonState(config, vllm_config.model_config.max_model_len, vllm_config.model_config.dtype,
-                                 vllm_config.compilation_config)
+                                 vllm_config.compilation_config, tensor_parallel_size)
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(
@@ -100,13 +133,15 @@ class PhotonVllmForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
         return self.lm_head(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        """Copy a `PhotonForCausalLM` checkpoint's tensors name for name; a tied head shares the decoder embedding."""
+        """Copy a `PhotonForCausalLM` checkpoint's tensors name for name (a parallel layer's weight takes its rank's
+        slice); a tied head shares the decoder embedding."""
         parameters = dict(self.named_parameters())
         loaded = set()
         for name, tensor in weights:
             if name not in parameters:
                 raise KeyError(f"The checkpoint has a tensor {name!r} that PHOTON's vLLM model does not.")
-            default_weight_loader(parameters[name], tensor)
+            parameter = parameters[name]
+            getattr(parameter, "weight_loader", default_weight_loader)(parameter, tensor)
             loaded.add(name)
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_dec.weight

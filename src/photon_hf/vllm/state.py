@@ -20,17 +20,20 @@ from ..configuration_photon import PhotonConfig
 from . import STATE_BACKEND
 
 
-def state_layout(config: PhotonConfig, max_model_len: int,
-                 dtype: torch.dtype) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-    """A request's states as (name, shape, dtype), larger elements first: in vLLM's byte page every state then starts
-    at a multiple of its element size (the page size is kept a multiple of 8, `state_page_bytes`)."""
-    layout = PhotonCache.state_layout(config, max_model_len, dtype)
+def state_layout(config: PhotonConfig, max_model_len: int, dtype: torch.dtype,
+                 tensor_parallel_size: int = 1) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
+    """A request's states on one tensor-parallel rank (its share of the key/value heads) as (name, shape, dtype),
+    larger elements first: in vLLM's byte page every state then starts at a multiple of its element size (the page
+    size is kept a multiple of 8, `state_page_bytes`)."""
+    kv_heads = config.num_key_value_heads // tensor_parallel_size
+    layout = PhotonCache.state_layout(config, max_model_len, dtype, kv_heads)
     return sorted(layout, key=lambda entry: -entry[2].itemsize)  # stable: the cache's order within a size
 
 
-def state_page_bytes(config: PhotonConfig, max_model_len: int, dtype: torch.dtype) -> tuple[int, int]:
-    """(bytes of a request's states, the page that holds them: rounded up to a multiple of 8)."""
-    layout = state_layout(config, max_model_len, dtype)
+def state_page_bytes(config: PhotonConfig, max_model_len: int, dtype: torch.dtype,
+                     tensor_parallel_size: int = 1) -> tuple[int, int]:
+    """(bytes of a request's states on one rank, the page that holds them: rounded up to a multiple of 8)."""
+    layout = state_layout(config, max_model_len, dtype, tensor_parallel_size)
     content = sum(torch.Size(shape).numel() * item.itemsize for _, shape, item in layout)
     return content, content + (-content % 8)
 
@@ -39,10 +42,12 @@ class PhotonState(nn.Module, MambaBase):
     """Every PHOTON state of a request, in one vLLM state block (see the module docstring)."""
 
     def __init__(self, config: PhotonConfig, max_model_len: int, dtype: torch.dtype, compilation_config,
-                 prefix: str = "photon_state.0"):
+                 tensor_parallel_size: int = 1, prefix: str = "photon_state.0"):
         super().__init__()
         self.config, self.max_model_len, self.dtype = config, max_model_len, dtype
-        self.layout = state_layout(config, max_model_len, dtype)
+        self.tensor_parallel_size = tensor_parallel_size
+        self.kv_heads = config.num_key_value_heads // tensor_parallel_size  # this rank's share
+        self.layout = state_layout(config, max_model_len, dtype, tensor_parallel_size)
         self.prefix = prefix
         forward_context = compilation_config.static_forward_context
         if prefix in forward_context:
@@ -65,9 +70,11 @@ class PhotonState(nn.Module, MambaBase):
         """The `PhotonCache` view over the blocks vLLM bound (made once per binding)."""
         if self._view is None or self._view[0] is not self.kv_cache:
             states = {name: tensor for (name, _, _), tensor in zip(self.layout, self.kv_cache, strict=True)}
-            self._view = (self.kv_cache, PhotonCache.over_states(self.config, self.max_model_len, states))
+            self._view = (self.kv_cache, PhotonCache.over_states(self.config, self.max_model_len, states,
+                                                                     self.kv_heads))
         return self._view[1]
 
     def extra_repr(self) -> str:
-        content, page = state_page_bytes(self.config, self.max_model_len, self.dtype)
-        return f"max_model_len={self.max_model_len}, states={len(self.layout)}, bytes={content}, page={page}"
+        content, page = state_page_bytes(self.config, self.max_model_len, self.dtype, self.tensor_parallel_size)
+        return (f"max_model_len={self.max_model_len}, kv_heads={self.kv_heads}, states={len(self.layout)}, "
+                f"bytes={content}, page={page}")
