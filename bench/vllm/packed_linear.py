@@ -56,8 +56,8 @@ def main(argv=None):
             packed = PackedLinear(linear, keep_weight=False)
             for rows in ROWS:
                 x = torch.randn(rows, features[0], dtype=dtype)
-                plain_us = _microseconds(lambda: linear(x), args.calls, args.repeats)
-                packed_us = _microseconds(lambda: packed(x), args.calls, args.repeats)
+                plain_us = _microseconds(lambda linear=linear, x=x: linear(x), args.calls, args.repeats)
+                packed_us = _microseconds(lambda packed=packed, x=x: packed(x), args.calls, args.repeats)
                 rows_out.append(dict(in_features=features[0], out_features=features[1], rows=rows, f_linear_us=plain_us,
                                      packed_us=packed_us, bit_equal=torch.equal(linear(x), packed(x))))
                 print(f"{features[0]:5d} -> {features[1]:5d}, {rows:4d} rows: F.linear {plain_us:7.1f} us, "
