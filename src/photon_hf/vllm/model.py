@@ -67,9 +67,9 @@ def split_blocks(model: PhotonModel, prefix: str = "model") -> None:
     column-parallel and `down_proj` row-parallel. Parameter names do not change, and each parallel weight loads its
     rank's slice of the checkpoint tensor. Embeddings, chunkers, converters, norms and the LM head are replicated:
     every rank holds them whole."""
+    ranks = get_tensor_model_parallel_world_size()
     for name, module in model.named_modules(prefix=prefix):
         if isinstance(module, PhotonAttention):
-            ranks = get_tensor_model_parallel_world_size()
             module.num_heads //= ranks
             module.num_kv_heads //= ranks
             columns, rows = ("q_proj", "k_proj", "v_proj"), ("o_proj",)
