@@ -110,12 +110,13 @@ def test_the_state_block_is_the_cost_models_row_and_sets_the_concurrency(tmp_pat
     assert budget == 1 << 30 and kv_config.num_blocks == budget // expected
 
 
-def test_two_tensor_parallel_ranks_split_every_stack_and_generate_exactly(tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", ["base", "three-levels-windows-lookback", "self"])
+def test_two_tensor_parallel_ranks_split_every_stack_and_generate_exactly(tmp_path, monkeypatch, variant):
     """`tensor_parallel_size=2` (two worker processes): every block of every stack keeps half the heads and half
     the MLP width, each rank's state blocks half the key/value heads, and the output equals `generate` alone."""
     cpus = sorted(os.sched_getaffinity(0))
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", f"{cpus[0]}|{cpus[-1]}")  # one NUMA node: bind each rank
-    folder = photon_checkpoint(tmp_path / "tp")  # 4 query heads, 2 key/value heads, MLP width 192
+    folder = photon_checkpoint(tmp_path / variant, **VARIANTS[variant])  # 4 query heads, 2 key/value, MLP 192
     prompts, budgets = workload(seed=7)
     with engine(folder, tensor_parallel_size=2, max_num_seqs=3, max_num_batched_tokens=40) as llm:
         shares = llm.apply_model(rank_shares)
