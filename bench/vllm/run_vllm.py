@@ -174,6 +174,8 @@ def photon_forward_timer():
     """Adds the seconds spent in PHOTON's forward (in this process: an in-process engine) to the yielded list's
     one entry: the model's share of the engine's time; the rest is vLLM's own work a step (scheduler, input
     preparation, sampler, bookkeeping)."""
+    import torch
+
     from photon_hf.vllm.model import PhotonVllmForCausalLM
 
     forward, spent = PhotonVllmForCausalLM.forward, [0.0]
@@ -181,7 +183,10 @@ def photon_forward_timer():
     def timed(self, *inputs, **options):
         start = time.perf_counter()
         try:
-            return forward(self, *inputs, **options)
+            hidden = forward(self, *inputs, **options)
+            if hidden.is_cuda:  # the forward's kernels, not just their launches (a sync vLLM would not make)
+                torch.cuda.synchronize()
+            return hidden
         finally:
             spent[0] += time.perf_counter() - start
 
