@@ -61,9 +61,10 @@ class Step:
 
 def steps() -> list[Step]:
     """The queue, in order: the lever at width 128 (rate from short runs, then 9.8M tokens) and a short control run;
-    the subword runs at width 128 (rates from short runs, then 9.8M tokens); width 256 to 9.8M tokens (the
-    look-back's rate from short runs; the Llama at its rule rate 1e-3, the default [4,4] at
-    `default_learning_rate`'s 5e-4)."""
+    the subword runs at width 128 (rates from short runs, then 9.8M tokens); the control to 9.8M tokens (does the
+    lever gain from its depth or from dropping the level above?); width 256 to 9.8M tokens (the look-back's rate from
+    short runs; the Llama at its rule rate 1e-3, the default [4,4] at `default_learning_rate`'s 5e-4); the lever at
+    256, since it helped at 128 (rate from short runs)."""
     bpe = ["--tokenizer", str(BPE)]
     w128, w256 = ["--widths", "128"], ["--widths", "256"]
     bpe_short = [*SHORT, *bpe, *w128, "--steps", "300"]
@@ -86,6 +87,9 @@ def steps() -> list[Step]:
              RESULTS / "cpu-trend-128-bpe.jsonl", pick=[1e-3, 2e-3],
              pick_args=[*bpe_short, "--models", "photon", "--photon", *LOOKBACK],
              pick_results=RESULTS / "cpu-bpe-128.jsonl"),
+        Step("lever control 128, 9.8M tokens", [*LONG, *w128, "--models", "photon", "--photon", *CONTROL,
+                                                 "--lrs", "1e-3"],
+             RESULTS / "cpu-trend-128-lever.jsonl"),
         Step("look-back 256", [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--photon", *LOOKBACK],
              RESULTS / "cpu-trend-256-lookback.jsonl", pick=[5e-4, 7.07e-4, 1e-3],
              pick_args=[*SHORT, *w256, "--steps", "300", "--models", "photon", "--photon", *LOOKBACK],
@@ -95,6 +99,10 @@ def steps() -> list[Step]:
              RESULTS / "cpu-trend-256.jsonl"),
         Step("default 256", [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--lrs", "5e-4"],
              RESULTS / "cpu-trend-256.jsonl"),
+        Step("lever 256", [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--photon", *LEVER],
+             RESULTS / "cpu-trend-256-lever.jsonl", pick=[5e-4, 1e-3],
+             pick_args=[*SHORT, *w256, "--steps", "300", "--models", "photon", "--photon", *LEVER],
+             pick_results=RESULTS / "cpu-256.jsonl"),
     ]
 
 
