@@ -320,8 +320,9 @@ def markdown(report: dict) -> str:
         lines += [f"vLLM's maximum concurrency at {report['max_model_len']} tokens per request, same KV budget: "
                   f"PHOTON {conc.get('photon-vllm')}, Llama {conc.get('llama-vllm')} "
                   f"({report.get('concurrency_ratio', float('nan')):.1f}x).", ""]
-    lines += ["| server | clients | output tok/s | TTFT median (s) | TTFT p95 (s) | per-token median (ms) | p95 (ms) |",
-              "|---|---|---|---|---|---|---|"]
+    if report["serving"]:  # none when a run measured chunked prefill or the profile alone
+        lines += ["| server | clients | output tok/s | TTFT median (s) | TTFT p95 (s) | per-token median (ms) | "
+                  "p95 (ms) |", "|---|---|---|---|---|---|---|"]
     for kind, runs in report["serving"].items():
         for clients, r in sorted(runs.items(), key=lambda item: int(item[0])):
             lines.append(f"| {kind} | {clients} | {r['output_tokens_per_s']:.1f} | {r['ttft_median_s']:.3f} | "
@@ -387,7 +388,8 @@ def main(argv=None):
     if args.replot:  # e.g. in an environment with matplotlib
         report = json.loads(args.replot.read_text())
         args.replot.with_suffix(".md").write_text(markdown(report))
-        plot(report, args.replot.with_suffix(".png"))
+        if report["serving"]:  # the plot draws the serving figures
+            plot(report, args.replot.with_suffix(".png"))
         return
 
     machine = platform.processor() or platform.machine()
