@@ -46,7 +46,6 @@ class PhotonState(nn.Module, MambaBase):
         super().__init__()
         self.config, self.max_model_len, self.dtype = config, max_model_len, dtype
         self.tensor_parallel_size = tensor_parallel_size
-        self.kv_heads = config.num_key_value_heads // tensor_parallel_size  # this rank's share
         self.layout = state_layout(config, max_model_len, dtype, tensor_parallel_size)
         self.prefix = prefix
         forward_context = compilation_config.static_forward_context
@@ -55,6 +54,11 @@ class PhotonState(nn.Module, MambaBase):
         forward_context[prefix] = self  # where vLLM collects the layers whose state it allocates
         self.kv_cache = tuple(torch.tensor([]) for _ in self.layout)  # bound by vLLM (`bind_kv_cache`)
         self._view: tuple[tuple[torch.Tensor, ...], PhotonCache] | None = None
+
+    @property
+    def kv_heads(self) -> int:
+        """The key/value heads this rank's blocks keep."""
+        return self.config.num_key_value_heads // self.tensor_parallel_size
 
     @property
     def mamba_type(self) -> MambaAttentionBackendEnum:
