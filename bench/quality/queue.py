@@ -157,6 +157,8 @@ def run(args):
             stamp(f"training the subword tokenizer: {BPE}")
             study.main(["bpe", "--vocab-size", "4096", "--out", str(BPE)])
         for step in steps():
+            if args.only and step.name not in args.only:
+                continue
             stamp(step.name)
             try:
                 lrs = [pick_rate(step)] if step.pick else []
@@ -208,8 +210,13 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("run", help="make every run not done yet, in order")
     start.add_argument("--pid-file", default=None, help="write this process's id there while it runs")
+    start.add_argument("--only", nargs="+", metavar="STEP", default=None,
+                       help="run only the steps of these names, in the queue's order (two runners side by side)")
     commands.add_parser("status", help="what is done, what is checkpointed, what has not started")
     args = parser.parse_args(argv)
+    unknown = set(getattr(args, "only", None) or []) - {step.name for step in steps()}
+    if unknown:
+        parser.error(f"no step named {sorted(unknown)}; `status` lists them")
     {"run": run, "status": status}[args.command](args)
 
 
