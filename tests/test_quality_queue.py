@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench.quality import queue, study
 
 
@@ -26,3 +28,17 @@ def test_the_rate_pick_extends_the_sweep_past_a_winning_edge(tmp_path, monkeypat
     assert sorted(r["lr"] for r in study.load_results(results)) == [1e-3, 2e-3, 4e-3, 8e-3]  # 4e-3 bracketed
     assert queue.pick_rate(step, run=False) == 4e-3  # picked again from the same results, nothing rerun
     assert len(made) == 4
+
+
+def test_run_only_makes_the_named_steps_and_refuses_an_unknown_name(tmp_path, monkeypatch):
+    ran = []
+    monkeypatch.setattr(study, "main", lambda argv: ran.append(argv[argv.index("--results") + 1]))
+    monkeypatch.setattr(queue, "write_tables", lambda: None)
+    monkeypatch.setattr(queue, "BPE", tmp_path)  # the tokenizer exists: nothing to train
+    monkeypatch.setattr(queue, "steps", lambda: [queue.Step(name, ["--steps", "3"], tmp_path / f"{name}.jsonl")
+                                                 for name in ("first", "second", "third")])
+    queue.main(["run", "--only", "third", "first"])
+    assert ran == [str(tmp_path / "first.jsonl"), str(tmp_path / "third.jsonl")]  # the queue's order
+    with pytest.raises(SystemExit) as stop:
+        queue.main(["run", "--only", "fourth"])
+    assert stop.value.code == 2 and len(ran) == 2  # refused before anything ran

@@ -64,7 +64,8 @@ def steps() -> list[Step]:
     the subword runs at width 128 (rates from short runs, then 9.8M tokens); the control to 9.8M tokens (does the
     lever gain from its depth or from dropping the level above?); width 256 to 9.8M tokens (the look-back's rate from
     short runs; the Llama at its rule rate 1e-3, the default [4,4] at `default_learning_rate`'s 5e-4); the lever at
-    256, since it helped at 128 (rate from short runs)."""
+    256, since it helped at 128 (rate from short runs), and its control there at the lever's rate, since at 128 the
+    control took most of the lever's gain."""
     bpe = ["--tokenizer", str(BPE)]
     w128, w256 = ["--widths", "128"], ["--widths", "256"]
     bpe_short = [*SHORT, *bpe, *w128, "--steps", "300"]
@@ -103,6 +104,9 @@ def steps() -> list[Step]:
              RESULTS / "cpu-trend-256-lever.jsonl", pick=[5e-4, 1e-3],
              pick_args=[*SHORT, *w256, "--steps", "300", "--models", "photon", "--photon", *LEVER],
              pick_results=RESULTS / "cpu-256.jsonl"),
+        Step("lever control 256", [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--photon", *CONTROL,
+                                   "--lrs", "1e-3"],
+             RESULTS / "cpu-trend-256-lever.jsonl"),
     ]
 
 
@@ -157,6 +161,8 @@ def run(args):
             stamp(f"training the subword tokenizer: {BPE}")
             study.main(["bpe", "--vocab-size", "4096", "--out", str(BPE)])
         for step in steps():
+            if args.only and step.name not in args.only:
+                continue
             stamp(step.name)
             try:
                 lrs = [pick_rate(step)] if step.pick else []
@@ -208,8 +214,13 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser("run", help="make every run not done yet, in order")
     start.add_argument("--pid-file", default=None, help="write this process's id there while it runs")
+    start.add_argument("--only", nargs="+", metavar="STEP", default=None,
+                       help="run only the steps of these names, in the queue's order (two runners side by side)")
     commands.add_parser("status", help="what is done, what is checkpointed, what has not started")
     args = parser.parse_args(argv)
+    unknown = set(getattr(args, "only", None) or []) - {step.name for step in steps()}
+    if unknown:
+        parser.error(f"no step named {sorted(unknown)}; `status` lists them")
     {"run": run, "status": status}[args.command](args)
 
 
