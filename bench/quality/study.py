@@ -970,34 +970,38 @@ def trend(args) -> dict:
 def plot_trend(curves: list[dict], path: str):
     """Three panels against training tokens: held-out bits per byte; PHOTON's perplexity per byte over the
     Llama's of its width; PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
-    colour per PHOTON variant, one line style per width; each legend entry gives the training FLOPs per token."""
+    colour per PHOTON variant, one line style per width; each legend entry gives the training FLOPs per token. A
+    run shorter than the longest of its width is drawn faint and says how far it went."""
     plt = pyplot()
     if plt is None:
         return
     variants = sorted({c["variant"] for c in curves if c["model"] != "llama"})
     widths = sorted({c["width"] for c in curves})
+    longest = {w: max(c["points"][-1]["tokens_seen"] for c in curves if c["width"] == w) for w in widths}
     styles = ["-", "--", "-.", ":"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     for c in curves:
         tokens = [p["tokens_seen"] / 1e6 for p in c["points"]]
         width_style = styles[widths.index(c["width"]) % len(styles)]
         mflop = f"{c['train_flops_per_token'] / 1e6:.1f} MFLOP/token"
-        label = f"PHOTON {variant_label(c['variant'])}, D={c['width']}"
+        short = c["points"][-1]["tokens_seen"] < longest[c["width"]]
+        reach, alpha = (f", to {tokens[-1]:.1f}M", 0.35) if short else ("", 1.0)
+        label = f"PHOTON {variant_label(c['variant'])}, D={c['width']}{reach}"
         if c["model"] == "llama":
             axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color="black", linestyle=width_style,
-                         marker="s", markersize=3, label=f"Llama, D={c['width']} ({mflop})")
+                         marker="s", markersize=3, alpha=alpha, label=f"Llama, D={c['width']}{reach} ({mflop})")
             continue
         color = f"C{variants.index(c['variant']) % 10}"
         axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color=color, linestyle=width_style,
-                     marker="o", markersize=3, label=f"{label} ({mflop})")
+                     marker="o", markersize=3, alpha=alpha, label=f"{label} ({mflop})")
         kept = [(t, p) for t, p in zip(tokens, c["points"], strict=True) if p["ratio_vs_llama"] is not None]
         if kept:
             axes[1].plot([t for t, _ in kept], [p["ratio_vs_llama"] for _, p in kept], color=color,
-                         linestyle=width_style, marker="o", markersize=3, label=label)
+                         linestyle=width_style, marker="o", markersize=3, alpha=alpha, label=label)
             axes[2].plot([t for t, _ in kept], [p["copyable_gap_bits"] for _, p in kept], color=color,
-                         linestyle=width_style, marker="o", markersize=3, label=f"{label}, copyable")
+                         linestyle=width_style, marker="o", markersize=3, alpha=alpha, label=f"{label}, copyable")
             axes[2].plot([t for t, _ in kept], [p["other_gap_bits"] for _, p in kept], color=color,
-                         linestyle=":", marker=".", markersize=3, alpha=0.7, label=f"{label}, other")
+                         linestyle=":", marker=".", markersize=3, alpha=0.7 * alpha, label=f"{label}, other")
     axes[0].set_ylabel("held-out bits per byte (lower is better)")
     axes[1].axhline(1.0, color="black", linewidth=0.8)
     axes[1].axhline(1.03, color="gray", linestyle="--", linewidth=0.8)
