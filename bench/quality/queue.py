@@ -38,6 +38,9 @@ LOOKBACK = ["decoder_lookback=8"]
 # (one level of 4-byte chunks), with the look-back: no model change, less training compute than look-back 8 at [4,4].
 LEVER = ["chunk_sizes=4", "num_encoder_layers=4", "decoder_lookback=8"]
 CONTROL = ["chunk_sizes=4", "decoder_lookback=8"]  # the same without the deeper encoder
+# The control's saved compute spent at the token rate instead: a three-layer token decoder (training FLOPs closest
+# to the four-layer Llama's, like look-back 8 at [4,4]; the cache grows by one layer of look-back entries).
+DEEPER_DECODER = [*CONTROL, "num_decoder_layers=3"]
 # The study's common flags: one thread; the long runs keep a curve point every 240 steps (1M tokens).
 LONG = ["--threads", "1", "--steps", "2400", "--eval-every", "240"]
 SHORT = ["--threads", "1", "--legacy-tokens", "0", "--no-agreement"]
@@ -66,7 +69,8 @@ def steps() -> list[Step]:
     short runs; the Llama at its rule rate 1e-3, the default [4,4] at `default_learning_rate`'s 5e-4); the lever at
     256, since it helped at 128 (rate from short runs), and its control there, since at 128 the control took most
     of the lever's gain (its long run at the lever's 1e-3 came first; its own rate from short runs, and a new long
-    run only if they pick another)."""
+    run only if they pick another); the Llama matched to the control's training FLOPs (three layers) and the control
+    with a three-layer token decoder (matched by FLOPs to the four-layer Llama), both at the control's rate."""
     bpe = ["--tokenizer", str(BPE)]
     w128, w256 = ["--widths", "128"], ["--widths", "256"]
     bpe_short = [*SHORT, *bpe, *w128, "--steps", "300"]
@@ -109,6 +113,12 @@ def steps() -> list[Step]:
              RESULTS / "cpu-trend-256-lever.jsonl", pick=[5e-4, 1e-3],
              pick_args=[*SHORT, *w256, "--steps", "300", "--models", "photon", "--photon", *CONTROL],
              pick_results=RESULTS / "cpu-256.jsonl"),
+        Step("llama 256 (matched to the control)",
+             [*LONG, *w256, "--legacy-tokens", "0", "--models", "llama", "--photon", *CONTROL, "--lrs", "1e-3"],
+             RESULTS / "cpu-trend-256.jsonl"),
+        Step("deeper token decoder 256",
+             [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--photon", *DEEPER_DECODER, "--lrs", "1e-3"],
+             RESULTS / "cpu-trend-256-lever.jsonl"),
     ]
 
 
