@@ -48,7 +48,7 @@ def test_sweep_and_report_end_to_end(tmp_path):
     assert len(results.read_text().splitlines()) == 6
 
     summary = study.main(["report", "--results", str(results), "--out", str(tmp_path / "report")])["rows"]
-    best = {r["variant"]: r for r in summary}
+    best = {r["model"]: r for r in summary}
     for name, group in (("photon", photon), ("llama", llama)):
         assert best[name]["valid_bits_per_byte"] == min(r["valid_bits_per_byte"] for r in group)
         assert sorted(lr for lr, _ in best[name]["sweep"]) == [1e-3, 3e-3]
@@ -59,13 +59,46 @@ def test_sweep_and_report_end_to_end(tmp_path):
     assert {r["selected_on"] for r in summary} == {"selection"}
 
     curves = study.main(["trend", "--results", str(results), "--out", str(tmp_path / "trend")])["curves"]
-    by_name = {c["variant"]: c for c in curves}
+    by_name = {c["model"]: c for c in curves}
     assert set(by_name) == {"photon", "llama", "llama-size"}
     for point, ref in zip(by_name["photon"]["points"], by_name["llama"]["points"], strict=True):
         assert point["ratio_vs_llama"] == pytest.approx(2 ** (point["bits_per_byte"] - ref["bits_per_byte"]))
         assert point["copyable_gap_bits"] == pytest.approx(point["bits_copyable"] - ref["bits_copyable"])
     assert by_name["photon"]["train_flops_per_token"] == photon[0]["train_flops_per_token"]
     assert (tmp_path / "trend.png").stat().st_size > 0
+
+
+def test_each_photon_is_compared_with_the_llama_closest_to_it_in_training_flops(tmp_path):
+    """Two PHOTONs of different compute, each swept with its own FLOP-matched Llama (5 and 14 layers at width 32):
+    the report and the learning curves score each PHOTON against its own Llama, not whichever Llama came first."""
+    results = tmp_path / "runs.jsonl"
+    common = ["sweep", "--widths", "32", "--models", "photon", "llama", "--lrs", "3e-3", "--steps", "2",
+              "--seq-len", "32", "--batch", "2", "--eval-tokens", "256", "--selection-tokens", "256",
+              "--legacy-tokens", "0", "--eval-every", "2", "--no-agreement", "--results", str(results)]
+    study.main(common)
+    study.main(common + ["--photon", "num_decoder_layers=6"])
+    runs = study.load_results(results)
+    llamas = {r["config"]["num_hidden_layers"]: r for r in runs if r["model"] == "llama"}
+    photons = {r["config"]["num_decoder_layers"][0]: r for r in runs if r["model"] == "photon"}
+    assert set(llamas) == {5, 14} and set(photons) == {2, 6}
+    own = {2: llamas[5], 6: llamas[14]}
+    for layers, photon in photons.items():
+        assert study.reference_llama(photon, list(llamas.values())) is own[layers]
+
+    rows = study.main(["report", "--results", str(results), "--out", str(tmp_path / "report")])["rows"]
+    assert {r["variant"] for r in rows if r["model"] == "llama"} == {"llama 5 layers", "llama 14 layers"}
+    for row in (r for r in rows if r["model"] == "photon"):
+        ref = own[row["photon_overrides"].get("num_decoder_layers", 2)]
+        assert row["llama_layers"] == ref["config"]["num_hidden_layers"]
+        assert row["perplexity_ratio_vs_llama"] == pytest.approx(
+            2 ** (row["valid_bits_per_byte"] - ref["valid_bits_per_byte"]))
+    curves = study.main(["trend", "--results", str(results), "--out", str(tmp_path / "trend")])["curves"]
+    for curve in (c for c in curves if c["model"] == "photon"):
+        ref = own[6 if "num_decoder_layers" in curve["variant"] else 2]
+        assert curve["llama"] == study.variant_name(ref)
+        assert curve["points"][-1]["ratio_vs_llama"] == pytest.approx(
+            2 ** (curve["points"][-1]["bits_per_byte"] - ref["curve"][-1]["bits_per_byte"]))
+    assert "llama 14 layers" in (tmp_path / "trend.md").read_text()
 
 
 def test_a_run_interrupted_and_continued_equals_the_run_uninterrupted(tmp_path):
@@ -257,7 +290,8 @@ def test_subword_tokenizer_round_trips_bytes_and_runs_are_scored_per_byte(tmp_pa
     runs = study.load_results(results)
     assert {r["tokenizer"] for r in runs} == {"bpe"} and all(r["config"]["vocab_size"] == vocab.size for r in runs)
     assert all(r["evaluation"]["tokenizer"]["name"] == "bpe" and 0 < r["valid_bits_per_byte"] < 12 for r in runs)
-    assert {study.variant_name(r) for r in runs} == {"photon tokens=bpe", "llama tokens=bpe"}
+    layers = next(r["config"]["num_hidden_layers"] for r in runs if r["model"] == "llama")
+    assert {study.variant_name(r) for r in runs} == {"photon tokens=bpe", f"llama {layers} layers tokens=bpe"}
 
 
 def test_the_tokenizer_is_trained_on_the_training_split_only(tmp_path, monkeypatch):

@@ -815,8 +815,8 @@ def variant_name(record: dict) -> str:
         suffix += f" hierarchy_lr={record['hierarchy_lr']:g}"
     if record.get("tokenizer", "bytes") != "bytes":
         suffix += f" tokens={record['tokenizer']}"
-    if record["model"] != "photon":
-        return record["model"] + suffix
+    if record["model"] != "photon":  # the Llamas: one per depth (each PHOTON is compared with its FLOP match)
+        return f"{record['model']} {record['config']['num_hidden_layers']} layers{suffix}"
     overrides = record["photon_overrides"]
     fields = "".join(f" {k}={json.dumps(v, separators=(',', ':'))}" for k, v in sorted(overrides.items()))
     return "photon" + fields + suffix
@@ -831,6 +831,16 @@ def selection_bits(record: dict) -> float:
     """What picks a learning rate: bits per byte on the selection split, or (runs recorded before the study had
     one) on the reported windows."""
     return record.get("selection_bits_per_byte", record["valid_bits_per_byte"])
+
+
+def reference_llama(record: dict, candidates: list[dict]) -> dict | None:
+    """The Llama a run is compared with: of the Llamas run at its width, recipe, evaluation and tokenizer, the one
+    whose training FLOPs per token are closest to its own (its FLOP match, `photon_hf.memory.flop_matched_llama`,
+    where that depth was run)."""
+    same = [b for b in candidates if b["model"] == "llama" and b["width"] == record["width"]
+            and b["recipe"] == record["recipe"] and evaluation_key(b) == evaluation_key(record)
+            and b.get("tokenizer", "bytes") == record.get("tokenizer", "bytes")]
+    return min(same, key=lambda b: abs(b["train_flops_per_token"] - record["train_flops_per_token"]), default=None)
 
 
 def best_runs(records: list[dict]) -> dict[tuple, dict]:
@@ -862,22 +872,24 @@ def report(args) -> dict:
     rows = sorted(best.values(), key=lambda r: (r["width"], json.dumps(r["recipe"], sort_keys=True),
                                                  r["model"] != "llama", variant_name(r)))
     lines = ["| D | steps | model | params | train MFLOP/tok | tokens | lr (sweep: selection bits/byte) | bits/byte | "
-             "copyable | other | ppl/byte vs llama | the same on the first windows | cache B/tok | decode MFLOP/tok |",
+             "copyable | other | ppl/byte vs its FLOP-matched llama | the same on the first windows | cache B/tok | "
+             "decode MFLOP/tok |",
              "|" + "---|" * 14]
     summary = []
     for r in rows:
-        ref = next((b for b in rows if b["model"] == "llama" and b["width"] == r["width"]
-                    and b["recipe"] == r["recipe"] and evaluation_key(b) == evaluation_key(r)), None)
+        ref = reference_llama(r, rows)
         ratio = 2 ** (r["valid_bits_per_byte"] - ref["valid_bits_per_byte"]) if ref else None
         legacy = (2 ** (r["legacy_bits_per_byte"] - ref["legacy_bits_per_byte"])
                   if ref and "legacy_bits_per_byte" in r and "legacy_bits_per_byte" in ref else None)
+        ref_layers = ref["config"]["num_hidden_layers"] if ref else None
         sweep_text = ", ".join(f"{lr:g}: {bits:.3f}" for lr, bits in r["sweep"])
         sweep_text += " (edge)" if r["lr_at_edge"] else ""
         lines.append(
             f"| {r['width']} | {r['recipe']['steps']} | {variant_name(r)} | {r['parameters'] / 1e6:.2f}M | "
             f"{r['train_flops_per_token'] / 1e6:.1f} | {r['tokens_seen'] / 1e6:.2f}M | {r['lr']:g} ({sweep_text}) | "
             f"**{r['valid_bits_per_byte']:.3f}** | {r['valid_bits_copyable']:.3f} | {r['valid_bits_other']:.3f} | "
-            f"{'–' if ratio is None else f'{ratio:.3f}x'} | {'–' if legacy is None else f'{legacy:.3f}x'} | "
+            f"{'–' if ratio is None else f'{ratio:.3f}x ({ref_layers} layers)'} | "
+            f"{'–' if legacy is None else f'{legacy:.3f}x'} | "
             f"{r['cache_bytes_per_token']:.0f} | "
             f"{r['decode_flops_per_token'] / 1e6:.2f} |"
         )
@@ -885,7 +897,7 @@ def report(args) -> dict:
                                           "train_flops_per_token", "valid_bits_per_byte", "valid_bits_copyable",
                                           "valid_bits_other", "copyable_fraction", "cache_bytes_per_token",
                                           "decode_flops_per_token", "sweep", "lr_at_edge", "recipe", "device")}
-                       | {"variant": variant_name(r), "perplexity_ratio_vs_llama": ratio,
+                       | {"variant": variant_name(r), "perplexity_ratio_vs_llama": ratio, "llama_layers": ref_layers,
                           "selected_on": r["selected_on"], "first_windows_ratio_vs_llama": legacy,
                           "training_ablation": r.get("init", "default") != "default" or r.get("hierarchy_lr", 1) != 1})
     table = "\n".join(lines)
@@ -928,19 +940,18 @@ def save_figure(plt, fig, path: str, dpi: int = 120):
 
 def trend(args) -> dict:
     """Learning curves of runs recorded with --eval-every: for each width and PHOTON variant, the held-out bits per
-    byte and the perplexity ratio to the Llama run of the same width, recipe and windows (FLOP-matched to the PHOTON
-    its sweep named; each curve keeps its training FLOPs per token) at every point, as a table, a JSON file and a
+    byte and the perplexity ratio to its FLOP-matched Llama (`reference_llama`: of the Llamas run at the same width,
+    recipe and windows, the one closest in training FLOPs per token) at every point, as a table, a JSON file and a
     plot against training tokens."""
     records = [r for path in args.results for r in load_results(Path(path)) if r.get("curve")]
     if not records:
         raise SystemExit(f"No run with a learning curve in {', '.join(args.results)} (sweep with --eval-every).")
     best = best_runs(records)
-    llamas = {(r["width"], json.dumps(r["recipe"], sort_keys=True), evaluation_key(r)): r
-              for r in best.values() if r["model"] == "llama"}
+    llamas = [r for r in best.values() if r["model"] == "llama"]
     lines, curves, header = [], [], None
     for r in sorted(best.values(), key=lambda r: (r["width"], json.dumps(r["recipe"], sort_keys=True),
                                                   r["model"] != "llama", variant_name(r))):
-        ref = llamas.get((r["width"], json.dumps(r["recipe"], sort_keys=True), evaluation_key(r)))
+        ref = reference_llama(r, llamas)
         points = []
         for point in r["curve"]:
             match = next((q for q in ref["curve"] if q["step"] == point["step"]), None) if ref else None
@@ -949,14 +960,16 @@ def trend(args) -> dict:
                            "copyable_gap_bits": point["bits_copyable"] - match["bits_copyable"] if match else None,
                            "other_gap_bits": point["bits_other"] - match["bits_other"] if match else None})
         curves.append({"width": r["width"], "variant": variant_name(r), "model": r["model"], "lr": r["lr"],
-                       "train_flops_per_token": r["train_flops_per_token"], "recipe": r["recipe"], "points": points})
+                       "train_flops_per_token": r["train_flops_per_token"], "recipe": r["recipe"], "points": points,
+                       "llama": variant_name(ref) if ref else None})
         columns = " | ".join(f"{p['tokens_seen'] / 1e6:.2f}M" for p in points)
         if columns != header:  # a table header for every width and recipe
             header = columns
-            lines += ["", "| D | model | lr | " + columns + " |", "|" + "---|" * (3 + len(points))]
+            lines += ["", "| D | model | lr | compared with | " + columns + " |", "|" + "---|" * (4 + len(points))]
         cells = [f"{p['bits_per_byte']:.3f}" + ("" if r["model"] == "llama" or p["ratio_vs_llama"] is None
                                                  else f" ({p['ratio_vs_llama']:.3f}x)") for p in points]
-        lines.append(f"| {r['width']} | {variant_name(r)} | {r['lr']:g} | " + " | ".join(cells) + " |")
+        against = "–" if r["model"] == "llama" or ref is None else variant_name(ref)
+        lines.append(f"| {r['width']} | {variant_name(r)} | {r['lr']:g} | {against} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     out = Path(args.out)
@@ -968,8 +981,8 @@ def trend(args) -> dict:
 
 
 def plot_trend(curves: list[dict], path: str):
-    """Three panels against training tokens: held-out bits per byte; PHOTON's perplexity per byte over the
-    Llama's of its width; PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
+    """Three panels against training tokens: held-out bits per byte; PHOTON's perplexity per byte over its
+    FLOP-matched Llama's (named in the legend where a width has several Llamas); PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
     colour per PHOTON variant, one line style per width; each legend entry gives the training FLOPs per token. A
     run shorter than the longest of its width is drawn faint and says how far it went."""
     plt = pyplot()
@@ -978,6 +991,8 @@ def plot_trend(curves: list[dict], path: str):
     variants = sorted({c["variant"] for c in curves if c["model"] != "llama"})
     widths = sorted({c["width"] for c in curves})
     longest = {w: max(c["points"][-1]["tokens_seen"] for c in curves if c["width"] == w) for w in widths}
+    llamas = sorted({c["variant"] for c in curves if c["model"] == "llama"})
+    several = {w for w in widths if len({c["variant"] for c in curves if c["width"] == w and c["model"] == "llama"}) > 1}
     styles = ["-", "--", "-.", ":"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     for c in curves:
@@ -988,9 +1003,13 @@ def plot_trend(curves: list[dict], path: str):
         reach, alpha = (f", to {tokens[-1]:.1f}M", 0.35) if short else ("", 1.0)
         label = f"PHOTON {variant_label(c['variant'])}, D={c['width']}{reach}"
         if c["model"] == "llama":
-            axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color="black", linestyle=width_style,
-                         marker="s", markersize=3, alpha=alpha, label=f"Llama, D={c['width']}{reach} ({mflop})")
+            shade = ["black", "dimgray", "darkgray"][llamas.index(c["variant"]) % 3]
+            name = c["variant"].replace("llama", "Llama")
+            axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color=shade, linestyle=width_style,
+                         marker="s", markersize=3, alpha=alpha, label=f"{name}, D={c['width']}{reach} ({mflop})")
             continue
+        if c["width"] in several and c["llama"]:
+            label += f" (vs {c['llama'].replace('llama', 'Llama')})"
         color = f"C{variants.index(c['variant']) % 10}"
         axes[0].plot(tokens, [p["bits_per_byte"] for p in c["points"]], color=color, linestyle=width_style,
                      marker="o", markersize=3, alpha=alpha, label=f"{label} ({mflop})")
@@ -1008,7 +1027,7 @@ def plot_trend(curves: list[dict], path: str):
     axes[1].axhline(1.34, color="gray", linestyle=":", linewidth=0.8)
     axes[1].annotate("1.03x target", (0, 1.03), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
     axes[1].annotate("paper's 1.34x", (0, 1.34), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
-    axes[1].set_ylabel("perplexity per byte / the Llama's of the same width")
+    axes[1].set_ylabel("perplexity per byte / its FLOP-matched Llama's")
     axes[2].axhline(0.0, color="black", linewidth=0.8)
     axes[2].set_ylabel("bits per byte above the Llama (solid: copyable, dotted: other)")
     for axis in axes:
@@ -1043,7 +1062,7 @@ def plot(summary: list[dict], path: str):
                 if r["model"] == "llama":
                     axis.axhline(y, color=color, linestyle="--", linewidth=0.8, alpha=0.7)
                     axis.scatter(x, y, marker="s", s=70, color=color, edgecolors="black", zorder=3)
-                    name = "Llama (FLOP-matched)"
+                    name = r["variant"].replace("llama", "Llama")  # "Llama 4 layers"
                 elif r["model"] == "llama-size":
                     axis.scatter(x, y, marker="^", s=70, color=color, edgecolors="black", zorder=3)
                     name = "Llama (paper protocol)"
