@@ -68,9 +68,11 @@ def test_sweep_and_report_end_to_end(tmp_path):
     assert (tmp_path / "trend.png").stat().st_size > 0
 
 
-def test_each_photon_is_compared_with_the_llama_closest_to_it_in_training_flops(tmp_path):
+def test_each_photon_is_compared_with_the_best_llama_at_no_more_compute(tmp_path):
     """Two PHOTONs of different compute, each swept with its own FLOP-matched Llama (5 and 14 layers at width 32):
-    the report and the learning curves score each PHOTON against its own Llama, not whichever Llama came first."""
+    the small PHOTON is compared with the 5-layer Llama (the only one not above its compute, though the 14-layer one
+    scores better); the large one with whichever of the two scores better on the selection split, both costing less
+    than it; a PHOTON cheaper than every Llama with the closest. The report and the curves use that Llama."""
     results = tmp_path / "runs.jsonl"
     common = ["sweep", "--widths", "32", "--models", "photon", "llama", "--lrs", "3e-3", "--steps", "2",
               "--seq-len", "32", "--batch", "2", "--eval-tokens", "256", "--selection-tokens", "256",
@@ -81,23 +83,31 @@ def test_each_photon_is_compared_with_the_llama_closest_to_it_in_training_flops(
     llamas = {r["config"]["num_hidden_layers"]: r for r in runs if r["model"] == "llama"}
     photons = {r["config"]["num_decoder_layers"][0]: r for r in runs if r["model"] == "photon"}
     assert set(llamas) == {5, 14} and set(photons) == {2, 6}
-    own = {2: llamas[5], 6: llamas[14]}
-    for layers, photon in photons.items():
-        assert study.reference_llama(photon, list(llamas.values())) is own[layers]
+    assert llamas[5]["train_flops_per_token"] < photons[2]["train_flops_per_token"] < llamas[14]["train_flops_per_token"]
+    assert llamas[14]["train_flops_per_token"] < photons[6]["train_flops_per_token"]
+    cheap = dict(photons[2], train_flops_per_token=0.5 * llamas[5]["train_flops_per_token"])
+    assert study.reference_llama(cheap, list(llamas.values())) is llamas[5]
 
-    rows = study.main(["report", "--results", str(results), "--out", str(tmp_path / "report")])["rows"]
-    assert {r["variant"] for r in rows if r["model"] == "llama"} == {"llama 5 layers", "llama 14 layers"}
-    for row in (r for r in rows if r["model"] == "photon"):
-        ref = own[row["photon_overrides"].get("num_decoder_layers", 2)]
-        assert row["llama_layers"] == ref["config"]["num_hidden_layers"]
-        assert row["perplexity_ratio_vs_llama"] == pytest.approx(
-            2 ** (row["valid_bits_per_byte"] - ref["valid_bits_per_byte"]))
-    curves = study.main(["trend", "--results", str(results), "--out", str(tmp_path / "trend")])["curves"]
-    for curve in (c for c in curves if c["model"] == "photon"):
-        ref = own[6 if "num_decoder_layers" in curve["variant"] else 2]
-        assert curve["llama"] == study.variant_name(ref)
-        assert curve["points"][-1]["ratio_vs_llama"] == pytest.approx(
-            2 ** (curve["points"][-1]["bits_per_byte"] - ref["curve"][-1]["bits_per_byte"]))
+    for better in (14, 5):  # which Llama scores better on the selection split
+        llamas[better]["selection_bits_per_byte"] = 1.0
+        llamas[19 - better]["selection_bits_per_byte"] = 2.0
+        results.write_text("".join(json.dumps(r) + "\n" for r in [*llamas.values(), *photons.values()]))
+        own = {2: llamas[5], 6: llamas[better]}
+        for layers, photon in photons.items():
+            assert study.reference_llama(photon, list(llamas.values())) is own[layers]
+        rows = study.main(["report", "--results", str(results), "--out", str(tmp_path / "report")])["rows"]
+        assert {r["variant"] for r in rows if r["model"] == "llama"} == {"llama 5 layers", "llama 14 layers"}
+        for row in (r for r in rows if r["model"] == "photon"):
+            ref = own[row["photon_overrides"].get("num_decoder_layers", 2)]
+            assert row["llama_layers"] == ref["config"]["num_hidden_layers"]
+            assert row["perplexity_ratio_vs_llama"] == pytest.approx(
+                2 ** (row["valid_bits_per_byte"] - ref["valid_bits_per_byte"]))
+        curves = study.main(["trend", "--results", str(results), "--out", str(tmp_path / "trend")])["curves"]
+        for curve in (c for c in curves if c["model"] == "photon"):
+            ref = own[6 if "num_decoder_layers" in curve["variant"] else 2]
+            assert curve["llama"] == study.variant_name(ref)
+            assert curve["points"][-1]["ratio_vs_llama"] == pytest.approx(
+                2 ** (curve["points"][-1]["bits_per_byte"] - ref["curve"][-1]["bits_per_byte"]))
     assert "llama 14 layers" in (tmp_path / "trend.md").read_text()
 
 

@@ -834,12 +834,15 @@ def selection_bits(record: dict) -> float:
 
 
 def reference_llama(record: dict, candidates: list[dict]) -> dict | None:
-    """The Llama a run is compared with: of the Llamas run at its width, recipe, evaluation and tokenizer, the one
-    whose training FLOPs per token are closest to its own (its FLOP match, `photon_hf.memory.flop_matched_llama`,
-    where that depth was run)."""
+    """The Llama a run is compared with, of those run at its width, recipe, evaluation and tokenizer: the best (on
+    the selection split) of the Llamas with at most its training FLOPs per token, so that no cheaper Llama beats the
+    bar; where every Llama costs more, the one closest in FLOPs (its FLOP match, `photon_hf.memory.flop_matched_llama`)."""
     same = [b for b in candidates if b["model"] == "llama" and b["width"] == record["width"]
             and b["recipe"] == record["recipe"] and evaluation_key(b) == evaluation_key(record)
             and b.get("tokenizer", "bytes") == record.get("tokenizer", "bytes")]
+    cheaper = [b for b in same if b["train_flops_per_token"] <= record["train_flops_per_token"]]
+    if cheaper:
+        return min(cheaper, key=selection_bits)
     return min(same, key=lambda b: abs(b["train_flops_per_token"] - record["train_flops_per_token"]), default=None)
 
 
@@ -872,7 +875,7 @@ def report(args) -> dict:
     rows = sorted(best.values(), key=lambda r: (r["width"], json.dumps(r["recipe"], sort_keys=True),
                                                  r["model"] != "llama", variant_name(r)))
     lines = ["| D | steps | model | params | train MFLOP/tok | tokens | lr (sweep: selection bits/byte) | bits/byte | "
-             "copyable | other | ppl/byte vs its FLOP-matched llama | the same on the first windows | cache B/tok | "
+             "copyable | other | ppl/byte vs its reference llama | the same on the first windows | cache B/tok | "
              "decode MFLOP/tok |",
              "|" + "---|" * 14]
     summary = []
@@ -940,9 +943,9 @@ def save_figure(plt, fig, path: str, dpi: int = 120):
 
 def trend(args) -> dict:
     """Learning curves of runs recorded with --eval-every: for each width and PHOTON variant, the held-out bits per
-    byte and the perplexity ratio to its FLOP-matched Llama (`reference_llama`: of the Llamas run at the same width,
-    recipe and windows, the one closest in training FLOPs per token) at every point, as a table, a JSON file and a
-    plot against training tokens."""
+    byte and the perplexity ratio to its reference Llama (`reference_llama`: of the Llamas run at the same width,
+    recipe and windows, the best with at most its training FLOPs per token) at every point, as a table, a JSON file
+    and a plot against training tokens."""
     records = [r for path in args.results for r in load_results(Path(path)) if r.get("curve")]
     if not records:
         raise SystemExit(f"No run with a learning curve in {', '.join(args.results)} (sweep with --eval-every).")
@@ -982,7 +985,7 @@ def trend(args) -> dict:
 
 def plot_trend(curves: list[dict], path: str):
     """Three panels against training tokens: held-out bits per byte; PHOTON's perplexity per byte over its
-    FLOP-matched Llama's (named in the legend where a width has several Llamas); PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
+    reference Llama's (`reference_llama`, named in the legend where a width has several Llamas); PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
     colour per PHOTON variant, one line style per width; each legend entry gives the training FLOPs per token. A
     run shorter than the longest of its width is drawn faint and says how far it went."""
     plt = pyplot()
@@ -1027,7 +1030,7 @@ def plot_trend(curves: list[dict], path: str):
     axes[1].axhline(1.34, color="gray", linestyle=":", linewidth=0.8)
     axes[1].annotate("1.03x target", (0, 1.03), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
     axes[1].annotate("paper's 1.34x", (0, 1.34), xycoords=("axes fraction", "data"), fontsize=7, color="gray")
-    axes[1].set_ylabel("perplexity per byte / its FLOP-matched Llama's")
+    axes[1].set_ylabel("perplexity per byte / its reference Llama's")
     axes[2].axhline(0.0, color="black", linewidth=0.8)
     axes[2].set_ylabel("bits per byte above the Llama (solid: copyable, dotted: other)")
     for axis in axes:
