@@ -934,8 +934,8 @@ def variant_label(variant: str) -> str:
     return name.replace("converter_width=", "R=").replace("recursive_loss_weight=", "alpha=")
 
 
-def save_figure(plt, fig, path: str, dpi: int = 120):
-    fig.tight_layout()
+def save_figure(plt, fig, path: str, dpi: int = 120, rect: tuple | None = None):
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     print(f"plot: {path}")
@@ -985,8 +985,9 @@ def trend(args) -> dict:
 
 def plot_trend(curves: list[dict], path: str):
     """Three panels against training tokens: held-out bits per byte; PHOTON's perplexity per byte over its
-    reference Llama's (`reference_llama`, named in the legend where a width has several Llamas); PHOTON's gap to that Llama in bits on copyable (solid) and other (dotted) positions. One
-    colour per PHOTON variant, one line style per width; each legend entry gives the training FLOPs per token. A
+    reference Llama's (`reference_llama`, named in the legend where a width has several Llamas); PHOTON's gap to
+    that Llama in bits on copyable (solid) and other (dotted) positions. One colour per PHOTON variant, one line style
+    per width; one legend below the panels, each entry with the training FLOPs per token. A
     run shorter than the longest of its width is drawn faint and says how far it went."""
     plt = pyplot()
     if plt is None:
@@ -1036,10 +1037,13 @@ def plot_trend(curves: list[dict], path: str):
     for axis in axes:
         axis.set_xlabel("training tokens (millions)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    rows = -(-len(labels) // 3)
+    fig.set_size_inches(17, 5.2 + 0.16 * rows)
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle("PHOTON against a Llama of its width as training grows (held-out windows, each model's own rate; "
                  "training compute per token in the legend)")
-    save_figure(plt, fig, path)
+    save_figure(plt, fig, path, rect=(0, 0.16 * rows / (5.2 + 0.16 * rows) + 0.01, 1, 1))
 
 
 def plot(summary: list[dict], path: str):
