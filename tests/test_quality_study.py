@@ -83,8 +83,9 @@ def test_each_photon_is_compared_with_the_best_llama_at_no_more_compute(tmp_path
     llamas = {r["config"]["num_hidden_layers"]: r for r in runs if r["model"] == "llama"}
     photons = {r["config"]["num_decoder_layers"][0]: r for r in runs if r["model"] == "photon"}
     assert set(llamas) == {5, 14} and set(photons) == {2, 6}
-    assert llamas[5]["train_flops_per_token"] < photons[2]["train_flops_per_token"] < llamas[14]["train_flops_per_token"]
-    assert llamas[14]["train_flops_per_token"] < photons[6]["train_flops_per_token"]
+    flops = {name: r["train_flops_per_token"] for name, r in (("l5", llamas[5]), ("l14", llamas[14]),
+                                                               ("p2", photons[2]), ("p6", photons[6]))}
+    assert flops["l5"] < flops["p2"] < flops["l14"] < flops["p6"]
     cheap = dict(photons[2], train_flops_per_token=0.5 * llamas[5]["train_flops_per_token"])
     assert study.reference_llama(cheap, list(llamas.values())) is llamas[5]
 

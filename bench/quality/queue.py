@@ -70,8 +70,9 @@ def steps() -> list[Step]:
     256, since it helped at 128 (rate from short runs), and its control there, since at 128 the control took most
     of the lever's gain (its long run at the lever's 1e-3 came first; its own rate from short runs, and a new long
     run only if they pick another); the Llama matched to the control's training FLOPs (three layers) and the control
-    with a three-layer token decoder (matched by FLOPs to the four-layer Llama), both at the control's rate; short
-    runs of the four-layer Llama at lower rates (it ended behind the three-layer one at 1e-3)."""
+    with a three-layer token decoder (matched by FLOPs to the four-layer Llama), both at the control's rate; then both
+    Llamas at 256 at their own rates, picked on short runs (the four-layer one ended no better than the three-layer
+    one at 1e-3, and its short runs favour a lower rate)."""
     bpe = ["--tokenizer", str(BPE)]
     w128, w256 = ["--widths", "128"], ["--widths", "256"]
     bpe_short = [*SHORT, *bpe, *w128, "--steps", "300"]
@@ -117,12 +118,19 @@ def steps() -> list[Step]:
         Step("llama 256 (matched to the control)",
              [*LONG, *w256, "--legacy-tokens", "0", "--models", "llama", "--photon", *CONTROL, "--lrs", "1e-3"],
              RESULTS / "cpu-trend-256.jsonl"),
-        Step("llama 256 rate (short runs)",  # the 4-layer Llama at 1e-3 ended behind the 3-layer one: its rate?
-             [*SHORT, *w256, "--steps", "300", "--models", "llama", "--photon", *LOOKBACK,
-              "--lrs", "5e-4", "7.07e-4", "1e-3"], RESULTS / "cpu-256.jsonl"),
         Step("deeper token decoder 256",
              [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--photon", *DEEPER_DECODER, "--lrs", "1e-3"],
              RESULTS / "cpu-trend-256-lever.jsonl"),
+        Step("llama 256 at its own rate", [*LONG, *w256, "--legacy-tokens", "0", "--models", "llama",
+                                           "--photon", *LOOKBACK],
+             RESULTS / "cpu-trend-256.jsonl", pick=[5e-4, 7.07e-4, 1e-3],
+             pick_args=[*SHORT, *w256, "--steps", "300", "--models", "llama", "--photon", *LOOKBACK],
+             pick_results=RESULTS / "cpu-256.jsonl"),
+        Step("llama 256, 3 layers, at its own rate", [*LONG, *w256, "--legacy-tokens", "0", "--models", "llama",
+                                                      "--photon", *CONTROL],
+             RESULTS / "cpu-trend-256.jsonl", pick=[5e-4, 1e-3],
+             pick_args=[*SHORT, *w256, "--steps", "300", "--models", "llama", "--photon", *CONTROL],
+             pick_results=RESULTS / "cpu-256.jsonl"),
     ]
 
 

@@ -836,7 +836,8 @@ def selection_bits(record: dict) -> float:
 def reference_llama(record: dict, candidates: list[dict]) -> dict | None:
     """The Llama a run is compared with, of those run at its width, recipe, evaluation and tokenizer: the best (on
     the selection split) of the Llamas with at most its training FLOPs per token, so that no cheaper Llama beats the
-    bar; where every Llama costs more, the one closest in FLOPs (its FLOP match, `photon_hf.memory.flop_matched_llama`)."""
+    bar; where every Llama costs more, the one closest in FLOPs (its FLOP match,
+    `photon_hf.memory.flop_matched_llama`)."""
     same = [b for b in candidates if b["model"] == "llama" and b["width"] == record["width"]
             and b["recipe"] == record["recipe"] and evaluation_key(b) == evaluation_key(record)
             and b.get("tokenizer", "bytes") == record.get("tokenizer", "bytes")]
@@ -996,7 +997,8 @@ def plot_trend(curves: list[dict], path: str):
     widths = sorted({c["width"] for c in curves})
     longest = {w: max(c["points"][-1]["tokens_seen"] for c in curves if c["width"] == w) for w in widths}
     llamas = sorted({c["variant"] for c in curves if c["model"] == "llama"})
-    several = {w for w in widths if len({c["variant"] for c in curves if c["width"] == w and c["model"] == "llama"}) > 1}
+    several = {w for w in widths
+               if len({c["variant"] for c in curves if c["width"] == w and c["model"] == "llama"}) > 1}
     styles = ["-", "--", "-.", ":"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
     for c in curves:
