@@ -76,6 +76,13 @@ def steps() -> list[Step]:
     bpe = ["--tokenizer", str(BPE)]
     w128, w256 = ["--widths", "128"], ["--widths", "256"]
     bpe_short = [*SHORT, *bpe, *w128, "--steps", "300"]
+
+    def picked_256(name: str, model: str, photon: list[str], results: str, pick: list[float]) -> Step:
+        """9.8M tokens at width 256, the rate picked by 300-step runs on the selection split (`cpu-256.jsonl`)."""
+        flags = [*w256, "--models", model, "--photon", *photon]
+        return Step(name, [*LONG, "--legacy-tokens", "0", *flags], RESULTS / results, pick=pick,
+                    pick_args=[*SHORT, "--steps", "300", *flags], pick_results=RESULTS / "cpu-256.jsonl")
+
     return [
         Step("lever 128", [*LONG, *w128, "--models", "photon", "--photon", *LEVER],
              RESULTS / "cpu-trend-128-lever.jsonl", pick=[1e-3, 2e-3],
@@ -98,39 +105,22 @@ def steps() -> list[Step]:
         Step("lever control 128, 9.8M tokens", [*LONG, *w128, "--models", "photon", "--photon", *CONTROL,
                                                  "--lrs", "1e-3"],
              RESULTS / "cpu-trend-128-lever.jsonl"),
-        Step("look-back 256", [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--photon", *LOOKBACK],
-             RESULTS / "cpu-trend-256-lookback.jsonl", pick=[5e-4, 7.07e-4, 1e-3],
-             pick_args=[*SHORT, *w256, "--steps", "300", "--models", "photon", "--photon", *LOOKBACK],
-             pick_results=RESULTS / "cpu-256.jsonl"),
+        picked_256("look-back 256", "photon", LOOKBACK, "cpu-trend-256-lookback.jsonl", [5e-4, 7.07e-4, 1e-3]),
         Step("llama 256 (matched to look-back 8)",
              [*LONG, *w256, "--legacy-tokens", "0", "--models", "llama", "--photon", *LOOKBACK, "--lrs", "1e-3"],
              RESULTS / "cpu-trend-256.jsonl"),
         Step("default 256", [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--lrs", "5e-4"],
              RESULTS / "cpu-trend-256.jsonl"),
-        Step("lever 256", [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--photon", *LEVER],
-             RESULTS / "cpu-trend-256-lever.jsonl", pick=[5e-4, 1e-3],
-             pick_args=[*SHORT, *w256, "--steps", "300", "--models", "photon", "--photon", *LEVER],
-             pick_results=RESULTS / "cpu-256.jsonl"),
-        Step("lever control 256", [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--photon", *CONTROL],
-             RESULTS / "cpu-trend-256-lever.jsonl", pick=[5e-4, 1e-3],
-             pick_args=[*SHORT, *w256, "--steps", "300", "--models", "photon", "--photon", *CONTROL],
-             pick_results=RESULTS / "cpu-256.jsonl"),
+        picked_256("lever 256", "photon", LEVER, "cpu-trend-256-lever.jsonl", [5e-4, 1e-3]),
+        picked_256("lever control 256", "photon", CONTROL, "cpu-trend-256-lever.jsonl", [5e-4, 1e-3]),
         Step("llama 256 (matched to the control)",
              [*LONG, *w256, "--legacy-tokens", "0", "--models", "llama", "--photon", *CONTROL, "--lrs", "1e-3"],
              RESULTS / "cpu-trend-256.jsonl"),
         Step("deeper token decoder 256",
              [*LONG, *w256, "--legacy-tokens", "0", "--models", "photon", "--photon", *DEEPER_DECODER, "--lrs", "1e-3"],
              RESULTS / "cpu-trend-256-lever.jsonl"),
-        Step("llama 256 at its own rate", [*LONG, *w256, "--legacy-tokens", "0", "--models", "llama",
-                                           "--photon", *LOOKBACK],
-             RESULTS / "cpu-trend-256.jsonl", pick=[5e-4, 7.07e-4, 1e-3],
-             pick_args=[*SHORT, *w256, "--steps", "300", "--models", "llama", "--photon", *LOOKBACK],
-             pick_results=RESULTS / "cpu-256.jsonl"),
-        Step("llama 256, 3 layers, at its own rate", [*LONG, *w256, "--legacy-tokens", "0", "--models", "llama",
-                                                      "--photon", *CONTROL],
-             RESULTS / "cpu-trend-256.jsonl", pick=[5e-4, 1e-3],
-             pick_args=[*SHORT, *w256, "--steps", "300", "--models", "llama", "--photon", *CONTROL],
-             pick_results=RESULTS / "cpu-256.jsonl"),
+        picked_256("llama 256 at its own rate", "llama", LOOKBACK, "cpu-trend-256.jsonl", [5e-4, 7.07e-4, 1e-3]),
+        picked_256("llama 256, 3 layers, at its own rate", "llama", CONTROL, "cpu-trend-256.jsonl", [5e-4, 1e-3]),
     ]
 
 

@@ -1022,11 +1022,11 @@ def plot_trend(curves: list[dict], path: str):
         kept = [(t, p) for t, p in zip(tokens, c["points"], strict=True) if p["ratio_vs_llama"] is not None]
         if kept:
             axes[1].plot([t for t, _ in kept], [p["ratio_vs_llama"] for _, p in kept], color=color,
-                         linestyle=width_style, marker="o", markersize=3, alpha=alpha, label=label)
+                         linestyle=width_style, marker="o", markersize=3, alpha=alpha)
             axes[2].plot([t for t, _ in kept], [p["copyable_gap_bits"] for _, p in kept], color=color,
-                         linestyle=width_style, marker="o", markersize=3, alpha=alpha, label=f"{label}, copyable")
+                         linestyle=width_style, marker="o", markersize=3, alpha=alpha)
             axes[2].plot([t for t, _ in kept], [p["other_gap_bits"] for _, p in kept], color=color,
-                         linestyle=":", marker=".", markersize=3, alpha=0.7 * alpha, label=f"{label}, other")
+                         linestyle=":", marker=".", markersize=3, alpha=0.7 * alpha)
     axes[0].set_ylabel("held-out bits per byte (lower is better)")
     axes[1].axhline(1.0, color="black", linewidth=0.8)
     axes[1].axhline(1.03, color="gray", linestyle="--", linewidth=0.8)
